@@ -1,0 +1,182 @@
+"""The ``actrec`` command line: one thin subcommand per pipeline stage.
+
+Each command parses its options, loads the config and calls one library
+function. Library modules are imported inside the commands so that
+``actrec --help`` stays fast (torch is slow to import).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from pipeline.config import load_config
+from pipeline.errors import ActrecError
+
+
+class _State:
+    verbose = False
+
+
+def config_options(func):
+    """--config and --set, shared by every command that reads the config."""
+    func = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help="Override one config key; repeatable (e.g. --set train.epochs=5).")(func)
+    func = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None,
+                        show_default="built-in defaults (the real UCF-101 job)",
+                        help="YAML config file (see configs/).")(func)
+    return func
+
+
+def reports_errors(func):
+    """Turn ActrecError (and Ctrl-C) into one line and a non-zero exit; --verbose keeps the traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ActrecError as exc:
+            if _State.verbose:
+                traceback.print_exc()
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho("interrupted; finished work is kept, run the command again to resume", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--verbose", "-v", is_flag=True, default=False, help="Show full tracebacks on errors.")
+def cli(verbose: bool) -> None:
+    """actrec: action recognition as a two-stage feature-caching pipeline.
+
+    Stage one (embed) runs a frozen CNN once over every frame and caches the
+    features in HDF5; stage two (train, evaluate) trains a sequence model on
+    the cache. Run `actrec COMMAND --help` for each command.
+    """
+    _State.verbose = verbose
+
+
+@cli.command()
+@config_options
+@click.option("--force", is_flag=True, default=False, help="Regenerate even if the dataset exists.")
+@reports_errors
+def synth(config_path, overrides, force):
+    """Write the synthetic UCF-101-shaped dataset (videos + split files) to data.videos / data.splits."""
+    from pipeline.data.synthetic import generate_dataset
+
+    generate_dataset(load_config(config_path, overrides), force=force)
+
+
+@cli.command()
+@config_options
+@reports_errors
+def download(config_path, overrides):
+    """Download UCF101.rar and the split zip (resumable, verified), then unpack them safely."""
+    from pipeline.data.download import download_ucf101
+
+    download_ucf101(load_config(config_path, overrides))
+
+
+@cli.command()
+@config_options
+@reports_errors
+def extract(config_path, overrides):
+    """Decode every video of data.videos into JPEG frames under data.frames (parallel, resumable)."""
+    from pipeline.data.frames import extract_frames
+
+    extract_frames(load_config(config_path, overrides))
+
+
+@cli.command()
+@config_options
+@reports_errors
+def embed(config_path, overrides):
+    """Stage one: run the frozen backbone once over every frame and write the HDF5 feature cache."""
+    from pipeline.features.embed import embed as run_embed
+
+    run_embed(load_config(config_path, overrides))
+
+
+@cli.command()
+@config_options
+@click.option("--resume", is_flag=True, default=False, help="Continue from run.dir/checkpoints/last.pt.")
+@reports_errors
+def train(config_path, overrides, resume):
+    """Stage two: train the sequence model on the cached features."""
+    from pipeline.train.loop import train as run_train
+
+    run_train(load_config(config_path, overrides), resume=resume)
+
+
+@cli.command()
+@config_options
+@reports_errors
+def evaluate(config_path, overrides):
+    """Evaluate a checkpoint on the test list of data.split: metrics.json, confusion matrix, summary."""
+    from pipeline.evaluate import evaluate as run_evaluate
+
+    run_evaluate(load_config(config_path, overrides))
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint written by `actrec train`.")
+@click.option("--out", type=click.Path(), default=None, help="Annotated output video (.mp4 or .gif).")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Per-window predictions as JSON.")
+@click.option("--stride", type=int, default=None, help="Frames between windows [default: predict.stride].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Backbone device.")
+@reports_errors
+def predict(video, checkpoint, out, json_path, stride, device):
+    """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
+    from pipeline.predict import predict as run_predict
+
+    run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+
+
+@cli.command()
+@click.argument("cache_path", type=click.Path())
+@reports_errors
+def info(cache_path):
+    """Print a feature cache's fingerprint, counts, size on disk and failures."""
+    from pipeline.features.cache import describe_cache
+
+    click.echo(describe_cache(Path(cache_path)))
+
+
+@cli.command()
+@config_options
+@click.option("--quick", is_flag=True, default=False, help="Tiny sizes, for a smoke test.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench",
+              help="Folder for results.json and results.md.")
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="Also write the table into this README's performance section.")
+@reports_errors
+def bench(config_path, overrides, quick, out_dir, readme):
+    """Measure what the two-stage design buys: ratios measured side by side in one run."""
+    from pipeline.bench import run_benchmarks
+
+    run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
+                   readme=Path(readme) if readme else None)
+
+
+@cli.command(name="config")
+@config_options
+@reports_errors
+def show_config(config_path, overrides):
+    """Print the fully resolved config (after --set and placeholders) as YAML."""
+    import yaml
+
+    click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="actrec")
+
+
+if __name__ == "__main__":
+    main()

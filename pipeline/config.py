@@ -1,0 +1,344 @@
+"""The one config schema: defaults, YAML loading, ``--set`` overrides, validation.
+
+Every key lives in a dataclass below with its default, its allowed values and a
+one-line help text; ``validate`` is the only place values are checked. The
+resolved config (a plain dict from ``to_dict``) travels into every artefact:
+cache attributes, run directories and checkpoints.
+
+String values may refer to other keys with ``{section.key}`` placeholders
+(``cache.path: cache/{data.name}_{embed.backbone}.h5``); they are filled in
+after overrides, so ``--set embed.backbone=resnet18`` moves the cache too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from pipeline.errors import ActrecError
+
+UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
+UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
+
+
+def _key(default, help, choices=None, min=None, max=None, nonempty=False):
+    """A config key: its default, help text and allowed values (checked in ``validate``)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True)
+    videos: str = _key("data/ucf101/UCF-101", "UCF-101-style video root: Class/v_Class_gXX_cYY.avi")
+    frames: str = _key("data/ucf101/frames", "extracted frames root: Class/v_Class_gXX_cYY/000001.jpg")
+    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with classInd.txt, trainlistNN.txt, testlistNN.txt")
+    split: Union[int, str] = _key(
+        1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
+        "'random-groups' (random but no group on both sides)",
+        choices=[1, 2, 3, "random", "random-groups"])
+    random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9)
+    val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9)
+    seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0)
+
+
+@dataclass
+class SynthConfig:
+    classes: int = _key(8, "number of classes (at least half come in time-reversed pairs)", min=2, max=101)
+    groups: int = _key(25, "groups per class (UCF-101 has 25; each official split tests on 7)", min=3, max=25)
+    clips_per_group: int = _key(4, "clips per group", min=1, max=50)
+    frames: int = _key(32, "frames per clip", min=2, max=10000)
+    width: int = _key(64, "frame width in pixels", min=16, max=1920)
+    height: int = _key(48, "frame height in pixels", min=16, max=1080)
+    fps: int = _key(25, "frames per second written into the .avi", min=1, max=240)
+    seed: int = _key(0, "seed: the same seed gives the same videos", min=0)
+
+
+@dataclass
+class DownloadConfig:
+    videos_url: str = _key(UCF101_URL, "URL of UCF101.rar")
+    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the train/test split zip")
+    dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
+    retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
+    timeout: float = _key(60.0, "socket timeout in seconds", min=1.0)
+
+
+@dataclass
+class ExtractConfig:
+    workers: int = _key(2, "parallel videos (joblib processes)", min=1, max=256)
+    jpeg_quality: int = _key(95, "JPEG quality of extracted frames", min=1, max=100)
+
+
+@dataclass
+class EmbedConfig:
+    source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
+                       choices=["videos", "frames"])
+    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True)
+    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True)
+    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024)
+    batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
+    device: str = _key("auto", "'auto' picks CUDA when present", choices=["auto", "cpu", "cuda"])
+    precision: str = _key("auto", "autocast dtype on CUDA ('auto' = bf16 where supported); CPU runs fp32",
+                          choices=["auto", "fp32", "bf16", "fp16"])
+    workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)
+    threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
+    flip: bool = _key(False, "also cache features of horizontally mirrored frames")
+    splits: str = _key("configured", "embed the videos of the configured split, or of all three splits",
+                       choices=["configured", "all"])
+    dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"])
+
+    @property
+    def weights_tag(self) -> str:
+        """Short file-name-safe name for the weights (a path becomes its stem)."""
+        if self.weights in ("imagenet", "none"):
+            return self.weights
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.weights).stem)
+
+
+@dataclass
+class CacheConfig:
+    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}_{embed.source}.h5",
+                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/source")
+    load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
+                     "or in memory when they fit in a quarter of RAM ('auto')", choices=["auto", "memory", "disk"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"])
+    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1)
+    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1)
+    layers: int = _key(1, "LSTM layers", min=1, max=16)
+    bidirectional: bool = _key(True, "bidirectional LSTM")
+    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)")
+    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95)
+
+
+@dataclass
+class TrainConfig:
+    sequence_length: int = _key(40, "frames per training clip", min=1, max=10000)
+    epochs: int = _key(30, "training epochs", min=1)
+    batch_size: int = _key(16, "clips per step", min=1)
+    lr: float = _key(1e-4, "learning rate", min=0.0)
+    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0)
+    optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"])
+    schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"])
+    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0)
+    seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0)
+    workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
+    device: str = _key("auto", "'auto' picks CUDA when present", choices=["auto", "cpu", "cuda"])
+    amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
+
+
+@dataclass
+class EvalConfig:
+    clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100)
+    batch_size: int = _key(64, "clips per evaluation batch", min=1)
+    checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
+
+
+@dataclass
+class PredictConfig:
+    stride: int = _key(8, "frames between the starts of consecutive windows", min=1)
+    topk: int = _key(3, "labels shown per window", min=1, max=20)
+    gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1)
+
+
+@dataclass
+class RunConfig:
+    dir: str = _key("runs/{data.name}_{model.name}_split{data.split}",
+                    "where checkpoints, history, metrics and plots of a run go")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    source: str = field(default="<defaults>", compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (what artefacts record)."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "source"}
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}
+
+
+def describe_keys() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every key: the source of the docs table and ``--help``."""
+    rows = []
+    for section, factory in SECTIONS.items():
+        for f in fields(factory()):
+            rows.append((f"{section}.{f.name}", getattr(factory(), f.name), _allowed_text(f)))
+    return rows
+
+
+def _allowed_text(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    text = meta["help"]
+    if meta["choices"]:
+        text += f" (one of: {', '.join(map(str, meta['choices']))})"
+    elif meta["min"] is not None or meta["max"] is not None:
+        text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']})"
+    return text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate, resolve."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ActrecError(f"cannot read config {path}: {exc.strerror}. Pass an existing YAML file "
+                              f"(see configs/).") from exc
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ActrecError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ActrecError(f"{path}: expected a mapping of sections (data:, embed:, ...) at the top level")
+    origins = {}
+    for item in overrides:
+        origins[_apply_override(raw, item)] = f"--set {item}"
+    return config_from_dict(raw, source=source, origins=origins)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = None) -> Config:
+    """Build and validate a Config from nested plain data (YAML, a checkpoint's record).
+
+    ``origins`` maps a dotted key to where its value came from (a ``--set``), for error messages.
+    """
+    origins = origins or {}
+    cfg = Config(source=source)
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ActrecError(f"{source}: unknown section '{section}'. Allowed: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ActrecError(f"{source}: section '{section}' must be a mapping of keys, got {values!r}")
+        target = getattr(cfg, section)
+        known = {f.name: f for f in fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                raise ActrecError(f"{source}: unknown key '{section}.{key}'. Allowed in '{section}': "
+                                  f"{', '.join(known)}")
+            name = f"{section}.{key}"
+            setattr(target, key, _check_value(name, value, known[key], origins.get(name, source)))
+    _resolve_placeholders(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict, item: str) -> str:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ActrecError(f"--set {item!r}: expected section.key=value, for example --set train.epochs=5")
+    dotted, text = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    section_values = raw.setdefault(section, {})
+    if not isinstance(section_values, dict):
+        raise ActrecError(f"--set {item!r}: section '{section}' in the config file is not a mapping")
+    section_values[key] = value
+    return f"{section}.{key}"
+
+
+def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    where = f"{source}: {name}"
+    if meta["choices"]:
+        # YAML reads `split: 1` as an int and `--set data.split=1` too; "1" from elsewhere is the same choice.
+        lookup = {str(c): c for c in meta["choices"]}
+        if str(value) not in lookup:
+            raise ActrecError(f"{where}: {value!r} is not allowed. Allowed values: "
+                              f"{', '.join(map(str, meta['choices']))}")
+        return lookup[str(value)]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ActrecError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ActrecError(f"{where}: expected a whole number, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; it is still the number the user meant.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ActrecError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ActrecError(f"{where}: expected a string, got {value!r}")
+        if meta["nonempty"] and not value.strip():
+            raise ActrecError(f"{where}: must not be empty")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ActrecError(f"{where}: {value!r} is below the minimum {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ActrecError(f"{where}: {value!r} is above the maximum {meta['max']}")
+    return value
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\.([a-z_]+)\}")
+
+
+def _resolve_placeholders(cfg: Config) -> None:
+    for section in SECTIONS:
+        target = getattr(cfg, section)
+        for f in fields(target):
+            value = getattr(target, f.name)
+            if isinstance(value, str) and "{" in value:
+                setattr(target, f.name, _PLACEHOLDER.sub(lambda m: _lookup(cfg, m, f"{section}.{f.name}"), value))
+
+
+def _lookup(cfg: Config, match: re.Match, name: str) -> str:
+    section, key = match.groups()
+    if section not in SECTIONS or not hasattr(getattr(cfg, section), key):
+        raise ActrecError(f"{cfg.source}: {name}: placeholder {match.group(0)} names no config key")
+    return str(getattr(getattr(cfg, section), key))
+
+
+def stable_hash(data: Any) -> str:
+    """A short hash of plain data that does not depend on dict order."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML next to an output it produced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
