@@ -234,8 +234,9 @@ def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = N
     origins = origins or {}
     cfg = Config(source=source)
     for section, values in raw.items():
+        section_source = next((o for k, o in origins.items() if k.startswith(f"{section}.")), source)
         if section not in SECTIONS:
-            raise ActrecError(f"{source}: unknown section '{section}'. Allowed: {', '.join(SECTIONS)}")
+            raise ActrecError(f"{section_source}: unknown section '{section}'. Allowed: {', '.join(SECTIONS)}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -244,7 +245,7 @@ def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = N
         known = {f.name: f for f in fields(target)}
         for key, value in values.items():
             if key not in known:
-                raise ActrecError(f"{source}: unknown key '{section}.{key}'. Allowed in '{section}': "
+                raise ActrecError(f"{origins.get(f'{section}.{key}', source)}: unknown key '{section}.{key}'. Allowed in '{section}': "
                                   f"{', '.join(known)}")
             name = f"{section}.{key}"
             setattr(target, key, _check_value(name, value, known[key], origins.get(name, source)))

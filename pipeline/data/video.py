@@ -1,0 +1,79 @@
+"""Decoding: the one place that knows codecs and frame folders.
+
+Everything downstream gets uint8 RGB frames shaped ``[T, H, W, 3]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ActrecError
+
+FRAME_PATTERN = "{:06d}.jpg"  # frames/Class/v_Class_gXX_cYY/000001.jpg, 1-based like the seed's extractor
+
+
+class DecodeError(ActrecError):
+    """A video or frame folder that cannot be decoded (corrupt, truncated, empty)."""
+
+
+def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file as uint8 RGB ``[H, W, 3]`` arrays, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DecodeError(f"{path}: OpenCV cannot open it (corrupt, or a codec this OpenCV lacks)")
+    count = 0
+    try:
+        while True:
+            ok, frame_bgr = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    if count == 0:
+        raise DecodeError(f"{path}: no decodable frames")
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """All frames of a video file as one uint8 RGB array ``[T, H, W, 3]``."""
+    return np.stack(list(iter_video_frames(path)))
+
+
+def video_fps(path: str | Path, default: float = 25.0) -> float:
+    """Frame rate from the container (UCF-101 is 25 fps); ``default`` when the container does not say."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    capture.release()
+    return float(fps) if fps and fps > 0 else default
+
+
+def frame_paths(folder: str | Path) -> list[Path]:
+    """The JPEG frames of an extracted video folder, in frame order."""
+    return sorted(Path(folder).glob("*.jpg"))
+
+
+def read_frames_dir(folder: str | Path) -> np.ndarray:
+    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DecodeError(f"{folder}: no such frames folder (run `actrec extract` first, or set embed.source=videos)")
+    paths = frame_paths(folder)
+    if not paths:
+        raise DecodeError(f"{folder}: no .jpg frames in the folder")
+    frames = []
+    for p in paths:
+        frame_bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if frame_bgr is None:
+            raise DecodeError(f"{p}: unreadable JPEG")
+        frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)

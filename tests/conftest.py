@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic dataset and configs that point at it.
+
+Tests use tiny backbones and frames (resnet18 at 32x32, a handful of videos) so the
+whole suite runs in a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+
+torch.set_num_threads(1)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+
+
+def tiny_overrides(root: Path) -> list[str]:
+    """--set overrides for a tiny synthetic dataset, cache and run under ``root``."""
+    return [
+        f"data.videos={root}/videos", f"data.frames={root}/frames", f"data.splits={root}/splits",
+        "data.name=tiny", "data.split=1",
+        "synth.classes=4", "synth.groups=8", "synth.clips_per_group=1", "synth.frames=12",
+        "synth.width=32", "synth.height=32",
+        "embed.backbone=resnet18", "embed.weights=none", "embed.img_dim=32", "embed.batch_size=16",
+        "embed.workers=1", "embed.threads=1", "embed.device=cpu",
+        f"cache.path={root}/cache/tiny.h5",
+        "model.latent_dim=16", "model.hidden_dim=16",
+        "train.sequence_length=8", "train.epochs=2", "train.batch_size=4", "train.device=cpu",
+        f"run.dir={root}/run",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A validated Config for a tiny dataset under a fresh tmp folder (nothing generated yet)."""
+    return load_config(Path(PROJECT_ROOT / "configs" / "synthetic.yaml"), tiny_overrides(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_root(tmp_path_factory):
+    """A tiny synthetic dataset (real .avi files and split files), generated once per test session.
+
+    Tests must not modify it; copy what you need to change.
+    """
+    from pipeline.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root)))
+    return root
+
+
+@pytest.fixture
+def tiny_dataset_config(tiny_dataset_root, tmp_path):
+    """A Config reading the shared tiny dataset, with cache and run dir in a fresh tmp folder."""
+    overrides = tiny_overrides(tiny_dataset_root) + [f"cache.path={tmp_path}/cache/tiny.h5", f"run.dir={tmp_path}/run"]
+    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", overrides)

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import config_from_dict, describe_keys, load_config
+from pipeline.errors import ActrecError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["ucf101.yaml", "synthetic.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.cache.path.endswith(".h5") and "{" not in cfg.cache.path
+    assert "{" not in cfg.run.dir
+
+
+def test_ucf101_config_has_seed_hyperparameters():
+    cfg = load_config(ROOT / "configs" / "ucf101.yaml")
+    assert (cfg.embed.backbone, cfg.embed.weights, cfg.embed.img_dim) == ("resnet152", "imagenet", 112)
+    assert (cfg.train.sequence_length, cfg.model.latent_dim, cfg.model.hidden_dim) == (40, 512, 1024)
+    assert cfg.model.bidirectional and cfg.model.attention and cfg.train.batch_size == 16
+
+
+def test_overrides_and_placeholders():
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml", ["embed.backbone=resnet50", "train.lr=1e-3", "data.split=2"])
+    assert cfg.embed.backbone == "resnet50" and cfg.train.lr == 0.001 and cfg.data.split == 2
+    assert "resnet50" in cfg.cache.path and cfg.run.dir.endswith("split2")
+
+
+def test_weights_path_gives_file_name_safe_tag():
+    cfg = load_config(None, ["embed.weights=/some/dir/my weights.pth"])
+    assert "my-weights" in cfg.cache.path
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.foo=1", "unknown key 'train.foo'"),
+    ("nosuch.key=1", "unknown section 'nosuch'"),
+    ("train.lr=abc", "train.lr: expected a number"),
+    ("train.epochs=2.5", "train.epochs: expected a whole number"),
+    ("train.epochs=0", "below the minimum 1"),
+    ("data.split=4", "Allowed values: 1, 2, 3, random"),
+    ("model.attention=maybe", "expected true or false"),
+    ("trainepochs", "expected section.key=value"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ActrecError, match="--set") as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_bad_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ActrecError, match=r"bad.yaml: unknown key 'train.epochz'"):
+        load_config(path)
+
+
+def test_roundtrip_through_dict():
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml")
+    again = config_from_dict(cfg.to_dict())
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_every_key_documented():
+    doc = (ROOT / "configs" / "README.md").read_text()
+    missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in doc]
+    assert not missing, f"configs/README.md lacks {missing}"
+
+
+def test_config_reference_is_up_to_date():
+    from pipeline.config_doc import render
+
+    assert (ROOT / "configs" / "README.md").read_text() == render(), \
+        "regenerate: python -m pipeline.config_doc > configs/README.md"
