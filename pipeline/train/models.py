@@ -1,0 +1,118 @@
+"""Sequence models over cached frame features: ``[B, T, D]`` features -> ``[B, num_classes]`` logits.
+
+Every model starts with the same trainable projection of the frozen features and ends with
+the same MLP head; they differ only in how they summarise time:
+
+- ``bilstm``   bidirectional LSTM, then attention pooling (or the mean of all timesteps)
+- ``meanpool`` the mean over time of the projected features: blind to frame order
+- ``tcn``      a few dilated 1-D convolutions, then the mean over time: order-aware but local
+
+Heads return logits; the softmax lives in the loss and in evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.errors import ActrecError
+
+
+def projection(feature_dim: int, latent_dim: int) -> nn.Sequential:
+    """Frozen-backbone features -> a trainable latent space (LayerNorm works per frame, any batch size)."""
+    return nn.Sequential(nn.Linear(feature_dim, latent_dim), nn.LayerNorm(latent_dim), nn.ReLU())
+
+
+def classifier_head(in_dim: int, hidden_dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Pooled clip vector -> class logits."""
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, num_classes),
+    )
+
+
+class AttentionPool(nn.Module):
+    """A learned score per timestep, softmax over time, weighted sum of the timesteps."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.score(x).squeeze(-1), dim=1)  # [B, T]
+        return torch.einsum("bt,btc->bc", weights, x)
+
+
+class MeanPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+class BiLSTM(nn.Module):
+    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, layers: int,
+                 bidirectional: bool, attention: bool, dropout: float):
+        super().__init__()
+        self.project = projection(feature_dim, latent_dim)
+        self.lstm = nn.LSTM(latent_dim, hidden_dim, num_layers=layers, batch_first=True,
+                            bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        out_dim = hidden_dim * (2 if bidirectional else 1)
+        self.pool = AttentionPool(out_dim) if attention else MeanPool()
+        self.head = classifier_head(out_dim, hidden_dim, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self.lstm(self.project(x))
+        return self.head(self.pool(x))
+
+
+class MeanPoolModel(nn.Module):
+    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.project = projection(feature_dim, latent_dim)
+        self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.project(x).mean(dim=1))
+
+
+class TemporalBlock(nn.Module):
+    """A residual dilated convolution over time (same length in and out)."""
+
+    def __init__(self, channels: int, dilation: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size=3, padding=dilation, dilation=dilation)
+        self.norm = nn.BatchNorm1d(channels)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(torch.relu(self.norm(self.conv(x))))
+
+
+class TCN(nn.Module):
+    # Three blocks with dilations 1, 2, 4 see 15 neighbouring frames: local motion order, not the whole clip.
+    dilations = (1, 2, 4)
+
+    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.project = projection(feature_dim, latent_dim)
+        self.blocks = nn.Sequential(*[TemporalBlock(latent_dim, d, dropout) for d in self.dilations])
+        self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.project(x).transpose(1, 2))  # [B, C, T]
+        return self.head(x.mean(dim=2))
+
+
+def build_model(cfg, feature_dim: int, num_classes: int) -> nn.Module:
+    """The model named by ``cfg.model.name`` for features of width ``feature_dim``."""
+    m = cfg.model
+    if m.name == "bilstm":
+        return BiLSTM(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.layers, m.bidirectional,
+                      m.attention, m.dropout)
+    if m.name == "meanpool":
+        return MeanPoolModel(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.dropout)
+    if m.name == "tcn":
+        return TCN(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.dropout)
+    raise ActrecError(f"model.name: unknown model {m.name!r}. Allowed: bilstm, meanpool, tcn")

@@ -1,0 +1,140 @@
+"""Clips from cached sequences: which frames a training or evaluation clip takes, and datasets that read them.
+
+A video of ``n`` cached frames gives clips of ``L`` frames (``train.sequence_length``):
+
+- training: a stride drawn from ``1..max(1, n // L)`` and a random start, as the seed sampled
+  its JPEG folders; with a mirrored cache, the whole clip comes from the flipped features with p = 0.5;
+- evaluation: ``eval.clips`` clips, each covering the whole video (one clip = L frames evenly
+  spaced over the video, the seed's full-span clip; more clips sample the same L segments at
+  other offsets).
+
+Videos shorter than ``L`` are padded by repeating their last frame (the seed repeated the first);
+repeating the whole sequence instead would add a jump from the end back to the start, which looks
+like motion played backwards.
+
+Every draw comes from a generator seeded with (train.seed, epoch, position in the list), so a run
+samples the same clips whatever the number of DataLoader workers, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.errors import ActrecError
+
+
+def pad_indices(n: int, length: int) -> np.ndarray:
+    """Frame indices ``0..n-1``, the last one repeated until there are at least ``length``."""
+    if n < 1:
+        raise ActrecError("a cached video has no frames; re-run `actrec embed` (the cache is inconsistent)")
+    return np.concatenate([np.arange(n), np.full(max(0, length - n), n - 1)])
+
+
+def train_clip_indices(n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """``length`` frame indices of a random training clip: random stride in 1..max(1, n // length), random start."""
+    frames = pad_indices(n, length)
+    stride = int(rng.integers(1, max(1, len(frames) // length) + 1))
+    start = int(rng.integers(0, len(frames) - stride * length + 1))
+    return frames[start:start + stride * length:stride]
+
+
+def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
+    """``[clips, length]`` frame indices of the evaluation clips, each spanning the whole video.
+
+    The video is cut into ``length`` equal segments; clip ``k`` takes the frame at fraction
+    ``(k + 0.5) / clips`` of each segment. One clip = the segment centres, evenly spaced.
+    """
+    frames = pad_indices(n, length)
+    offsets = (np.arange(clips)[:, None] + 0.5) / clips
+    positions = (np.arange(length)[None, :] + offsets) * len(frames) / length
+    return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
+
+
+def open_cache(cfg):
+    """The feature cache at cache.path; refused when it was made with other embed settings than ``cfg``."""
+    from pipeline.features.cache import FeatureCache, embed_fingerprint
+
+    return FeatureCache(cfg.cache.path, expected_fingerprint=embed_fingerprint(cfg))
+
+
+def cache_rows(cache, items, what: str) -> tuple[list[int], list[int]]:
+    """Cache rows and labels of ``items``; videos whose embedding failed are left out with a warning."""
+    rows, labels, failed = [], [], []
+    for item in items:
+        if item.name in cache.failures:
+            failed.append(item.name)
+            continue
+        row = cache.index_of(item.name)  # a video missing from the cache is an error that says to embed
+        if int(cache.labels[row]) != item.label:
+            raise ActrecError(f"{cache.path}: {item.name} has label {int(cache.labels[row])} in the cache but "
+                              f"{item.label} in the split files; the cache belongs to another dataset. Re-run "
+                              f"`actrec embed` or fix cache.path")
+        rows.append(row)
+        labels.append(item.label)
+    if failed:
+        click.echo(f"warning: {len(failed)} {what} videos failed to embed and are left out (e.g. {failed[0]}: "
+                   f"{cache.failures[failed[0]]})", err=True)
+    return rows, labels
+
+
+def load_features(cache, load: str) -> str:
+    """Read the cache into memory when ``load`` says so ('auto': when it fits in a quarter of RAM).
+
+    Returns 'memory' or 'disk'; on disk, each DataLoader worker reads clips through its own handle.
+    """
+    if load == "auto":
+        load = "memory" if cache.nbytes <= total_memory_bytes() // 4 else "disk"
+    if load == "memory":
+        cache.load_all()
+    return load
+
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024 ** 3  # unknown: assume a modest machine
+
+
+class TrainClips(Dataset):
+    """One random clip per video per epoch: ``(features [L, D] float32, label)``."""
+
+    def __init__(self, cache, rows: list[int], labels: list[int], length: int, seed: int, flip: bool):
+        self.cache, self.rows, self.labels = cache, rows, labels
+        self.length, self.seed, self.flip = length, seed, flip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        rng = np.random.default_rng([self.seed, self.epoch, k])
+        row = self.rows[k]
+        indices = train_clip_indices(int(self.cache.lengths[row]), self.length, rng)
+        flip = self.flip and rng.random() < 0.5
+        return torch.from_numpy(self.cache.frames(row, indices, flip=flip)), self.labels[k]
+
+
+class EvalClips(Dataset):
+    """Every evaluation clip of a video at once: ``(features [K, L, D] float32, label)``."""
+
+    def __init__(self, cache, rows: list[int], labels: list[int], length: int, clips: int):
+        self.cache, self.rows, self.labels = cache, rows, labels
+        self.length, self.clips = length, clips
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        row = self.rows[k]
+        indices = eval_clip_indices(int(self.cache.lengths[row]), self.length, self.clips)
+        clips = self.cache.frames(row, indices.reshape(-1)).reshape(self.clips, self.length, -1)
+        return torch.from_numpy(clips), self.labels[k]

@@ -1,0 +1,132 @@
+import numpy as np
+import pytest
+
+from pipeline.data.ucf101 import VideoItem
+from pipeline.errors import ActrecError
+from pipeline.features.cache import FeatureCache, FeatureCacheWriter
+from pipeline.train.sampling import (
+    EvalClips,
+    TrainClips,
+    cache_rows,
+    eval_clip_indices,
+    load_features,
+    pad_indices,
+    train_clip_indices,
+)
+
+
+def test_pad_repeats_the_last_frame():
+    assert pad_indices(3, 6).tolist() == [0, 1, 2, 2, 2, 2]
+    assert pad_indices(5, 3).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_train_clips_use_every_allowed_stride_and_stay_inside_the_video():
+    rng = np.random.default_rng(0)
+    strides = set()
+    for _ in range(300):
+        clip = train_clip_indices(40, 8, rng)  # n // L = 5: strides 1..5
+        steps = np.diff(clip)
+        assert len(clip) == 8 and clip.min() >= 0 and clip.max() <= 39
+        assert (steps == steps[0]).all()
+        strides.add(int(steps[0]))
+    assert strides == {1, 2, 3, 4, 5}
+
+
+def test_train_clip_starts_cover_the_video():
+    rng = np.random.default_rng(1)
+    starts = {int(train_clip_indices(10, 8, rng)[0]) for _ in range(200)}  # stride 1 only: starts 0..2
+    assert starts == {0, 1, 2}
+
+
+def test_short_video_is_padded_in_training():
+    clip = train_clip_indices(3, 6, np.random.default_rng(0))
+    assert clip.tolist() == [0, 1, 2, 2, 2, 2]
+
+
+def test_one_eval_clip_spans_the_whole_video_evenly():
+    assert eval_clip_indices(32, 16, 1).tolist() == [list(range(1, 32, 2))]
+    assert eval_clip_indices(8, 8, 1).tolist() == [list(range(8))]
+    assert eval_clip_indices(3, 5, 1).tolist() == [[0, 1, 2, 2, 2]]
+
+
+def test_several_eval_clips_take_other_offsets_of_the_same_segments():
+    clips = eval_clip_indices(40, 10, 4)
+    assert clips.shape == (4, 10)
+    # Segment j holds frames 4j..4j+3; clip k takes offset k.
+    for k in range(4):
+        assert clips[k].tolist() == [4 * j + k for j in range(10)]
+    assert len(np.unique(clips)) == 40
+
+
+def write_cache(path, lengths, dim=3, flip=False):
+    """Feature value = frame index (plain) or -frame index (mirrored), so reads can be checked exactly."""
+    with FeatureCacheWriter(path, {"test": 1}, ["A", "B"], dim, flip=flip, dtype="float32") as writer:
+        for i, n in enumerate(lengths):
+            plain = np.repeat(np.arange(n, dtype=np.float32)[:, None], dim, axis=1) + 1000 * i
+            writer.add(f"A/v_A_g{i + 1:02d}_c01", i % 2, plain, -plain if flip else None)
+        writer.add_failure("B/v_B_g99_c01", "DecodeError: corrupt")
+    return FeatureCache(path)
+
+
+def test_train_dataset_reads_the_sampled_frames_and_flips_whole_clips(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", [20, 5], flip=True)
+    data = TrainClips(cache, [0, 1], [0, 1], length=4, seed=3, flip=True)
+    signs = []
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        clip, label = data[0]
+        assert clip.shape == (4, 3) and label == 0
+        values = clip[:, 0].numpy()
+        signs.append(np.sign(values[values != 0]).mean() if (values != 0).any() else 0)
+        frames = np.abs(values)
+        assert np.all(frames == np.round(frames)) and frames.max() <= 19
+        assert len(set(np.diff(frames).tolist())) == 1  # one stride within a clip
+    # Whole clips come from one side: every clip is all-plain or all-mirrored, and both occur.
+    assert set(signs) <= {-1.0, 1.0, 0} and {-1.0, 1.0} <= set(signs)
+
+
+def test_train_dataset_is_deterministic_per_seed_and_epoch(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", [50])
+    a = TrainClips(cache, [0], [0], length=5, seed=7, flip=False)
+    b = TrainClips(cache, [0], [0], length=5, seed=7, flip=False)
+    draws = []
+    for epoch in range(6):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert np.array_equal(a[0][0], b[0][0])
+        draws.append(a[0][0][:, 0].tolist())
+    assert len({tuple(d) for d in draws}) > 1  # epochs differ
+
+
+def test_eval_dataset_returns_all_clips_of_a_video(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", [12, 30])
+    data = EvalClips(cache, [1], [1], length=6, clips=2)
+    clips, label = data[0]
+    assert clips.shape == (2, 6, 3) and label == 1
+    expected = 1000 + eval_clip_indices(30, 6, 2)
+    assert np.array_equal(clips[:, :, 0].numpy(), expected)
+
+
+def test_memory_and_disk_reads_agree(tmp_path):
+    cache = write_cache(tmp_path / "c.h5", [9, 14], flip=True)
+    disk = EvalClips(cache, [0, 1], [0, 1], length=4, clips=3)
+    from_disk = [disk[k][0] for k in range(2)]
+    assert load_features(cache, "disk") == "disk"
+    assert load_features(cache, "auto") == "memory"  # a few KiB fit in a quarter of any machine's RAM
+    from_memory = [disk[k][0] for k in range(2)]
+    for a, b in zip(from_disk, from_memory):
+        assert np.array_equal(a, b)
+
+
+def test_cache_rows_skip_failed_videos_and_refuse_missing_ones(tmp_path, capsys):
+    cache = write_cache(tmp_path / "c.h5", [4, 4])
+    item = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=1, group=2, clip=1)
+    failed = VideoItem(name="B/v_B_g99_c01", path=tmp_path / "y.avi", label=1, group=99, clip=1)
+    assert cache_rows(cache, [item, failed], "test") == ([1], [1])
+    assert "1 test videos failed to embed" in capsys.readouterr().err
+    missing = VideoItem(name="A/v_A_g07_c01", path=tmp_path / "z.avi", label=0, group=7, clip=1)
+    with pytest.raises(ActrecError, match="not in .*actrec embed"):
+        cache_rows(cache, [missing], "training")
+    wrong_label = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=0, group=2, clip=1)
+    with pytest.raises(ActrecError, match="label 1 in the cache but 0"):
+        cache_rows(cache, [wrong_label], "training")
