@@ -174,6 +174,16 @@ def show_config(config_path, overrides):
     click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@reports_errors
+def report(run_dirs):
+    """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean)."""
+    from pipeline.evaluate import format_report, summarize_runs
+
+    click.echo(format_report(summarize_runs(run_dirs)))
+
+
 def main() -> None:
     cli(prog_name="actrec")
 

@@ -1,0 +1,238 @@
+"""Evaluate stage: a trained checkpoint on the test list of its split.
+
+Writes ``run.dir/metrics.json`` (top-1/top-5 at video level, clip top-1, mean class accuracy,
+per-class accuracy, and for the synthetic dataset the accuracy within time-reversed class
+pairs), ``run.dir/confusion_matrix.png`` and prints a summary. The test list is read here and
+nowhere in training, and a checkpoint trained on another split is refused, so the numbers are
+never computed on videos the model saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pipeline.errors import ActrecError
+from pipeline.train.metrics import (
+    confusion_matrix,
+    mean_class_accuracy,
+    pair_accuracy,
+    per_class_accuracy,
+    topk_accuracy,
+    video_scores,
+)
+
+# Data keys that decide which videos are in the test list.
+TEST_LIST_KEYS = ("split", "seed", "random_test_fraction")
+# metrics.json key -> report column title
+REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_cls", "clip_top1": "clip_top1",
+                  "pair_accuracy": "pair_acc"}
+
+
+def evaluate(cfg) -> dict:
+    """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
+    from pipeline.data.ucf101 import load_split
+    from pipeline.train.loop import (
+        autocast_dtype,
+        load_checkpoint,
+        model_from_checkpoint,
+        predict_clips,
+        resolve_device,
+    )
+    from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache
+
+    run_dir = Path(cfg.run.dir)
+    path = checkpoint_path(cfg)
+    ckpt = load_checkpoint(path)
+    check_same_test_list(cfg, ckpt, path)
+    cache = open_cache(cfg)
+    if ckpt["fingerprint"] != cache.fingerprint:
+        raise ActrecError(f"{path} was trained on features made with other settings than {cfg.cache.path}; "
+                          f"evaluate with the config it was trained with (see {run_dir}/config.yaml)")
+    split = load_split(cfg, check_videos=False)
+    if split.class_names != ckpt["class_names"]:
+        raise ActrecError(f"{path} was trained on other classes than {cfg.data.splits}/classInd.txt lists")
+    rows, labels = cache_rows(cache, split.test, "test")
+    if not rows:
+        raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
+    load_features(cache, cfg.cache.load)
+    length = ckpt["config"]["train"]["sequence_length"]
+    device = resolve_device(cfg.train.device)
+    model = model_from_checkpoint(ckpt).to(device)
+    dataset = EvalClips(cache, rows, labels, length, cfg.eval.clips)
+    logits, labels = predict_clips(model, dataset, cfg.eval.batch_size, device,
+                                   autocast_dtype(device, cfg.train.amp), desc="evaluate")
+
+    metrics = compute_metrics(logits, labels, split.class_names)
+    matrix = np.array(metrics.pop("confusion_matrix"))
+    metrics.update({
+        "split": split.name,
+        "model": ckpt["config"]["model"]["name"],
+        "num_videos": len(rows),
+        "eval_clips": cfg.eval.clips,
+        "sequence_length": length,
+        "checkpoint": str(path),
+        "checkpoint_epoch": int(ckpt["epoch"]),
+        "leaks_groups": split.name == "random" or split.leaked_groups > 0,
+        "leaked_groups": int(split.leaked_groups),
+        "confusion_matrix": matrix.tolist(),
+    })
+    write_json(metrics, run_dir / "metrics.json")
+    from pipeline.plots import plot_confusion
+
+    plot_confusion(matrix, split.class_names, run_dir / "confusion_matrix.png",
+                   title=f"{metrics['model']}, split {split.name}: top-1 {metrics['top1']:.3f}")
+    click.echo(format_summary(metrics))
+    click.echo(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'confusion_matrix.png'}")
+    return metrics
+
+
+def checkpoint_path(cfg) -> Path:
+    """eval.checkpoint: 'best' / 'last' of run.dir, or a path."""
+    if cfg.eval.checkpoint in ("best", "last"):
+        return Path(cfg.run.dir) / "checkpoints" / f"{cfg.eval.checkpoint}.pt"
+    return Path(cfg.eval.checkpoint)
+
+
+def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
+    """Refuse a checkpoint whose training split differs from the one evaluated: its training list may hold test videos."""
+    trained = ckpt["config"]["data"]
+    changed = [f"data.{key}: trained with {trained.get(key)!r}, now {getattr(cfg.data, key)!r}"
+               for key in TEST_LIST_KEYS if str(trained.get(key)) != str(getattr(cfg.data, key))]
+    if changed:
+        raise ActrecError(f"{path} was trained on another split than the one to evaluate ({'; '.join(changed)}); "
+                          f"its training videos may be in this test list. Evaluate with the settings it was "
+                          f"trained with, or train a run for this split")
+
+
+def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``."""
+    n, k, c = clip_logits.shape
+    scores = video_scores(clip_logits)
+    matrix = confusion_matrix(labels, scores.argmax(axis=1), c)
+    video_top1 = topk_accuracy(scores, labels, 1)
+    metrics = {
+        "top1": video_top1,
+        "top5": topk_accuracy(scores, labels, 5),
+        "mean_class_accuracy": mean_class_accuracy(matrix),
+        "video_top1": video_top1,
+        "clip_top1": topk_accuracy(clip_logits.reshape(n * k, c), np.repeat(labels, k), 1),
+        "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix))},
+        "confusion_matrix": matrix.tolist(),
+    }
+    pairs = reversed_pairs(class_names)
+    if pairs:
+        metrics["pair_accuracy"] = pair_accuracy(scores, labels, pairs)
+        metrics["pairs"] = [[class_names[a], class_names[b]] for a, b in pairs]
+    return metrics
+
+
+def reversed_pairs(class_names: list[str]) -> list[tuple[int, int]]:
+    """(forward, reversed) label pairs of the synthetic dataset's time-reversed classes (none for UCF-101)."""
+    from pipeline.data.synthetic import MOTIONS
+
+    index = {name: label for label, name in enumerate(class_names)}
+    pairs = []
+    for name, label in index.items():
+        for forward, backward in MOTIONS:
+            partner = name[: -len(forward)] + backward
+            if name.endswith(forward) and partner in index:
+                pairs.append((label, index[partner]))
+    return pairs
+
+
+def format_summary(metrics: dict) -> str:
+    title = (f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos, "
+             f"{metrics['eval_clips']} clip(s) of {metrics['sequence_length']} frames each, checkpoint epoch "
+             f"{metrics['checkpoint_epoch']}")
+    lines = [title,
+             f"  top-1 (video)         {metrics['top1']:.4f}",
+             f"  top-5 (video)         {metrics['top5']:.4f}",
+             f"  mean class accuracy   {metrics['mean_class_accuracy']:.4f}",
+             f"  clip top-1            {metrics['clip_top1']:.4f}"]
+    if "pair_accuracy" in metrics:
+        lines.append(f"  pair accuracy         {metrics['pair_accuracy']:.4f}   (within time-reversed class pairs; "
+                     f"0.5 = blind to order)")
+    if metrics["leaks_groups"]:
+        lines.append(f"  warning: split '{metrics['split']}' puts {metrics['leaked_groups']} groups on both sides; "
+                     f"these numbers are inflated")
+    per_class = [(acc, name) for name, acc in metrics["per_class"].items() if acc is not None]
+    shown = sorted(per_class)[:5] if len(per_class) > 10 else sorted(per_class, key=lambda x: x[1])
+    lines.append("  per class" + (" (5 worst)" if len(per_class) > 10 else "") + ":")
+    lines += [f"    {name:<32} {acc:.3f}" for acc, name in shown]
+    return "\n".join(lines)
+
+
+def summarize_runs(run_dirs) -> dict:
+    """The metrics.json of several runs, and per model the mean over its runs (e.g. splits 1, 2 and 3)."""
+    runs = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+        except OSError as exc:
+            message = f"{path}: cannot read it ({exc.strerror}); run `actrec evaluate` for {run_dir} first"
+            raise ActrecError(message) from exc
+        except ValueError as exc:
+            raise ActrecError(f"{path}: not valid JSON ({exc}); run `actrec evaluate` again") from exc
+        metrics.pop("confusion_matrix", None)
+        runs.append({"run_dir": str(run_dir), **metrics})
+    by_model = {}
+    for model in dict.fromkeys(run["model"] for run in runs):
+        mine = [run for run in runs if run["model"] == model]
+        by_model[model] = {"splits": [run["split"] for run in mine], **{
+            f"mean_{key}": _mean(run.get(key) for run in mine) for key in REPORT_COLUMNS}}
+    return {"runs": runs, "by_model": by_model, "mean_top1": _mean(run["top1"] for run in runs)}
+
+
+def format_report(summary: dict) -> str:
+    """A table of the runs' metrics and, for models run on several splits, their means."""
+    header = f"{'run':<36} {'model':<9} {'split':<13} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values())
+    lines = [header, "-" * len(header)]
+    for run in summary["runs"]:
+        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run['split']!s:<13} "
+                     + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
+    for model, stats in summary["by_model"].items():
+        if len(stats["splits"]) > 1:
+            splits = ",".join(map(str, stats["splits"]))
+            lines.append(f"{'mean':<36} {model:<9} {splits:<13} "
+                         + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
+    if any(run.get("leaks_groups") for run in summary["runs"]):
+        lines.append("note: runs on split 'random' share groups between train and test; their numbers are inflated")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:>10.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else f"{'-':>10}"
+
+
+def _mean(values) -> float | None:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Atomically, with NaN written as null (JSON has no NaN)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

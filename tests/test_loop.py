@@ -1,0 +1,228 @@
+"""Stage two end to end on tiny real HDF5 caches whose classes differ only in temporal order."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROJECT_ROOT, tiny_overrides
+
+from pipeline.config import load_config
+from pipeline.errors import ActrecError
+from pipeline.features.cache import FeatureCacheWriter, embed_fingerprint
+from pipeline.train.loop import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+# Two time-reversed pairs, named like the synthetic dataset's so evaluation finds the pairs.
+CLASSES = ["BlockMoveRight", "BlockMoveLeft", "TriangleGrow", "TriangleShrink"]
+TEST_GROUPS = (7, 8)
+
+
+def order_config(root: Path, *overrides: str):
+    """The tiny test config pointed at ``root``, with small fast training."""
+    base = ["train.epochs=2", "train.batch_size=8", "train.lr=0.005", "model.dropout=0.0", "data.val_fraction=0.2"]
+    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root) + base + list(overrides))
+
+
+def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True) -> None:
+    """Split files and a feature cache where a pair's two classes have the same frames in opposite order.
+
+    Each frame is a point moving along the pair's direction; the reversed class moves the other way. The
+    mean over time is the same for both classes of a pair, so an order-blind model is at chance within a pair.
+    """
+    splits = Path(cfg.data.splits)
+    splits.mkdir(parents=True, exist_ok=True)
+    (splits / "classInd.txt").write_text("".join(f"{i + 1} {name}\r\n" for i, name in enumerate(CLASSES)))
+    entries = [(label, g, c) for label in range(len(CLASSES)) for g in range(1, groups + 1) for c in range(1, clips + 1)]
+
+    def path(label, g, c):
+        return f"{CLASSES[label]}/v_{CLASSES[label]}_g{g:02d}_c{c:02d}.avi"
+
+    (splits / "trainlist01.txt").write_text("".join(f"{path(*e)} {e[0] + 1}\r\n" for e in entries
+                                                    if e[1] not in TEST_GROUPS))
+    (splits / "testlist01.txt").write_text("".join(f"{path(*e)}\r\n" for e in entries if e[1] in TEST_GROUPS))
+    rng = np.random.default_rng(0)
+    directions = np.eye(dim)[[0, 3]] + 0.5 * np.eye(dim)[[1, 4]]
+    Path(cfg.cache.path).parent.mkdir(parents=True, exist_ok=True)
+    with FeatureCacheWriter(cfg.cache.path, embed_fingerprint(cfg), CLASSES, dim, dtype="float32") as writer:
+        for label, g, c in entries:
+            if g in TEST_GROUPS and not with_test:
+                continue
+            n = int(rng.integers(14, 26))
+            t = np.linspace(-1.0, 1.0, n)[:: -1 if label % 2 else 1]
+            features = 2.0 * np.outer(t, directions[label // 2]) + rng.normal(0, 0.3, (n, dim))
+            writer.add(path(label, g, c)[:-4], label, features.astype(np.float32))
+
+
+@pytest.fixture
+def order_run(tmp_path):
+    cfg = order_config(tmp_path)
+    write_order_dataset(cfg)
+    return cfg
+
+
+def test_bilstm_learns_temporal_order_and_writes_its_artefacts(tmp_path):
+    cfg = order_config(tmp_path, "train.epochs=12", "train.lr=0.01", "model.name=bilstm")
+    write_order_dataset(cfg, with_test=False)  # training must not need (or read) the test list
+    summary = train(cfg)
+    run = Path(cfg.run.dir)
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 12 and summary["epochs"] == 12 and not summary["skipped"]
+    assert min(float(row["train_loss"]) for row in history[-4:]) < 0.6 * float(history[0]["train_loss"])
+    # Chance is 0.25; an order-blind model gets about 0.5 (it can only tell the pairs apart).
+    assert summary["best_val_acc"] >= 0.75
+    for name in ("config.yaml", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).stat().st_size > 0
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt["class_names"] == CLASSES and ckpt["feature_dim"] == 6
+    assert ckpt["fingerprint"] == embed_fingerprint(cfg) and ckpt["config"] == cfg.to_dict()
+    assert ckpt["epoch"] == ckpt["best_epoch"] and ckpt["best_val_acc"] == summary["best_val_acc"]
+    model = model_from_checkpoint(ckpt)
+    x = torch.randn(2, 8, 6)
+    assert model(x).shape == (2, 4) and not model.training
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert [row["val_loss"] for row in a["history"]] == [row["val_loss"] for row in b["history"]]
+
+
+def test_one_epoch_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    keys = ["model.dropout=0.3", "cache.load=disk"]
+    whole = order_config(tmp_path / "a", "train.epochs=2", *keys)
+    write_order_dataset(whole)
+    train(whole)
+    shared = [f"cache.path={whole.cache.path}", f"data.splits={whole.data.splits}", *keys]
+    train(order_config(tmp_path / "b", "train.epochs=1", *shared))
+    resumed = order_config(tmp_path / "b", "train.epochs=2", *shared)
+    train(resumed, resume=True)
+    a = load_checkpoint(Path(whole.run.dir) / "checkpoints" / "last.pt")
+    b = load_checkpoint(Path(resumed.run.dir) / "checkpoints" / "last.pt")
+    assert a["epoch"] == 2
+    assert_same_training_state(a, b)
+
+
+def interrupt_at_validation(monkeypatch, call: int) -> None:
+    """Make the ``call``-th validation raise Ctrl-C, as a user stopping training mid-epoch."""
+    from pipeline.train import loop
+
+    calls = {"n": 0}
+    real = loop.validate
+
+    def validate_or_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", validate_or_interrupt)
+
+
+def test_interrupted_cosine_run_resumes_exactly(tmp_path, monkeypatch):
+    keys = ["train.epochs=3", "train.schedule=cosine", "train.optimizer=adamw", "train.weight_decay=0.01",
+            "model.dropout=0.3"]
+    whole = order_config(tmp_path / "a", *keys)
+    write_order_dataset(whole)
+    train(whole)
+    interrupted = order_config(tmp_path / "b", *keys, f"cache.path={whole.cache.path}",
+                               f"data.splits={whole.data.splits}")
+    interrupt_at_validation(monkeypatch, call=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    monkeypatch.undo()
+    last = Path(interrupted.run.dir) / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    train(interrupted, resume=True)
+    assert_same_training_state(load_checkpoint(Path(whole.run.dir) / "checkpoints" / "last.pt"),
+                               load_checkpoint(last))
+
+
+def test_interrupted_run_continues_when_run_again(order_run, monkeypatch):
+    interrupt_at_validation(monkeypatch, call=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(order_run)
+    monkeypatch.undo()
+    last = Path(order_run.run.dir) / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    summary = train(order_run)  # same config, no --resume needed: picks up after epoch 1
+    assert summary["epochs"] == 2 and load_checkpoint(last)["epoch"] == 2
+
+
+def test_finished_run_is_skipped_and_a_changed_one_refused(order_run, capsys):
+    train(order_run)
+    last = Path(order_run.run.dir) / "checkpoints" / "last.pt"
+    stamp = last.stat().st_mtime_ns
+    capsys.readouterr()
+    summary = train(order_run)
+    assert summary["skipped"] and "training already done" in capsys.readouterr().out
+    assert last.stat().st_mtime_ns == stamp
+
+    root = Path(order_run.run.dir).parent
+    with pytest.raises(ActrecError, match=r"model.hidden_dim: 16 -> 32.*another run.dir.*delete"):
+        train(order_config(root, "model.hidden_dim=32"))
+    with pytest.raises(ActrecError, match=r"train.epochs=2 \(2 done\); pass --resume"):
+        train(order_config(root, "train.epochs=3"))
+    assert last.stat().st_mtime_ns == stamp  # nothing was overwritten
+    extended = train(order_config(root, "train.epochs=3"), resume=True)
+    assert extended["epochs"] == 3 and not extended["skipped"]
+
+
+def test_resume_without_a_checkpoint_is_refused(order_run):
+    with pytest.raises(ActrecError, match="no checkpoint at .*last.pt"):
+        train(order_run, resume=True)
+
+
+def test_cache_made_with_other_embed_settings_is_refused(order_run):
+    other = order_config(Path(order_run.run.dir).parent, "embed.img_dim=48",
+                         f"cache.path={order_run.cache.path}")
+    with pytest.raises(ActrecError, match=r"img_dim: cache has 32, config gives 48"):
+        train(other)
+    assert not Path(other.run.dir, "checkpoints").exists()
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"format": 1, "epoch": 1, "weights": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"format": 1, "epoch": 2, "weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["weights"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_truncated_or_foreign_checkpoint_gives_a_clear_error(order_run, tmp_path):
+    train(order_run)
+    last = Path(order_run.run.dir) / "checkpoints" / "last.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(ActrecError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
+    with pytest.raises(ActrecError, match="not an actrec checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(ActrecError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # A corrupt last.pt stops training with the same message instead of a traceback.
+    last.write_bytes(b"\x00" * 100)
+    with pytest.raises(ActrecError, match="truncated or corrupt"):
+        train(order_run)
