@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,8 @@ def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict):
         raise ActrecError(f"{path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(head + ".")}
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -129,8 +130,8 @@ def load_backbone(name: str, weights: str, device: torch.device | str) -> nn.Mod
     """A frozen, eval-mode, channels_last torchvision model whose head is Identity; ``model.feature_dim`` is D."""
     _check_name(name)
     if weights == "none":
-        print(f"warning: embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); its features "
-              f"are not ImageNet features", file=sys.stderr)
+        click.echo(f"warning: embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); "
+                   f"its features are not ImageNet features", err=True)
     model = _build(name, weights)
     head, linear = _head(model)
     if weights not in ("imagenet", "none"):

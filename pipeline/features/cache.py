@@ -17,10 +17,10 @@ import errno
 import fcntl
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+import click
 import h5py
 import numpy as np
 
@@ -79,7 +79,7 @@ def _mismatch_error(path, differences: list[str]) -> ActrecError:
 
 
 def _open_error(path, exc: Exception) -> ActrecError:
-    if "already open" in str(exc) or "lock" in str(exc):
+    if "already open" in str(exc) or "unable to lock" in str(exc):
         return ActrecError(f"{path}: the HDF5 file is in use elsewhere ({exc}); close the program using it and "
                            f"run again")
     return ActrecError(f"{path}: the HDF5 file cannot be read ({exc}); it is damaged. Delete it and run "
@@ -115,7 +115,7 @@ def _read_meta(f: h5py.File, path) -> dict:
             "dtype": str(f.attrs["dtype"]),
             "has_flip": "features_flip" in f,
         }
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise ActrecError(f"{path} is not a feature cache written by `actrec embed` (missing or bad attribute: "
                           f"{exc}). Point cache.path elsewhere or delete the file") from exc
     if version != FORMAT_VERSION:
@@ -146,7 +146,7 @@ def _open_for_reading(path) -> h5py.File:
     try:
         # HDF5's own file lock would block a resuming writer; writers serialise on the .lock file instead.
         return h5py.File(path, "r", swmr=True, locking=False)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         raise _open_error(path, exc) from exc
 
 
@@ -222,6 +222,10 @@ class FeatureCacheWriter:
         self.dtype = np.dtype(dtype)
         self.config = config or {}
         self.recovered = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ActrecError(f"cannot create the folder of cache.path {self.path}: {exc.strerror}") from exc
         self._lock = _WriteLock(self.path)
         self._lock.acquire()
         try:
@@ -232,10 +236,13 @@ class FeatureCacheWriter:
             self.close()
             raise
 
+    @property
+    def _feature_datasets(self) -> list[str]:
+        return ["features", "features_flip"] if self.flip else ["features"]
+
     # -- opening ------------------------------------------------------------------------------------------------
 
     def _open(self) -> h5py.File:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self._create(self.path)
             return self._open_rw()
@@ -254,7 +261,7 @@ class FeatureCacheWriter:
     def _open_rw(self) -> h5py.File:
         try:
             return h5py.File(self.path, "r+", libver="latest", locking=False)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             if "consistency flags" in str(exc):
                 raise
             raise _open_error(self.path, exc) from exc
@@ -271,12 +278,13 @@ class FeatureCacheWriter:
             f.attrs["dim"] = self.dim
             f.attrs["dtype"] = self.dtype.name
             rows = _chunk_rows(self.dim, self.dtype.itemsize)
-            for name in ["features", "features_flip"] if self.flip else ["features"]:
+            for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
                                  dtype=self.dtype)
-            text = {"names": h5py.string_dtype("utf-8", NAME_BYTES), "reasons": h5py.string_dtype("utf-8", REASON_BYTES)}
-            columns = {"index": {"names": text["names"], "labels": np.int32, "offsets": np.int64, "lengths": np.int64},
-                       "failures": {"names": text["names"], "reasons": text["reasons"]}}
+            name_type = h5py.string_dtype("utf-8", NAME_BYTES)
+            reason_type = h5py.string_dtype("utf-8", REASON_BYTES)
+            columns = {"index": {"names": name_type, "labels": np.int32, "offsets": np.int64, "lengths": np.int64},
+                       "failures": {"names": name_type, "reasons": reason_type}}
             for group, datasets in columns.items():
                 for name, dtype in datasets.items():
                     f.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
@@ -289,14 +297,14 @@ class FeatureCacheWriter:
             meta = _read_meta(old, self.path)
             self._check_matches(meta)
             total = _committed_frames(meta)
-            print(f"{self.path}: the last embed stopped abruptly; keeping its {len(meta['names'])} committed videos "
-                  f"({total} frames)", file=sys.stderr)
+            click.echo(f"{self.path}: the last embed stopped abruptly; keeping its {len(meta['names'])} "
+                       f"committed videos ({total} frames)", err=True)
             recovered = self.path.with_name(self.path.name + ".recovered")
             self._create(recovered)
             with h5py.File(recovered, "r+", libver="latest", locking=False) as new:
                 new.attrs["config"] = old.attrs["config"]
                 new.attrs["created"] = old.attrs["created"]
-                for name in ["features", "features_flip"] if self.flip else ["features"]:
+                for name in self._feature_datasets:
                     new[name].resize(total, axis=0)
                     for start in range(0, total, RECOVERY_ROWS):
                         stop = min(total, start + RECOVERY_ROWS)
@@ -335,7 +343,7 @@ class FeatureCacheWriter:
         self._n_failure_rows = int(self._file["failures/count"][0])
         self.done = set(meta["names"])
         self.failures = dict(meta["failures"])
-        for name in ["features", "features_flip"] if self.flip else ["features"]:
+        for name in self._feature_datasets:
             if self._file[name].shape[0] != self._frames:
                 self._file[name].resize(self._frames, axis=0)
         for column in ("names", "labels", "offsets", "lengths"):
@@ -526,8 +534,8 @@ def describe_cache(path) -> str:
         f"features:   {cache.dim}-d {cache.dtype}{' + flip' if cache.has_flip else ''}",
     ]
     if len(cache.names):
-        lines.append(f"length:     min {cache.lengths.min()}, mean {cache.lengths.mean():.1f}, max {cache.lengths.max()} "
-                     f"frames per video")
+        lengths = cache.lengths
+        lines.append(f"length:     {lengths.min()} to {lengths.max()} frames per video (mean {lengths.mean():.1f})")
     owner = lock_owner(str(cache.path) + ".lock")
     if owner:
         lines.append(f"status:     being written by pid {owner} (counts grow until it finishes)")
