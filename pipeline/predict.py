@@ -1,0 +1,259 @@
+"""Predict stage: any video -> sliding windows of ``sequence_length`` frames -> labels.
+
+The checkpoint carries everything needed (backbone, weights, img_dim, sequence length, class names), so
+prediction runs the backbone exactly as stage one did and feeds the sequence model clips shaped like the
+ones it was trained on. A video is read twice (features, then the annotated copy) so that only its features,
+never all of its frames, are held in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config import config_from_dict
+from pipeline.data.video import iter_video_frames, video_fps
+from pipeline.errors import ActrecError
+from pipeline.features.backbone import (
+    autocast_dtype,
+    embed_frames,
+    load_backbone,
+    resolve_device,
+    weights_identity,
+)
+from pipeline.train.loop import load_checkpoint, model_from_checkpoint
+from pipeline.train.metrics import softmax
+from pipeline.train.sampling import pad_indices
+
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
+MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
+
+
+class Predictor:
+    """A checkpoint's sequence model plus the backbone it was trained on, ready for any number of videos."""
+
+    def __init__(self, checkpoint: Path, device: str = "auto"):
+        ckpt = load_checkpoint(checkpoint)
+        self.cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (config)")
+        self.class_names = list(ckpt["class_names"])
+        self.device = resolve_device(device)
+        try:
+            self.model = model_from_checkpoint(ckpt).to(self.device)
+        except RuntimeError as exc:
+            raise ActrecError(f"{checkpoint}: its weights do not fit its own config "
+                              f"({len(self.class_names)} classes): {str(exc).splitlines()[0][:200]}") from exc
+        embed = self.cfg.embed
+        trained_on = ckpt["fingerprint"].get("weights")
+        if weights_identity(embed.backbone, embed.weights) != trained_on:
+            raise ActrecError(f"{checkpoint} was trained on features of {embed.backbone} with weights {trained_on}, "
+                              f"but {embed.weights} is now {weights_identity(embed.backbone, embed.weights)}; "
+                              f"restore that weights file or train again")
+        self.backbone = load_backbone(embed.backbone, embed.weights, self.device)
+        self.amp_dtype = autocast_dtype(self.device, embed.precision)
+        # The model was trained on features stored in the cache dtype; round the same way.
+        self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
+        self.sequence_length = self.cfg.train.sequence_length
+
+    def video_features(self, path: Path) -> np.ndarray:
+        """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
+        batch_size = self.cfg.embed.batch_size
+        parts, pending = [], []
+        for frame in iter_video_frames(path):
+            pending.append(frame)
+            if len(pending) == batch_size:
+                parts.append(self._embed(np.stack(pending)))
+                pending = []
+        if pending:
+            parts.append(self._embed(np.stack(pending)))
+        return np.concatenate(parts)
+
+    def _embed(self, frames: np.ndarray) -> np.ndarray:
+        features = embed_frames(self.backbone, frames, self.cfg.embed.img_dim, self.device, self.amp_dtype,
+                                batch_size=len(frames))
+        return features.astype(self.storage_dtype).astype(np.float32)
+
+    @torch.inference_mode()
+    def clip_probabilities(self, features: np.ndarray, clips: np.ndarray) -> np.ndarray:
+        """Softmax scores ``[K, C]`` of clips given as frame indices ``[K, L]`` into ``features``."""
+        batch = torch.from_numpy(features[clips]).to(self.device)
+        return softmax(self.model(batch).float().cpu().numpy().astype(np.float64))
+
+
+def window_starts(num_frames: int, length: int, stride: int) -> list[int]:
+    """First frames of the windows: every ``stride`` frames, plus one ending on the last frame.
+
+    A video shorter than one window gets a single window (padded as in training).
+    """
+    if num_frames <= length:
+        return [0]
+    starts = list(range(0, num_frames - length + 1, stride))
+    if starts[-1] != num_frames - length:
+        starts.append(num_frames - length)
+    return starts
+
+
+def window_indices(num_frames: int, length: int, starts: list[int]) -> np.ndarray:
+    """Frame indices ``[K, L]`` of the windows: consecutive frames, the last one repeated past the end."""
+    padded = pad_indices(num_frames, length)
+    return np.stack([padded[s:s + length] for s in starts])
+
+
+def top_labels(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+
+def predict_video(predictor: Predictor, path: Path, stride: int, topk: int) -> dict:
+    """Per-window top-k labels and the video-level top-5 (mean of the windows' probabilities)."""
+    features = predictor.video_features(path)
+    length = predictor.sequence_length
+    starts = window_starts(len(features), length, stride)
+    probabilities = predictor.clip_probabilities(features, window_indices(len(features), length, starts))
+    fps = video_fps(path)
+    windows = []
+    for start, probs in zip(starts, probabilities):
+        end = min(start + length, len(features)) - 1
+        windows.append({"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3),
+                        "end_s": round((end + 1) / fps, 3), "top": top_labels(probs, predictor.class_names, topk)})
+    return {
+        "video": str(path), "frames": len(features), "fps": fps, "sequence_length": length, "stride": stride,
+        "windows": windows, "video_top5": top_labels(probabilities.mean(axis=0), predictor.class_names, 5),
+        "_window_probabilities": probabilities,
+    }
+
+
+def frame_windows(num_frames: int, starts: list[int], length: int) -> np.ndarray:
+    """For each frame, the window whose centre is nearest (the label shown on that frame)."""
+    centres = np.asarray(starts) + min(length, num_frames) / 2
+    return np.abs(np.arange(num_frames)[:, None] + 0.5 - centres[None, :]).argmin(axis=1)
+
+
+def annotate(frame: np.ndarray, top: list[dict]) -> np.ndarray:
+    """A frame (RGB) scaled to at least MIN_WIDTH wide, with the top labels and probability bars drawn on it."""
+    height, width = frame.shape[:2]
+    scale = max(1.0, MIN_WIDTH / width)
+    frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
+    canvas = frame.copy()
+    row_height, bar_width = 22, min(120, canvas.shape[1] // 3)
+    cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 8 + row_height * len(top)), (0, 0, 0), -1)
+    frame = cv2.addWeighted(canvas, 0.55, frame, 0.45, 0)
+    for row, entry in enumerate(top):
+        y = 6 + row_height * row
+        filled = int(bar_width * entry["probability"])
+        cv2.rectangle(frame, (6, y + 3), (6 + bar_width, y + row_height - 5), (90, 90, 90), 1)
+        cv2.rectangle(frame, (6, y + 3), (6 + filled, y + row_height - 5), (60, 200, 60), -1)
+        text = f"{entry['label']} {entry['probability']:.0%}"
+        cv2.putText(frame, text, (12 + bar_width, y + row_height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return frame
+
+
+def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_frames: int) -> int:
+    """Write the annotated copy of ``video`` (MP4 or GIF) atomically; returns the number of frames written."""
+    starts = [w["start_frame"] for w in result["windows"]]
+    nearest = frame_windows(result["frames"], starts, result["sequence_length"])
+    is_gif = out.suffix.lower() == ".gif"
+    step = max(1, -(-result["frames"] // gif_max_frames)) if is_gif else 1
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written, writer, gif_frames = 0, None, []
+    try:
+        for t, frame in enumerate(iter_video_frames(video)):
+            if t % step or t >= len(nearest):
+                continue
+            annotated = annotate(frame, result["windows"][nearest[t]]["top"][:topk])
+            if is_gif:
+                gif_frames.append(Image.fromarray(annotated).quantize(colors=64, method=Image.Quantize.MEDIANCUT))
+            else:
+                if writer is None:
+                    size = (annotated.shape[1], annotated.shape[0])
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), result["fps"], size)
+                    if not writer.isOpened():
+                        raise ActrecError(f"{out}: OpenCV cannot write this format; use a .mp4 or .gif name")
+                writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+            written += 1
+        if writer is not None:
+            writer.release()
+        if is_gif:
+            duration_ms = round(1000 * step / result["fps"])
+            gif_frames[0].save(tmp, save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0,
+                               optimize=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise ActrecError(f"{folder}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
+    return videos
+
+
+def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: str | None = None,
+            stride: int | None = None, device: str = "auto") -> dict:
+    """Label one video (annotated video + JSON timeline) or a folder of videos (CSV of video-level top-5)."""
+    video = Path(video)
+    if not video.exists():
+        raise ActrecError(f"{video}: no such video file or folder")
+    if stride is not None and stride < 1:
+        raise ActrecError(f"--stride {stride}: must be at least 1")
+    if out is not None and Path(out).suffix.lower() not in (".mp4", ".gif", ".csv"):
+        raise ActrecError(f"--out {out}: use a name ending in .mp4 or .gif (or .csv for a folder of videos)")
+    predictor = Predictor(Path(checkpoint), device)
+    stride = stride or predictor.cfg.predict.stride
+    topk = predictor.cfg.predict.topk
+    if video.is_dir():
+        return predict_folder(predictor, video, Path(out) if out else video / "predictions.csv", stride)
+
+    result = predict_video(predictor, video, stride, max(topk, 5))
+    result.pop("_window_probabilities")
+    if json_path:
+        _write_text_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
+    if out:
+        write_annotated(video, result, Path(out), topk, predictor.cfg.predict.gif_max_frames)
+    click.echo(f"{video}: {result['frames']} frames, {len(result['windows'])} windows of "
+               f"{result['sequence_length']} (stride {stride})")
+    for rank, entry in enumerate(result["video_top5"], 1):
+        click.echo(f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}")
+    for what, path in (("annotated video", out), ("JSON timeline", json_path)):
+        if path:
+            click.echo(f"  {what}: {path}")
+    return result
+
+
+def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, stride: int) -> dict:
+    """Video-level top-5 for every video under ``folder``; unreadable videos are listed with the reason."""
+    rows = []
+    for path in _videos_in(folder):
+        try:
+            top = predict_video(predictor, path, stride, 5)["video_top5"]
+            rows.append([str(path.relative_to(folder)), ""] + [x for e in top for x in (e["label"], e["probability"])])
+        except ActrecError as exc:
+            rows.append([str(path.relative_to(folder)), str(exc)])
+            click.echo(f"skipped: {exc}", err=True)
+    header = ["video", "error"] + [f"{what}{k}" for k in range(1, 6) for what in ("label", "probability")]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header] + rows)
+    os.replace(tmp, csv_path)
+    failed = sum(1 for row in rows if row[1])
+    click.echo(f"{len(rows) - failed} videos predicted, {failed} failed; video-level top-5 in {csv_path}")
+    return {"csv": str(csv_path), "videos": len(rows), "failed": failed}
