@@ -69,7 +69,8 @@ def test_layout_attributes_and_reading(tmp_path):
         cache.index_of("Apply/v_99")
 
     cache.load_all()
-    np.testing.assert_array_equal(cache.frames(i, np.array([5, 1]), flip=True), as_stored(video_features(5, True))[[5, 1]])
+    np.testing.assert_array_equal(cache.frames(i, np.array([5, 1]), flip=True),
+                                  as_stored(video_features(5, True))[[5, 1]])
     np.testing.assert_array_equal(cache.sequence(0), as_stored(video_features(3)))
 
 

@@ -134,10 +134,10 @@ def load_backbone(name: str, weights: str, device: torch.device | str) -> nn.Mod
                    f"its features are not ImageNet features", err=True)
     model = _build(name, weights)
     head, linear = _head(model)
-    if weights not in ("imagenet", "none"):
-        _load_state_dict(model, head, Path(weights))
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
+    if weights not in ("imagenet", "none"):
+        _load_state_dict(model, head, Path(weights))
     model.feature_dim = linear.in_features
     model.requires_grad_(False)
     return model.eval().to(device, memory_format=torch.channels_last)

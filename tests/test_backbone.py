@@ -1,0 +1,159 @@
+"""The frozen backbone: head removal, weights (random, state dict, ImageNet offline), preprocessing, flip."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pipeline.errors import ActrecError
+from pipeline.features.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    autocast_dtype,
+    embed_frames,
+    load_backbone,
+    normalize,
+    preprocess,
+    resize_frames,
+    resolve_device,
+    weights_identity,
+)
+
+CPU = torch.device("cpu")
+
+
+def random_frames(n=3, height=40, width=56, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return load_backbone("resnet18", "none", CPU)
+
+
+def test_frozen_eval_headless_channels_last(resnet18):
+    assert resnet18.feature_dim == 512 and isinstance(resnet18.fc, torch.nn.Identity)
+    assert not resnet18.training
+    assert not any(p.requires_grad for p in resnet18.parameters())
+    assert resnet18.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    features = embed_frames(resnet18, random_frames(5), 32, CPU, batch_size=2)
+    assert features.shape == (5, 512) and features.dtype == np.float32
+    # Batching does not change a frame's features.
+    np.testing.assert_allclose(embed_frames(resnet18, random_frames(5), 32, CPU, batch_size=5), features,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_random_init_is_seeded(resnet18):
+    """weights=none must give the same network every time, or a resumed embed would mix two networks."""
+    again = load_backbone("resnet18", "none", CPU)
+    frames = random_frames()
+    np.testing.assert_array_equal(embed_frames(again, frames, 32, CPU), embed_frames(resnet18, frames, 32, CPU))
+    assert weights_identity("resnet18", "none").startswith("none")
+
+
+def test_classifier_heads_and_unsupported_models():
+    mobilenet = load_backbone("mobilenet_v3_small", "none", CPU)
+    assert mobilenet.feature_dim == 1024 and isinstance(mobilenet.classifier[-1], torch.nn.Identity)
+    assert embed_frames(mobilenet, random_frames(2), 32, CPU).shape == (2, 1024)
+    with pytest.raises(ActrecError, match="no `fc` or `classifier` head"):
+        load_backbone("squeezenet1_0", "none", CPU)  # its classifier ends in a conv, not a Linear
+    with pytest.raises(ActrecError, match="not a torchvision classification model.*resnet18"):
+        load_backbone("resnet_nonexistent", "none", CPU)
+
+
+def test_state_dict_weights_load_and_change_features(tmp_path, resnet18):
+    with torch.random.fork_rng():
+        torch.manual_seed(123)
+        source = torchvision.models.resnet18()  # a full classifier, other weights than the seeded random init
+    path = tmp_path / "resnet18_finetuned.pth"
+    torch.save(source.state_dict(), path)  # includes fc.weight / fc.bias, which are ignored
+
+    model = load_backbone("resnet18", str(path), CPU)
+    frames = random_frames()
+    loaded = embed_frames(model, frames, 32, CPU)
+    source.fc = torch.nn.Identity()
+    source.eval()
+    with torch.inference_mode():
+        expected = source(preprocess(frames, 32, CPU)).numpy()
+    np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(loaded, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
+    assert weights_identity("resnet18", str(path)) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+    # Wrapped checkpoints ({"state_dict": ...}) and DataParallel's "module." prefix load too.
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, wrapped)
+    np.testing.assert_array_equal(embed_frames(load_backbone("resnet18", str(wrapped), CPU), frames, 32, CPU), loaded)
+
+
+def test_bad_state_dicts_name_the_file(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
+    bad_shape = tmp_path / "bad_shape.pth"
+    torch.save(state, bad_shape)
+    with pytest.raises(ActrecError, match="bad_shape.pth does not fit ResNet.*size mismatch"):
+        load_backbone("resnet18", str(bad_shape), CPU)
+    del state["layer4.1.bn2.bias"]
+    state.pop("layer1.0.conv1.weight")
+    missing = tmp_path / "missing_keys.pth"
+    torch.save(state, missing)
+    with pytest.raises(ActrecError, match="missing_keys.pth does not fit.*layer4.1.bn2.bias"):
+        load_backbone("resnet18", str(missing), CPU)
+    not_torch = tmp_path / "notes.pth"
+    not_torch.write_text("not a checkpoint")
+    with pytest.raises(ActrecError, match="notes.pth: cannot be read"):
+        load_backbone("resnet18", str(not_torch), CPU)
+    with pytest.raises(ActrecError, match="nowhere.pth: no such file"):
+        load_backbone("resnet18", str(tmp_path / "nowhere.pth"), CPU)
+
+
+def test_imagenet_weights_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ActrecError, match=r"ResNet18_Weights.IMAGENET1K_V1.*place it at .*hub/checkpoints/"
+                                          r"resnet18-f37072fd\.pth"):
+        load_backbone("resnet18", "imagenet", CPU)
+    assert weights_identity("resnet18", "imagenet") == "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_resize_and_normalize():
+    frames = np.zeros((2, 48, 64, 3), np.uint8)
+    frames[..., 0], frames[..., 1], frames[..., 2] = 200, 100, 7
+    resized = resize_frames(frames, 32)
+    assert resized.shape == (2, 3, 32, 32) and resized.dtype == torch.uint8
+    assert resized.is_contiguous(memory_format=torch.channels_last)
+    assert resized[:, 0].eq(200).all() and resized[:, 1].eq(100).all() and resized[:, 2].eq(7).all()
+    x = normalize(resized, CPU)
+    expected = [(v / 255 - m) / s for v, m, s in zip((200, 100, 7), IMAGENET_MEAN, IMAGENET_STD)]
+    np.testing.assert_allclose(x[0, :, 5, 5].numpy(), expected, rtol=1e-6)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # Antialiasing: a one-pixel checkerboard averages to grey instead of aliasing into stripes.
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)[None, ..., None].repeat(3, axis=3)
+    assert abs(int(resize_frames(board, 16).float().mean()) - 127) <= 2
+    assert resize_frames(board, 16).float().std() < 3
+
+
+def test_flip_features_are_features_of_mirrored_frames(resnet18):
+    frames = random_frames(4, 32, 32)
+    flipped = embed_frames(resnet18, frames, 32, CPU, flip=True)
+    np.testing.assert_allclose(flipped, embed_frames(resnet18, frames[:, :, ::-1], 32, CPU), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(flipped, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
+
+
+def test_devices_and_precision():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype(CPU, "auto") is None and autocast_dtype(CPU, "bf16") is None
+    assert autocast_dtype(torch.device("cuda"), "fp16") == torch.float16
+    assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    if not torch.cuda.is_available():
+        with pytest.raises(ActrecError, match="no CUDA device"):
+            resolve_device("cuda")
