@@ -83,6 +83,8 @@ def test_frames_source_agrees_with_videos(tiny_dataset_config, tmp_path):
     cfg.data.frames = str(tmp_path / "frames")
     cfg.embed.source = "frames"
     cfg.cache.path = str(tmp_path / "frames.h5")
+    with pytest.raises(ActrecError, match="run `actrec extract` first"):
+        embed(cfg)
     for item in embed_items(cfg)[1]:
         extract_video(item.path, frames_dir(cfg, item), cfg.extract.jpeg_quality)
     embed(cfg)

@@ -129,6 +129,9 @@ def embed(cfg) -> dict:
     class_names, items = embed_items(cfg, check_videos=cfg.embed.source == "videos")
     if not items:
         raise ActrecError(f"no videos to embed in {cfg.data.splits} (split {cfg.data.split}); check data.splits")
+    if cfg.embed.source == "frames" and not Path(cfg.data.frames).is_dir():
+        raise ActrecError(f"embed.source=frames but data.frames={cfg.data.frames} does not exist; run `actrec "
+                          f"extract` first, or set embed.source=videos")
     path = Path(cfg.cache.path)
     fingerprint = embed_fingerprint(cfg)
     if _all_done(path, fingerprint, class_names, items):
@@ -184,7 +187,7 @@ def _run(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[V
                     counts["embedded"] += 1
                     counts["frames"] += video.received
                     bar.update(1)
-                    bar.set_postfix(fps=f"{counts['frames'] / max(time.perf_counter() - started, 1e-9):.0f}")
+                    bar.set_postfix_str(f"{counts['frames'] / (time.perf_counter() - started):.0f} frames/s")
     return counts
 
 
