@@ -155,13 +155,20 @@ def info(cache_path):
               help="Folder for results.json and results.md.")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
+@click.option("--only", multiple=True, type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu"]),
+              help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
-def bench(config_path, overrides, quick, out_dir, readme):
-    """Measure what the two-stage design buys: ratios measured side by side in one run."""
+def bench(config_path, overrides, quick, out_dir, readme, only):
+    """Measure what the two-stage design buys: ratios measured side by side in one run.
+
+    Rows: embed efficiency (whole embed vs bare forward), embed vs the seed's loading path, a training
+    epoch on the cache vs the seed's loop, disk per frame, scaling (time, peak memory, loading share),
+    GPU throughput. Uses embed.threads and embed.workers from the config.
+    """
     from pipeline.bench import run_benchmarks
 
     run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
-                   readme=Path(readme) if readme else None)
+                   readme=Path(readme) if readme else None, only=tuple(only))
 
 
 @cli.command(name="config")
