@@ -16,8 +16,11 @@ PY := $(VENV)/bin/python
 ACTREC := $(VENV)/bin/actrec
 STAMP := $(VENV)/.installed
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
-RUN := $(ACTREC) -c $(CONFIG) $(SET_ARGS)
+ARGS := -c $(CONFIG) $(SET_ARGS)
 DEMO := -c $(DEMO_CONFIG) $(SET_ARGS)
+# The first test video of the synthetic split 1, for the demo's prediction.
+DEMO_VIDEO = data/synthetic/videos/$$(head -n 1 data/synthetic/splits/testlist01.txt | tr -d '\r')
+DEMO_RUN = $$($(ACTREC) config $(DEMO) --set model.name=$(1) --key run.dir)
 
 .PHONY: help install download extract embed train evaluate all demo test bench lint clean
 
@@ -34,19 +37,20 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
 download: $(STAMP) ## Download and unpack UCF-101 and its split files (resumable)
-	$(ACTREC) download -c $(CONFIG) $(SET_ARGS)
+	$(ACTREC) download $(ARGS)
 
 extract: $(STAMP) ## Decode every video into JPEG frames (only needed for embed.source=frames)
-	$(ACTREC) extract -c $(CONFIG) $(SET_ARGS)
+	$(ACTREC) extract $(ARGS)
 
 embed: $(STAMP) ## Stage one: run the frozen backbone once, cache features in HDF5 (resumes)
-	$(ACTREC) embed -c $(CONFIG) $(SET_ARGS)
+	$(ACTREC) embed $(ARGS)
 
-train: $(STAMP) ## Stage two: train the sequence model on the cached features
-	$(ACTREC) train -c $(CONFIG) $(SET_ARGS)
+train: $(STAMP) ## Stage two: train on the cached features, once per split in SPLITS (e.g. SPLITS="1 2 3")
+	@for split in $(SPLITS); do $(ACTREC) train $(ARGS) --set data.split=$$split || exit 1; done
 
-evaluate: $(STAMP) ## Evaluate best.pt on the test list of each split in SPLITS (e.g. SPLITS="1 2 3")
-	$(ACTREC) evaluate -c $(CONFIG) $(SET_ARGS)
+evaluate: $(STAMP) ## Evaluate best.pt of each split in SPLITS on its test list; with several, report the mean
+	@for split in $(SPLITS); do $(ACTREC) evaluate $(ARGS) --set data.split=$$split || exit 1; done
+	@$(ACTREC) report $$(for split in $(SPLITS); do $(ACTREC) config $(ARGS) --set data.split=$$split --key run.dir; done)
 
 all: download extract embed train evaluate ## The five stages in order on CONFIG
 
@@ -57,6 +61,10 @@ demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, train, ev
 	$(ACTREC) evaluate $(DEMO) --set model.name=bilstm
 	$(ACTREC) train $(DEMO) --set model.name=meanpool
 	$(ACTREC) evaluate $(DEMO) --set model.name=meanpool
+	$(ACTREC) predict $(DEMO_VIDEO) --checkpoint $(call DEMO_RUN,bilstm)/checkpoints/best.pt \
+	  --out $(call DEMO_RUN,bilstm)/prediction.gif --json $(call DEMO_RUN,bilstm)/prediction.json
+	@echo; echo "== demo summary (synthetic test split 1) =="
+	@$(ACTREC) report $(call DEMO_RUN,bilstm) $(call DEMO_RUN,meanpool)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q

@@ -173,12 +173,20 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
 
 @cli.command(name="config")
 @config_options
+@click.option("--key", default=None, metavar="SECTION.KEY", help="Print only this key's value (e.g. run.dir).")
 @reports_errors
-def show_config(config_path, overrides):
+def show_config(config_path, overrides, key):
     """Print the fully resolved config (after --set and placeholders) as YAML."""
     import yaml
 
-    click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
+    resolved = load_config(config_path, overrides).to_dict()
+    if key is None:
+        click.echo(yaml.safe_dump(resolved, sort_keys=False), nl=False)
+        return
+    section, _, name = key.partition(".")
+    if name not in resolved.get(section, {}):
+        raise ActrecError(f"--key {key}: no such config key (see configs/README.md)")
+    click.echo(resolved[section][name])
 
 
 @cli.command()
