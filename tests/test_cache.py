@@ -120,10 +120,10 @@ WRITER_SCRIPT = textwrap.dedent("""
     from pipeline.features.cache import FeatureCacheWriter
     with FeatureCacheWriter(sys.argv[1], FINGERPRINT, CLASSES, DIM, flip=True) as writer:
         for i in range(int(sys.argv[2])):
+            if i % 7 == 0:
+                writer.add_failure(f"Brush/v_{{i}}", f"reason {{i}}")  # a repeat adds no record
             if f"Apply/v_{{i}}" not in writer.done:
                 writer.add(f"Apply/v_{{i}}", i % 2, video_features(i), video_features(i, True))
-                if i % 7 == 0:
-                    writer.add_failure(f"Brush/v_{{i}}", f"reason {{i}}")
 """).format(tests=str(PROJECT_ROOT / "tests"))
 
 
@@ -156,6 +156,8 @@ def test_kill_9_mid_write_then_resume_equals_clean_run(tmp_path):
     a, b = FeatureCache(crashed), FeatureCache(clean)
     assert a.names == b.names == [f"Apply/v_{i}" for i in range(total)]
     assert a.failures == b.failures and len(a.failures) == len(range(0, total, 7))
+    with h5py.File(crashed, "r") as f:
+        assert int(f["failures/count"][0]) == len(a.failures)
     for attr in ("labels", "offsets", "lengths"):
         np.testing.assert_array_equal(getattr(a, attr), getattr(b, attr))
     with h5py.File(crashed, "r") as fa, h5py.File(clean, "r") as fb:
