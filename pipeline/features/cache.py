@@ -255,7 +255,11 @@ class FeatureCacheWriter:
                 raise _open_error(self.path, exc) from exc
             self._recover()
             f = self._open_rw()
-        self._check_matches(_read_meta(f, self.path))
+        try:
+            self._check_matches(_read_meta(f, self.path))
+        except BaseException:
+            f.close()
+            raise
         return f
 
     def _open_rw(self) -> h5py.File:
