@@ -1,9 +1,9 @@
 """The built-in UCF-101-shaped dataset: real .avi videos and official-format split files.
 
 Classes come in time-reversed pairs (BlockMoveRight / BlockMoveLeft, TriangleGrow /
-TriangleShrink, ...): a clip of the second class is a clip of the first played
-backwards, so a model blind to frame order cannot beat chance within a pair. Each
-(class, group) has its own scene (background texture and object colour), shared by its
+TriangleShrink, ...): clip gXX_cYY of the second class is clip gXX_cYY of the first played
+backwards, frame for frame, so a model blind to frame order cannot beat chance within a
+pair. Each group has its own scene (background texture and object colour), shared by its
 clips like an actor and room in UCF-101, so a random clip split leaks the way UCF-101's
 does; position, speed, size, colour and noise vary per clip.
 """
@@ -25,7 +25,9 @@ import numpy as np
 from pipeline.errors import ActrecError
 
 MANIFEST = "synth.json"
-FOURCC = "XVID"  # UCF-101's codec; OpenCV's bundled FFmpeg writes and reads it back
+# Intra-only: every frame is coded alone, so a reversed clip decodes to exactly the reversed frames.
+# Inter-frame codecs (XVID) leave motion-direction artefacts in single frames that order-blind models can use.
+FOURCC = "MJPG"
 
 # Each motion is (forward name, reversed name); the reversed class plays forward clips backwards.
 MOTIONS = [
@@ -108,8 +110,8 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     for old in set((previous or {}).get("classes", [])) - set(names):
         shutil.rmtree(videos / old, ignore_errors=True)
     for label, group, clip in entries:
-        _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], label,
-                                                                                 group, clip), cfg.synth.fps)
+        _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], group, clip),
+                     cfg.synth.fps)
     write_split_files(splits, names, entries, cfg.synth.groups)
     _write_manifest(splits, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
@@ -131,20 +133,25 @@ def write_split_files(splits: Path, names: list[str], entries: list[tuple[int, i
         _write_text(splits / f"testlist{k:02d}.txt", [path for path, _, test in rows if test])
 
 
-def render_clip(synth, spec: tuple[str, str, str, bool], label: int, group: int, clip: int) -> np.ndarray:
-    """The uint8 RGB frames ``[T, H, W, 3]`` of one clip; the same arguments always give the same frames."""
+def render_clip(synth, spec: tuple[str, str, str, bool], group: int, clip: int) -> np.ndarray:
+    """The uint8 RGB frames ``[T, H, W, 3]`` of one clip; the same arguments always give the same frames.
+
+    A class and its time-reversed twin draw the same random numbers (they share shape and motion), so
+    clip ``gXX_cYY`` of the twin is exactly the same frames in reverse order.
+    """
     _, shape, motion, reverse = spec
     width, height, count = synth.width, synth.height, synth.frames
-    background, hue = _scene(np.random.default_rng([synth.seed, label, group, 0]), width, height)
-    rng = np.random.default_rng([synth.seed, label, group, clip])
-    colour = 255.0 * np.array(colorsys.hsv_to_rgb((hue + rng.uniform(-0.04, 0.04)) % 1.0, rng.uniform(0.6, 1.0),
-                                                  rng.uniform(0.9, 1.0)))
-    radius = 0.26 * min(width, height) * rng.uniform(0.85, 1.15)
+    pair = [list(SHAPES).index(shape), [m for m, _ in MOTIONS + [(UNPAIRED_MOTION, None)]].index(motion)]
+    background, hue = _scene(np.random.default_rng([synth.seed, *pair, group, 0]), width, height)
+    rng = np.random.default_rng([synth.seed, *pair, group, clip])
+    colour = 255.0 * np.array(colorsys.hsv_to_rgb((hue + rng.uniform(-0.04, 0.04)) % 1.0, rng.uniform(0.0, 0.5),
+                                                  rng.uniform(0.95, 1.0)))
+    radius = 0.3 * min(width, height) * rng.uniform(0.85, 1.15)
     # Per-clip speed and timing: an eased, partial sweep of the motion.
     t = np.linspace(0.0, 1.0, count) ** rng.uniform(0.75, 1.33)
     u = rng.uniform(0.0, 0.12) + (1.0 - rng.uniform(0.0, 0.12) - rng.uniform(0.0, 0.12)) * t
     cx, cy, scale, angle, brightness = _trajectory(motion, u, rng, width, height, radius)
-    noise = rng.uniform(2.0, 6.0)
+    noise = rng.uniform(2.0, 5.0)
     polygon = np.array(SHAPES[shape])
     frames = np.empty((count, height, width, 3), np.uint8)
     for i in range(count):
@@ -159,16 +166,17 @@ def _trajectory(motion: str, u: np.ndarray, rng: np.random.Generator, width: int
     """Per-frame centre x, y, scale, angle (radians) and brightness of the object for progress ``u`` in [0, 1]."""
     ones = np.ones_like(u)
     margin = 1.05 * radius
+    edge = 0.4 * radius  # moving objects start and end partly outside the frame: longer, clearer sweeps
     cx = ones * width * rng.uniform(0.4, 0.6)
     cy = ones * height * rng.uniform(0.4, 0.6)
     scale, brightness = ones.copy(), ones.copy()
     angle = ones * rng.uniform(-0.3, 0.3)
     if motion == "MoveRight":
-        cx = margin + (width - 2 * margin) * u
+        cx = edge + (width - 2 * edge) * u
     elif motion == "MoveDown":
-        cy = margin + (height - 2 * margin) * u
+        cy = edge + (height - 2 * edge) * u
     elif motion == "Grow":
-        scale = 0.3 + 1.1 * u
+        scale = 0.25 + 1.25 * u
     elif motion == "RotateClockwise":
         angle = angle + np.pi * u  # y points down, so increasing angles turn clockwise on screen
         scale = 1.2 * ones
@@ -189,7 +197,7 @@ def _trajectory(motion: str, u: np.ndarray, rng: np.random.Generator, width: int
 
 def _scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, float]:
     """A group's background (float ``[H, W, 3]``: a mid-dark colour with a faint texture) and object hue."""
-    base = rng.uniform(30, 110, size=3)
+    base = rng.uniform(40, 90, size=3)
     tint = rng.uniform(-1, 1, size=3)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     kind = rng.integers(4)
@@ -204,7 +212,7 @@ def _scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarra
         texture = 2 * (x * np.cos(direction) + y * np.sin(direction))
     else:  # radial gradient
         texture = 2 * np.hypot(x - rng.uniform(0, 1), y - rng.uniform(0, 1))
-    background = base + rng.uniform(10, 25) * texture[..., None] * tint
+    background = base + rng.uniform(5, 12) * texture[..., None] * tint
     return background, float(rng.uniform(0, 1))
 
 
