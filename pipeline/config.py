@@ -136,6 +136,8 @@ class TrainConfig:
     grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0)
     seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0)
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
+    threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
+                           "on a busy machine)", min=0, max=256)
     device: str = _key("auto", "'auto' picks CUDA when present", choices=["auto", "cpu", "cuda"])
     amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
 

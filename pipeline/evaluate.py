@@ -62,7 +62,7 @@ def evaluate(cfg) -> dict:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
     load_features(cache, cfg.cache.load)
     length = ckpt["config"]["train"]["sequence_length"]
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, cfg.train.threads)
     model = model_from_checkpoint(ckpt).to(device)
     dataset = EvalClips(cache, rows, labels, length, cfg.eval.clips)
     logits, labels = predict_clips(model, dataset, cfg.eval.batch_size, device,
@@ -100,7 +100,7 @@ def checkpoint_path(cfg) -> Path:
 
 
 def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
-    """Refuse a checkpoint whose training split differs from the one evaluated: its training list may hold test videos."""
+    """Refuse a checkpoint trained on another split than the evaluated one: it may have trained on these test videos."""
     trained = ckpt["config"]["data"]
     changed = [f"data.{key}: trained with {trained.get(key)!r}, now {getattr(cfg.data, key)!r}"
                for key in TEST_LIST_KEYS if str(trained.get(key)) != str(getattr(cfg.data, key))]

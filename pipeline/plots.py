@@ -47,8 +47,8 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path,
     n = len(class_names)
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = matrix / np.maximum(totals, 1)
-    side = max(6.0, 0.22 * n + 3)   # about 25 inches for UCF-101's 101 classes
-    fontsize = 10 if n <= 20 else max(4, int(10 - n / 20))
+    side = max(6.0, 0.22 * n + 3)   # about 25 inches for UCF-101's 101 classes: 0.22 in (16 pt) per row
+    fontsize = 10 if n <= 20 else 7 if n <= 50 else 6
     fig = Figure(figsize=(side, side))
     ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
@@ -65,4 +65,4 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path,
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     if title:
         ax.set_title(title)
-    save_figure(fig, path, dpi=100 if n <= 20 else 80)
+    save_figure(fig, path, dpi=100 if n <= 20 else 120)

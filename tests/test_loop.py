@@ -38,7 +38,8 @@ def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with
     splits = Path(cfg.data.splits)
     splits.mkdir(parents=True, exist_ok=True)
     (splits / "classInd.txt").write_text("".join(f"{i + 1} {name}\r\n" for i, name in enumerate(CLASSES)))
-    entries = [(label, g, c) for label in range(len(CLASSES)) for g in range(1, groups + 1) for c in range(1, clips + 1)]
+    entries = [(label, g, c) for label in range(len(CLASSES))
+               for g in range(1, groups + 1) for c in range(1, clips + 1)]
 
     def path(label, g, c):
         return f"{CLASSES[label]}/v_{CLASSES[label]}_g{g:02d}_c{c:02d}.avi"
@@ -100,7 +101,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 
 def test_one_epoch_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    keys = ["model.dropout=0.3", "cache.load=disk"]
+    keys = ["model.dropout=0.3", "cache.load=disk", "train.schedule=none"]  # cosine depends on train.epochs
     whole = order_config(tmp_path / "a", "train.epochs=2", *keys)
     write_order_dataset(whole)
     train(whole)
@@ -226,3 +227,14 @@ def test_truncated_or_foreign_checkpoint_gives_a_clear_error(order_run, tmp_path
     last.write_bytes(b"\x00" * 100)
     with pytest.raises(ActrecError, match="truncated or corrupt"):
         train(order_run)
+
+
+def test_dataloader_workers_read_from_disk_and_change_nothing(tmp_path):
+    main = order_config(tmp_path / "a", "train.epochs=1", "cache.load=disk", "train.workers=0")
+    write_order_dataset(main)
+    shared = [f"cache.path={main.cache.path}", f"data.splits={main.data.splits}"]
+    workers = order_config(tmp_path / "b", "train.epochs=1", "cache.load=disk", "train.workers=2", *shared)
+    train(main)
+    train(workers)
+    assert_same_training_state(load_checkpoint(Path(main.run.dir) / "checkpoints" / "last.pt"),
+                               load_checkpoint(Path(workers.run.dir) / "checkpoints" / "last.pt"))

@@ -45,7 +45,7 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 # Keys that do not change what an epoch computes: a run may continue with other values.
 # train.epochs may grow only with --resume.
-NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.device", "train.amp"}
+NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.threads", "train.device", "train.amp"}
 TRAINING_SECTIONS = ("data", "model", "train")
 
 
@@ -82,7 +82,7 @@ def train(cfg, resume: bool = False) -> dict:
                            flip=cache.has_flip)
     val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
 
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, cfg.train.threads)
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
@@ -169,9 +169,12 @@ def describe_difference(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6]) or "same fingerprint"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, threads: int = 0) -> torch.device:
+    """train.device as a torch device; ``threads`` > 0 also sets torch's CPU threads (train.threads)."""
     from pipeline.features.backbone import resolve_device as backbone_device
 
+    if threads:
+        torch.set_num_threads(threads)
     if name == "cuda" and not torch.cuda.is_available():
         raise ActrecError("train.device=cuda but torch sees no CUDA device; use --set train.device=auto or cpu")
     return backbone_device(name)

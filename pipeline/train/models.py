@@ -18,9 +18,21 @@ from torch import nn
 from pipeline.errors import ActrecError
 
 
-def projection(feature_dim: int, latent_dim: int) -> nn.Sequential:
-    """Frozen-backbone features -> a trainable latent space (LayerNorm works per frame, any batch size)."""
-    return nn.Sequential(nn.Linear(feature_dim, latent_dim), nn.LayerNorm(latent_dim), nn.ReLU())
+class Projection(nn.Module):
+    """Frozen-backbone features ``[B, T, D]`` -> a trainable latent space ``[B, T, latent_dim]``.
+
+    BatchNorm over all frames of the batch removes each channel's offset: frozen features share a
+    large common component (most of a frame is background) that would otherwise drown the motion.
+    """
+
+    def __init__(self, feature_dim: int, latent_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, latent_dim)
+        self.norm = nn.BatchNorm1d(latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        return torch.relu(self.norm(x.flatten(0, 1)).view_as(x))
 
 
 def classifier_head(in_dim: int, hidden_dim: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -55,7 +67,7 @@ class BiLSTM(nn.Module):
     def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, layers: int,
                  bidirectional: bool, attention: bool, dropout: float):
         super().__init__()
-        self.project = projection(feature_dim, latent_dim)
+        self.project = Projection(feature_dim, latent_dim)
         self.lstm = nn.LSTM(latent_dim, hidden_dim, num_layers=layers, batch_first=True,
                             bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
         out_dim = hidden_dim * (2 if bidirectional else 1)
@@ -70,7 +82,7 @@ class BiLSTM(nn.Module):
 class MeanPoolModel(nn.Module):
     def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, dropout: float):
         super().__init__()
-        self.project = projection(feature_dim, latent_dim)
+        self.project = Projection(feature_dim, latent_dim)
         self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +108,7 @@ class TCN(nn.Module):
 
     def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, dropout: float):
         super().__init__()
-        self.project = projection(feature_dim, latent_dim)
+        self.project = Projection(feature_dim, latent_dim)
         self.blocks = nn.Sequential(*[TemporalBlock(latent_dim, d, dropout) for d in self.dilations])
         self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
 
