@@ -169,30 +169,39 @@ def bare_forward_fps(model, frames: int, batch_size: int, img_dim: int, device, 
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def seed_loading_fps(cfg: Config, model) -> float:
-    """Frames/s of the seed's path: one PIL JPEG open per frame, per-frame transforms, fp32 NCHW, DataLoader."""
+def seed_transform(img_dim: int):
+    """The seed's per-frame preprocessing: PIL open, bicubic resize, ToTensor, Normalize."""
     from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    from pipeline.data.ucf101 import embed_items, frames_dir
-    from pipeline.data.video import frame_paths
     from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD
 
+    transform = transforms.Compose([transforms.Resize((img_dim, img_dim), Image.BICUBIC), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return lambda path: transform(Image.open(path).convert("RGB"))
+
+
+def jpeg_paths(cfg: Config) -> list[Path]:
+    """Every extracted JPEG frame of the dataset's videos, in order."""
+    from pipeline.data.ucf101 import embed_items, frames_dir
+    from pipeline.data.video import frame_paths
+
     _, items = embed_items(cfg, check_videos=False)
-    paths = [p for item in items for p in frame_paths(frames_dir(cfg, item))]
-    transform = transforms.Compose([
-        transforms.Resize((cfg.embed.img_dim, cfg.embed.img_dim), Image.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return [p for item in items for p in frame_paths(frames_dir(cfg, item))]
+
+
+def seed_loading_fps(cfg: Config, model) -> float:
+    """Frames/s of the seed's path: one PIL JPEG open per frame, per-frame transforms, fp32 NCHW, DataLoader."""
+    from torch.utils.data import DataLoader, Dataset
+
+    paths, load = jpeg_paths(cfg), seed_transform(cfg.embed.img_dim)
 
     class SeedFrames(Dataset):
         def __len__(self):
             return len(paths)
 
         def __getitem__(self, i):
-            return transform(Image.open(paths[i]).convert("RGB"))
+            return load(paths[i])
 
     nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     loader = DataLoader(SeedFrames(), batch_size=cfg.embed.batch_size, num_workers=cfg.embed.workers)
@@ -332,21 +341,11 @@ def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg:
 
 
 def _seed_jpeg_batches(cfg: Config, img_dim: int):
-    """Endless stream of frames loaded the seed's way (PIL open, bicubic resize, ToTensor, Normalize)."""
-    from PIL import Image
-    from torchvision import transforms
-
-    from pipeline.data.ucf101 import embed_items, frames_dir
-    from pipeline.data.video import frame_paths
-    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD
-
-    _, items = embed_items(cfg, check_videos=False)
-    paths = [p for item in items for p in frame_paths(frames_dir(cfg, item))]
-    transform = transforms.Compose([transforms.Resize((img_dim, img_dim), Image.BICUBIC), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Endless stream of frames loaded the seed's way."""
+    paths, load = jpeg_paths(cfg), seed_transform(img_dim)
     while True:
         for path in paths:
-            yield transform(Image.open(path).convert("RGB"))
+            yield load(path)
 
 
 def flops_per_clip(cfg: Config, backbone_name: str) -> tuple[float, float]:
