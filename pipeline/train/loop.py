@@ -65,22 +65,7 @@ def train(cfg, resume: bool = False) -> dict:
                    f"delete {run_dir} to train again")
         return run_summary(previous, run_dir, seconds=0.0, skipped=True)
 
-    from pipeline.data.ucf101 import load_split
-
-    split = load_split(cfg, check_videos=False)
-    if split.class_names != cache.class_names:
-        raise ActrecError(f"{cfg.cache.path} lists other classes than {cfg.data.splits}/classInd.txt; re-run "
-                          f"`actrec embed` for this dataset or point cache.path at its cache")
-    train_rows, train_labels = cache_rows(cache, split.train, "training")
-    val_rows, val_labels = cache_rows(cache, split.val, "validation")
-    if not train_rows:
-        raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
-    if not val_rows:
-        click.echo("warning: no validation videos (data.val_fraction = 0); best.pt follows the last epoch", err=True)
-    where = load_features(cache, cfg.cache.load)
-    train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
-                           flip=cache.has_flip)
-    val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
+    train_set, val_set, split_name = training_data(cfg, cache)
 
     device = resolve_device(cfg.train.device, cfg.train.threads)
     amp_dtype = autocast_dtype(device, cfg.train.amp)
@@ -100,18 +85,17 @@ def train(cfg, resume: bool = False) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     precision = f", {str(amp_dtype).replace('torch.', '')} autocast" if amp_dtype else ""
-    click.echo(f"training {cfg.model.name} on {len(train_rows)} videos (validation: {len(val_rows)}) of split "
-               f"{split.name}: {sum(p.numel() for p in model.parameters()):,} parameters, features read from "
-               f"{where}, device {device}{precision}")
+    click.echo(f"training {cfg.model.name} on {len(train_set)} videos (validation: {len(val_set)}) of split "
+               f"{split_name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}{precision}")
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(state["epoch"], cfg.train.epochs):
         epoch_started = time.perf_counter()
         train_set.set_epoch(epoch)
         loader = make_loader(train_set, cfg.train.batch_size, cfg.train.workers, order_seed=(cfg.train.seed, epoch))
         train_loss, train_acc = train_epoch(model, loader, optimizer, scaler, loss_fn, cfg, epoch, device, amp_dtype)
-        val_loss, val_acc = validate(model, val_set, cfg, device, amp_dtype) if val_rows else (math.nan, math.nan)
+        val_loss, val_acc = validate(model, val_set, cfg, device, amp_dtype) if len(val_set) else (math.nan, math.nan)
         # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins.
-        improved = not val_rows or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
+        improved = not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
         if improved:
             state.update(best_val_acc=val_acc, best_val_loss=val_loss, best_epoch=epoch + 1)
         state["epoch"] = epoch + 1
@@ -124,12 +108,35 @@ def train(cfg, resume: bool = False) -> dict:
         save_checkpoint(checkpoint, last_path)
         write_history(state["history"], run_dir)
         tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
-                   f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and val_rows else ''}")
+                   f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and len(val_set) else ''}")
 
     summary = run_summary(state, run_dir, seconds=time.perf_counter() - started, skipped=False)
     click.echo(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
                f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run_dir}/checkpoints")
     return summary
+
+
+def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
+    """Training clips and validation videos of the configured split (the test list is not read)."""
+    from pipeline.data.ucf101 import load_split
+
+    split = load_split(cfg, check_videos=False)
+    if split.class_names != cache.class_names:
+        raise ActrecError(f"{cfg.cache.path} lists other classes than {cfg.data.splits}/classInd.txt; re-run "
+                          f"`actrec embed` for this dataset or point cache.path at its cache")
+    train_rows, train_labels = cache_rows(cache, split.train, "training")
+    val_rows, val_labels = cache_rows(cache, split.val, "validation")
+    if not train_rows:
+        raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
+    if not val_rows:
+        click.echo("warning: no validation videos (data.val_fraction = 0); best.pt follows the last epoch", err=True)
+    where = load_features(cache, cfg.cache.load)
+    click.echo(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
+               f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
+    train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
+                           flip=cache.has_flip)
+    val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
+    return train_set, val_set, split.name
 
 
 def continues_run(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> bool:
