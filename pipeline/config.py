@@ -246,10 +246,10 @@ def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = N
         target = getattr(cfg, section)
         known = {f.name: f for f in fields(target)}
         for key, value in values.items():
-            if key not in known:
-                raise ActrecError(f"{origins.get(f'{section}.{key}', source)}: unknown key '{section}.{key}'. Allowed in '{section}': "
-                                  f"{', '.join(known)}")
             name = f"{section}.{key}"
+            if key not in known:
+                raise ActrecError(f"{origins.get(name, source)}: unknown key '{name}'. Allowed in '{section}': "
+                                  f"{', '.join(known)}")
             setattr(target, key, _check_value(name, value, known[key], origins.get(name, source)))
     _resolve_placeholders(cfg)
     return cfg
