@@ -57,7 +57,10 @@ def test_tiny_dataset_has_ucf101_layout_and_official_split_files(tiny_dataset_ro
 def test_held_out_groups_follow_ucf101_for_25_groups():
     assert [held_out_groups(25, k) for k in (1, 2, 3)] == [list(range(1, 8)), list(range(8, 15)),
                                                           list(range(15, 22))]
-    assert held_out_groups(3, 3) == [3]
+    for groups in range(3, 26):  # every allowed synth.groups leaves training groups in every split
+        blocks = [held_out_groups(groups, k) for k in (1, 2, 3)]
+        assert max(blocks[2]) <= groups and groups - len(blocks[0]) >= 2
+        assert not set(blocks[0]) & set(blocks[1]) and not set(blocks[1]) & set(blocks[2])
 
 
 @pytest.mark.parametrize("count", [2, 3, 8, 101])

@@ -3,7 +3,7 @@
 Classes come in time-reversed pairs (BlockMoveRight / BlockMoveLeft, TriangleGrow /
 TriangleShrink, ...): clip gXX_cYY of the second class is clip gXX_cYY of the first played
 backwards, frame for frame, so a model blind to frame order cannot beat chance within a
-pair. Each group has its own scene (background texture and object colour), shared by its
+pair. Each group has its own scene (background colour and texture), shared by its
 clips like an actor and room in UCF-101, so a random clip split leaks the way UCF-101's
 does; position, speed, size, colour and noise vary per clip.
 """
@@ -142,10 +142,10 @@ def render_clip(synth, spec: tuple[str, str, str, bool], group: int, clip: int) 
     _, shape, motion, reverse = spec
     width, height, count = synth.width, synth.height, synth.frames
     pair = [list(SHAPES).index(shape), [m for m, _ in MOTIONS + [(UNPAIRED_MOTION, None)]].index(motion)]
-    background, hue = _scene(np.random.default_rng([synth.seed, *pair, group, 0]), width, height)
+    background = _scene(np.random.default_rng([synth.seed, *pair, group, 0]), width, height)
     rng = np.random.default_rng([synth.seed, *pair, group, clip])
-    colour = 255.0 * np.array(colorsys.hsv_to_rgb((hue + rng.uniform(-0.04, 0.04)) % 1.0, rng.uniform(0.0, 0.5),
-                                                  rng.uniform(0.95, 1.0)))
+    # A pale object of any hue: colour must not tell the classes apart.
+    colour = 255.0 * np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.35), rng.uniform(0.95, 1.0)))
     radius = 0.3 * min(width, height) * rng.uniform(0.85, 1.15)
     # Per-clip speed and timing: an eased, partial sweep of the motion.
     t = np.linspace(0.0, 1.0, count) ** rng.uniform(0.75, 1.33)
@@ -195,8 +195,8 @@ def _trajectory(motion: str, u: np.ndarray, rng: np.random.Generator, width: int
     return cx, cy, scale, angle, brightness
 
 
-def _scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, float]:
-    """A group's background (float ``[H, W, 3]``: a mid-dark colour with a faint texture) and object hue."""
+def _scene(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A group's background, float ``[H, W, 3]``: a mid-dark colour with a faint texture."""
     base = rng.uniform(40, 90, size=3)
     tint = rng.uniform(-1, 1, size=3)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
@@ -213,7 +213,7 @@ def _scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarra
     else:  # radial gradient
         texture = 2 * np.hypot(x - rng.uniform(0, 1), y - rng.uniform(0, 1))
     background = base + rng.uniform(5, 12) * texture[..., None] * tint
-    return background, float(rng.uniform(0, 1))
+    return background
 
 
 def _polygon_mask(polygon, cx, cy, size, angle, width, height) -> np.ndarray:
