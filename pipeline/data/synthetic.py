@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.errors import ActrecError
 
 MANIFEST = "synth.json"
+GENERATOR_VERSION = 2  # bump when the rendering changes: a dataset made by another version is regenerated
 # Intra-only: every frame is coded alone, so a reversed clip decodes to exactly the reversed frames.
 # Inter-frame codecs (XVID) leave motion-direction artefacts in single frames that order-blind models can use.
 FOURCC = "MJPG"
@@ -85,7 +86,7 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     """Write the synthetic videos to data.videos and the split files to data.splits; skip if already there."""
     started = time.perf_counter()
     videos, splits = Path(cfg.data.videos), Path(cfg.data.splits)
-    settings = dataclasses.asdict(cfg.synth)
+    settings = {**dataclasses.asdict(cfg.synth), "generator": GENERATOR_VERSION}
     specs = class_specs(cfg.synth.classes)
     names = [name for name, *_ in specs]
     entries = [(label, group, clip) for label in range(len(specs))

@@ -12,6 +12,7 @@ training list by whole groups, so no stage ever selects on the test list.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,19 @@ def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoIt
         training, test = _official_lists(cfg, k, class_names, check_videos)
         items += training + test
     return class_names, _sorted_unique(items)
+
+
+def split_files_signature(cfg) -> str:
+    """A hash of the split files (and the synthetic generator's settings): caches made from other lists differ."""
+    from pipeline.config import stable_hash
+
+    splits = Path(cfg.data.splits)
+    contents = {p.name: p.read_text().replace("\r\n", "\n") for p in sorted(splits.glob("*.txt"))
+                if p.name == "classInd.txt" or p.name.startswith(("trainlist", "testlist"))}
+    manifest = splits / "synth.json"
+    if manifest.is_file():
+        contents["synth"] = json.loads(manifest.read_text()).get("settings")
+    return stable_hash(contents) if contents else "no split files"
 
 
 def frames_dir(cfg, item: VideoItem) -> Path:

@@ -30,6 +30,7 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise DecodeError(f"{path}: OpenCV cannot open it (corrupt, or a codec this OpenCV lacks)")
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     count = 0
     try:
         while True:
@@ -42,6 +43,9 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         capture.release()
     if count == 0:
         raise DecodeError(f"{path}: no decodable frames")
+    # Container frame counts can be off by a frame or two; a larger shortfall is a cut-off file.
+    if expected > 0 and count < expected - max(2, expected // 100):
+        raise DecodeError(f"{path}: truncated: decoded {count} of the {expected} frames its header lists")
 
 
 def read_video(path: str | Path) -> np.ndarray:

@@ -37,6 +37,7 @@ def embed_fingerprint(cfg) -> dict:
     import torch
     import torchvision
 
+    from pipeline.data.ucf101 import split_files_signature
     from pipeline.features.backbone import (
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -46,6 +47,7 @@ def embed_fingerprint(cfg) -> dict:
 
     return {
         "dataset": cfg.data.name,
+        "split_files": split_files_signature(cfg),
         "backbone": cfg.embed.backbone,
         "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
         "img_dim": cfg.embed.img_dim,
