@@ -8,6 +8,7 @@ function. Library modules are imported inside the commands so that
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -200,6 +201,9 @@ def report(run_dirs):
 
 
 def main() -> None:
+    if not sys.stderr.isatty():
+        # Logs (CI, `make demo > log`) get a progress line every 30 s, not one per update.
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     cli(prog_name="actrec")
 
 

@@ -187,7 +187,8 @@ def _run(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[V
                     counts["embedded"] += 1
                     counts["frames"] += video.received
                     bar.update(1)
-                    bar.set_postfix_str(f"{counts['frames'] / (time.perf_counter() - started):.0f} frames/s")
+                    fps = counts["frames"] / (time.perf_counter() - started)
+                    bar.set_postfix_str(f"{fps:.0f} frames/s", refresh=False)
     return counts
 
 

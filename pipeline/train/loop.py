@@ -238,7 +238,7 @@ def train_epoch(model, loader, optimizer, scaler, loss_fn, cfg, epoch, device, a
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     return total_loss / seen, correct / seen
 
 
