@@ -74,15 +74,14 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
     with tempfile.TemporaryDirectory(prefix="actrec-bench-") as tmp:
         work = Path(tmp)
         cmd = "actrec bench" + (" --quick" if quick else "")
-        if {"embed", "seed", "disk"} & set(selected):
+        if {"embed", "seed", "train", "disk"} & set(selected):
             dataset = _dataset(cfg, sizes, work / "embed", groups=sizes.videos // 2, clips=1)
         if "embed" in selected or "seed" in selected:
             rows += bench_embed(dataset, sizes, f"{cmd} --only embed", with_seed="seed" in selected)
         if {"train", "disk", "scaling"} & set(selected):
             cache_cfg = _feature_cache(cfg, sizes, work / "train")
         if "train" in selected:
-            rows.append(bench_training(cache_cfg, dataset if "seed" in selected else None, sizes, work,
-                                       f"{cmd} --only train"))
+            rows.append(bench_training(cache_cfg, dataset, sizes, work, f"{cmd} --only train"))
         if "disk" in selected:
             rows.append(bench_disk(cache_cfg, dataset, f"{cmd} --only disk"))
         if "scaling" in selected:
@@ -339,26 +338,20 @@ def cache_epoch_seconds_per_clip(cfg: Config, steps: int) -> tuple[float, float]
     return total / len(subset), loading / total
 
 
-def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg: Config | None) -> float:
-    """Seconds per clip of the seed's loop: the frozen backbone runs on every frame of every clip, every step.
-
-    Frames come from real JPEGs through the seed's per-frame PIL path when ``jpeg_cfg`` has them,
-    else from preloaded tensors (a lower bound on the seed's time).
-    """
+def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg: Config) -> float:
+    """Seconds per clip of the seed's loop: every frame of every clip is loaded from JPEG through the seed's
+    PIL path and run through the frozen backbone, at every step."""
     from pipeline.features.backbone import load_backbone
 
     _, model, optimizer, _ = _training_parts(cfg)
     backbone = load_backbone(backbone_name, "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
-    loader_frames = _seed_jpeg_batches(jpeg_cfg, img) if jpeg_cfg is not None else None
+    loader_frames = _seed_jpeg_batches(jpeg_cfg, img)
     loss_fn = torch.nn.CrossEntropyLoss()
     labels = torch.zeros(1, dtype=torch.long)
     started = time.perf_counter()
     for _ in range(clips):
-        if loader_frames is not None:
-            frames = torch.stack([next(loader_frames) for _ in range(length)])
-        else:
-            frames = torch.randn(length, 3, img, img)
+        frames = torch.stack([next(loader_frames) for _ in range(length)])
         with torch.no_grad():
             features = backbone(frames)
         model.train()
@@ -409,7 +402,7 @@ def _lstm_train_flops(cfg: Config, length: int) -> float:
     return 3 * flops  # forward + backward (about twice the forward)
 
 
-def bench_training(cfg: Config, jpeg_cfg: Config | None, sizes: Sizes, work: Path, command: str) -> dict:
+def bench_training(cfg: Config, jpeg_cfg: Config, sizes: Sizes, work: Path, command: str) -> dict:
     ours, _ = cache_epoch_seconds_per_clip(cfg, sizes.train_steps)
     seed = seed_seconds_per_clip(cfg, sizes.seed_backbone, sizes.seed_clips, jpeg_cfg)
     ours_flops, seed_flops = flops_per_clip(cfg, sizes.seed_backbone)
@@ -419,7 +412,7 @@ def bench_training(cfg: Config, jpeg_cfg: Config | None, sizes: Sizes, work: Pat
                 f"{ours * UCF101_VIDEOS_TRAIN / 60:.1f} vs {seed * UCF101_VIDEOS_TRAIN / 60:.0f} min per UCF-101 epoch",
                 ratio, ">= 50x", ratio >= 50, command, seconds_per_clip_cache=ours, seconds_per_clip_seed=seed,
                 flop_ratio=round(seed_flops / ours_flops, 1), flops_per_clip_cache=ours_flops,
-                flops_per_clip_seed=seed_flops, seed_frames_from="JPEG, seed's PIL path" if jpeg_cfg else "tensors",
+                flops_per_clip_seed=seed_flops, seed_frames_from="JPEG, seed's PIL path",
                 batch_size=cfg.train.batch_size)
 
 

@@ -39,10 +39,11 @@ def reports_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except ActrecError as exc:
+        except (ActrecError, OSError) as exc:
+            # OSError here is the machine saying no (permissions, a full disk, a missing folder): also one line.
             if _State.verbose:
                 traceback.print_exc()
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {' '.join(str(exc).split())}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.secho("interrupted; finished work is kept, run the command again to resume", err=True)

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -126,7 +127,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    sequence_length: int = _key(40, "frames per training clip", min=1, max=10000)
+    sequence_length: int = _key(40, "frames per training clip", min=2, max=10000)
     epochs: int = _key(30, "training epochs", min=1)
     batch_size: int = _key(16, "clips per step", min=1)
     lr: float = _key(1e-4, "learning rate", min=0.0)
@@ -264,7 +265,9 @@ def _apply_override(raw: dict, item: str) -> str:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
-    section_values = raw.setdefault(section, {})
+    if raw.get(section) is None:  # `train:` with nothing under it in the file
+        raw[section] = {}
+    section_values = raw[section]
     if not isinstance(section_values, dict):
         raise ActrecError(f"--set {item!r}: section '{section}' in the config file is not a mapping")
     section_values[key] = value
@@ -299,6 +302,8 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> An
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ActrecError(f"{where}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ActrecError(f"{where}: expected a finite number, got {value!r}")
     elif isinstance(default, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)

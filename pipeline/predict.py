@@ -44,7 +44,7 @@ class Predictor:
         ckpt = load_checkpoint(checkpoint)
         self.cfg = config_from_dict(ckpt["config"], source=f"{checkpoint} (config)")
         self.class_names = list(ckpt["class_names"])
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, option="--device")
         try:
             self.model = model_from_checkpoint(ckpt).to(self.device)
         except RuntimeError as exc:
@@ -214,8 +214,10 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
         raise ActrecError(f"{video}: no such video file or folder")
     if stride is not None and stride < 1:
         raise ActrecError(f"--stride {stride}: must be at least 1")
-    if out is not None and Path(out).suffix.lower() not in (".mp4", ".gif", ".csv"):
-        raise ActrecError(f"--out {out}: use a name ending in .mp4 or .gif (or .csv for a folder of videos)")
+    allowed = (".csv",) if video.is_dir() else (".mp4", ".gif")
+    if out is not None and Path(out).suffix.lower() not in allowed:
+        what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
+        raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
     predictor = Predictor(Path(checkpoint), device)
     stride = stride or predictor.cfg.predict.stride
     topk = predictor.cfg.predict.topk

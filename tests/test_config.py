@@ -37,6 +37,8 @@ def test_weights_path_gives_file_name_safe_tag():
     ("train.foo=1", "unknown key 'train.foo'"),
     ("nosuch.key=1", "unknown section 'nosuch'"),
     ("train.lr=abc", "train.lr: expected a number"),
+    ("train.lr=.nan", "expected a finite number"),
+    ("train.grad_clip=.inf", "expected a finite number"),
     ("train.epochs=2.5", "train.epochs: expected a whole number"),
     ("train.epochs=0", "below the minimum 1"),
     ("data.split=4", "Allowed values: 1, 2, 3, random"),
@@ -73,3 +75,10 @@ def test_config_reference_is_up_to_date():
 
     assert (ROOT / "configs" / "README.md").read_text() == render(), \
         "regenerate: python -m pipeline.config_doc > configs/README.md"
+
+
+def test_empty_section_in_file_takes_overrides(tmp_path):
+    path = tmp_path / "sparse.yaml"
+    path.write_text("train:\nmodel:\n  name: meanpool\n")
+    cfg = load_config(path, ["train.epochs=3"])
+    assert cfg.train.epochs == 3 and cfg.model.name == "meanpool"

@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import PROJECT_ROOT, tiny_overrides
 
 from pipeline.config import load_config
@@ -66,3 +67,18 @@ def test_corrupt_and_empty_videos_are_reported_and_the_run_goes_on(tiny_dataset_
     assert not frames_dir(cfg, empty).exists() and not list((tmp_path / "frames").glob("*/.*"))
     again = extract_frames(cfg)
     assert (again["skipped"], again["failures"]) == (30, 2)
+
+
+def test_frames_from_another_dataset_version_are_refused(tiny_dataset_config):
+    from pipeline.data.frames import MANIFEST, check_frames_manifest
+    from pipeline.errors import ActrecError
+
+    cfg = tiny_dataset_config
+    cfg.data.frames = str(Path(cfg.cache.path).parent / "frames")
+    extract_frames(cfg)
+    assert json.loads((Path(cfg.data.frames) / MANIFEST).read_text())["jpeg_quality"] == cfg.extract.jpeg_quality
+    cfg.extract.jpeg_quality = 50
+    with pytest.raises(ActrecError, match="jpeg_quality: 95 there, 50 now"):
+        check_frames_manifest(cfg)
+    with pytest.raises(ActrecError, match="delete"):
+        extract_frames(cfg)

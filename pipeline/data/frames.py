@@ -25,7 +25,28 @@ from pipeline.data.video import FRAME_PATTERN, DecodeError, iter_video_frames
 from pipeline.errors import ActrecError
 
 FAILURES = "failures.json"
+MANIFEST = "extract.json"
 _PARTIAL = ".partial"
+
+
+def frames_manifest(cfg) -> dict:
+    """What the frames under data.frames are made from: the dataset's split files and the JPEG quality."""
+    from pipeline.data.ucf101 import split_files_signature
+
+    return {"split_files": split_files_signature(cfg), "jpeg_quality": cfg.extract.jpeg_quality}
+
+
+def check_frames_manifest(cfg) -> None:
+    """Refuse frames extracted from another dataset version or with another quality: they would be reused."""
+    path = Path(cfg.data.frames) / MANIFEST
+    if not path.is_file():
+        return
+    recorded, expected = json.loads(path.read_text()), frames_manifest(cfg)
+    changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in expected.items()
+               if recorded.get(key) != value]
+    if changed:
+        raise ActrecError(f"the frames in {cfg.data.frames} were extracted from other videos or settings "
+                          f"({'; '.join(changed)}); delete {cfg.data.frames} and run `actrec extract` again")
 
 
 def extract_frames(cfg) -> dict:
@@ -33,7 +54,9 @@ def extract_frames(cfg) -> dict:
     started = time.perf_counter()
     root = Path(cfg.data.frames)
     _, items = embed_items(cfg)
+    check_frames_manifest(cfg)
     root.mkdir(parents=True, exist_ok=True)
+    _write_json(root / MANIFEST, frames_manifest(cfg))
     for stale in root.glob(f"*/.*{_PARTIAL}"):
         shutil.rmtree(stale)
     todo = [item for item in items if not frames_dir(cfg, item).is_dir()]

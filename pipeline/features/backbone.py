@@ -26,12 +26,13 @@ RESIZE = "bilinear+antialias, uint8, torch.nn.functional.interpolate on CPU"
 RANDOM_INIT_SEED = 0  # weights=none is a fixed random network, so resumed and repeated runs agree
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+def resolve_device(name: str, option: str = "embed.device") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error naming ``option``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ActrecError("embed.device=cuda but torch sees no CUDA device; use --set embed.device=auto or cpu")
+        fix = "--device auto or cpu" if option.startswith("--") else f"--set {option}=auto or cpu"
+        raise ActrecError(f"{option} cuda: torch sees no CUDA device on this machine; use {fix}")
     return torch.device(name)
 
 

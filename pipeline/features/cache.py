@@ -45,7 +45,7 @@ def embed_fingerprint(cfg) -> dict:
         weights_identity,
     )
 
-    return {
+    fingerprint = {
         "dataset": cfg.data.name,
         "split_files": split_files_signature(cfg),
         "backbone": cfg.embed.backbone,
@@ -61,15 +61,23 @@ def embed_fingerprint(cfg) -> dict:
         "torch": _major_minor(torch.__version__),
         "torchvision": _major_minor(torchvision.__version__),
     }
+    if cfg.embed.source == "frames":
+        fingerprint["jpeg_quality"] = cfg.extract.jpeg_quality  # JPEG loss changes the features
+    return fingerprint
 
 
 def _major_minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
+# Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
+# it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
+MACHINE_KEYS = {"forward_dtype"}
+
+
 def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
     """One line per key whose value differs between a cache and the current config."""
-    keys = sorted(set(cached) | set(expected))
+    keys = [k for k in sorted(set(cached) | set(expected)) if k in expected or k not in MACHINE_KEYS]
     return [f"{k}: cache has {cached.get(k, '<missing>')!r}, config gives {expected.get(k, '<missing>')!r}"
             for k in keys if cached.get(k) != expected.get(k)]
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.frames import check_frames_manifest
 from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
 from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
 from pipeline.errors import ActrecError
@@ -132,6 +133,8 @@ def embed(cfg) -> dict:
     if cfg.embed.source == "frames" and not Path(cfg.data.frames).is_dir():
         raise ActrecError(f"embed.source=frames but data.frames={cfg.data.frames} does not exist; run `actrec "
                           f"extract` first, or set embed.source=videos")
+    if cfg.embed.source == "frames":
+        check_frames_manifest(cfg)
     path = Path(cfg.cache.path)
     fingerprint = embed_fingerprint(cfg)
     if _all_done(path, fingerprint, class_names, items):
@@ -142,6 +145,7 @@ def embed(cfg) -> dict:
     device = resolve_device(cfg.embed.device)
     amp_dtype = autocast_dtype(device, cfg.embed.precision)
     model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
+    fingerprint["forward_dtype"] = str(amp_dtype or torch.float32).replace("torch.", "")
     with FeatureCacheWriter(path, fingerprint, class_names, model.feature_dim, flip=cfg.embed.flip,
                             dtype=cfg.embed.dtype, config=cfg.to_dict()) as writer:
         todo = [item for item in items if item.name not in writer.done]

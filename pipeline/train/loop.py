@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from pipeline.config import config_from_dict, save_config
 from pipeline.errors import ActrecError
+from pipeline.features.cache import fingerprint_differences
 from pipeline.train.metrics import topk_accuracy, video_scores
 from pipeline.train.models import build_model
 from pipeline.train.sampling import (
@@ -45,8 +46,10 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 # Keys that do not change what an epoch computes: a run may continue with other values.
 # train.epochs may grow only with --resume.
-NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.threads", "train.device", "train.amp"}
-TRAINING_SECTIONS = ("data", "model", "train")
+NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.threads", "train.device", "train.amp",
+                     "eval.batch_size", "eval.checkpoint"}
+# eval.clips decides validation accuracy, and so which epoch becomes best.pt.
+TRAINING_SECTIONS = ("data", "model", "train", "eval")
 
 
 def train(cfg, resume: bool = False) -> dict:
@@ -105,8 +108,9 @@ def train(cfg, resume: bool = False) -> dict:
         checkpoint = make_checkpoint(cfg, model, optimizer, scaler, state, cache, device)
         if improved:
             save_checkpoint(checkpoint, run_dir / "checkpoints" / "best.pt")
-        save_checkpoint(checkpoint, last_path)
+        # History first: once last.pt says the epoch is done, a rerun skips it and would not write it again.
         write_history(state["history"], run_dir)
+        save_checkpoint(checkpoint, last_path)
         tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
                    f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and len(val_set) else ''}")
 
@@ -143,8 +147,9 @@ def continues_run(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) 
     """Whether to train on from an existing last.pt (False: it already finished this config); refuse a mismatch."""
     run_dir = path.parent.parent
     if ckpt["fingerprint"] != fingerprint:
+        differences = "; ".join(fingerprint_differences(ckpt["fingerprint"], fingerprint))
         raise ActrecError(f"{path} was trained on another feature cache than {cfg.cache.path} "
-                          f"({describe_difference(ckpt['fingerprint'], fingerprint)}). Use another run.dir "
+                          f"({differences}). Use another run.dir "
                           f"(--set run.dir=...) or delete {run_dir} to train on this cache")
     changed = config_changes(ckpt["config"], cfg.to_dict())
     blocking = {key: change for key, change in changed.items() if key != "train.epochs"}
@@ -171,20 +176,13 @@ def config_changes(old: dict, new: dict) -> dict:
     return changes
 
 
-def describe_difference(old: dict, new: dict) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6]) or "same fingerprint"
-
-
 def resolve_device(name: str, threads: int = 0) -> torch.device:
     """train.device as a torch device; ``threads`` > 0 also sets torch's CPU threads (train.threads)."""
     from pipeline.features.backbone import resolve_device as backbone_device
 
     if threads:
         torch.set_num_threads(threads)
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ActrecError("train.device=cuda but torch sees no CUDA device; use --set train.device=auto or cpu")
-    return backbone_device(name)
+    return backbone_device(name, option="train.device")
 
 
 def autocast_dtype(device: torch.device, amp: bool):
