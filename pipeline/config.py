@@ -345,8 +345,6 @@ def stable_hash(data: Any) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML next to an output it produced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    from pipeline.fileio import write_atomic
+
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import write_json
 from pipeline.train.metrics import (
     confusion_matrix,
     mean_class_accuracy,
@@ -82,7 +82,7 @@ def evaluate(cfg) -> dict:
         "leaked_groups": int(split.leaked_groups),
         "confusion_matrix": matrix.tolist(),
     })
-    write_json(metrics, run_dir / "metrics.json")
+    write_json(run_dir / "metrics.json", metrics)
     from pipeline.plots import plot_confusion
 
     plot_confusion(matrix, split.class_names, run_dir / "confusion_matrix.png",
@@ -218,21 +218,3 @@ def _mean(values) -> float | None:
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Atomically, with NaN written as null (JSON has no NaN)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {key: _json_safe(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -9,7 +9,6 @@ never all of its frames, are held in memory.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -24,11 +23,13 @@ from pipeline.data.video import iter_video_frames, video_fps
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import (
     autocast_dtype,
-    embed_frames,
+    forward,
     load_backbone,
+    resized_chunks,
     resolve_device,
     weights_identity,
 )
+from pipeline.fileio import write_json
 from pipeline.train.loop import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax
 from pipeline.train.sampling import pad_indices
@@ -58,27 +59,16 @@ class Predictor:
                               f"restore that weights file or train again")
         self.backbone = load_backbone(embed.backbone, embed.weights, self.device)
         self.amp_dtype = autocast_dtype(self.device, embed.precision)
-        # The model was trained on features stored in the cache dtype; round the same way.
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length
 
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
-        batch_size = self.cfg.embed.batch_size
-        parts, pending = [], []
-        for frame in iter_video_frames(path):
-            pending.append(frame)
-            if len(pending) == batch_size:
-                parts.append(self._embed(np.stack(pending)))
-                pending = []
-        if pending:
-            parts.append(self._embed(np.stack(pending)))
-        return np.concatenate(parts)
-
-    def _embed(self, frames: np.ndarray) -> np.ndarray:
-        features = embed_frames(self.backbone, frames, self.cfg.embed.img_dim, self.device, self.amp_dtype,
-                                batch_size=len(frames))
-        return features.astype(self.storage_dtype).astype(np.float32)
+        embed = self.cfg.embed
+        parts = [forward(self.backbone, resized, self.device, self.amp_dtype).numpy()
+                 for resized in resized_chunks(iter_video_frames(path), embed.img_dim, embed.batch_size)]
+        # The model was trained on features stored in the cache dtype; round the same way.
+        return np.concatenate(parts).astype(self.storage_dtype).astype(np.float32)
 
     @torch.inference_mode()
     def clip_probabilities(self, features: np.ndarray, clips: np.ndarray) -> np.ndarray:
@@ -192,13 +182,6 @@ def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_fra
     return written
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _videos_in(folder: Path) -> list[Path]:
     videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
     if not videos:
@@ -227,7 +210,7 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     result = predict_video(predictor, video, stride, max(topk, 5))
     result.pop("_window_probabilities")
     if json_path:
-        _write_text_atomic(Path(json_path), json.dumps(result, indent=2) + "\n")
+        write_json(json_path, result)
     if out:
         write_annotated(video, result, Path(out), topk, predictor.cfg.predict.gif_max_frames)
     click.echo(f"{video}: {result['frames']} frames, {len(result['windows'])} windows of "

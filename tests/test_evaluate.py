@@ -60,6 +60,17 @@ def test_several_clips_are_averaged_per_video(trained_runs):
     assert 0.0 <= metrics["clip_top1"] <= 1.0 and metrics["video_top1"] == metrics["top1"]
 
 
+def test_video_prediction_averages_clip_probabilities():
+    # Video 0: two clips mildly say class 1, one clip says class 0 very confidently -> averaged: class 0.
+    # Video 1: all three clips say class 1.
+    logits = np.array([[[0.0, 0.5], [0.0, 0.5], [8.0, 0.0]],
+                       [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])
+    metrics = compute_metrics(logits, np.array([0, 1]), ["A", "B"])
+    assert metrics["clip_top1"] == pytest.approx(4 / 6)  # 1 of 3 clips right, then 3 of 3
+    assert metrics["top1"] == metrics["video_top1"] == 1.0
+    assert metrics["per_class"] == {"A": 1.0, "B": 1.0}
+
+
 def test_checkpoint_of_another_split_is_refused(trained_runs):
     cfg = order_config(Path(trained_runs["bilstm"].run.dir).parent, "data.split=2",
                        f"run.dir={trained_runs['bilstm'].run.dir}", "train.epochs=12", "train.lr=0.01")

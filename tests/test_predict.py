@@ -94,8 +94,10 @@ def test_short_and_portrait_videos(trained, tmp_path):
     for t in range(3):  # shorter than one window
         writer.write(np.full((40, 24, 3), 40 * t, np.uint8))
     writer.release()
-    result = predict(path, best, json_path=str(tmp_path / "p.json"), device="cpu")
+    result = predict(path, best, out=str(tmp_path / "p.mp4"), json_path=str(tmp_path / "p.json"), device="cpu")
     assert result["frames"] == 3 and len(result["windows"]) == 1
+    annotated = read_video(tmp_path / "p.mp4")
+    assert annotated.shape[0] == 3 and annotated.shape[2] >= 320 and annotated.shape[1] > annotated.shape[2]
 
 
 def test_folder_gives_csv(trained, tmp_path):
@@ -121,7 +123,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(trained, tmp_path):
     truncated.write_bytes(best.read_bytes()[:1000])
     out = tmp_path / "o.mp4"
     bad = runner.invoke(cli, ["predict", str(video), "--checkpoint", str(truncated), "--out", str(out)])
-    assert bad.exit_code == 2 and "truncated or corrupt" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "truncated or corrupt" in bad.output and isinstance(bad.exception, SystemExit)
     assert not out.exists()
     ckpt = torch.load(best, weights_only=True)
     ckpt["class_names"] = ckpt["class_names"] + ["Extra"]
@@ -130,3 +132,6 @@ def test_bad_inputs_give_one_line_and_write_nothing(trained, tmp_path):
     with pytest.raises(ActrecError, match="do not fit"):
         Predictor(other, "cpu")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    wrong_suffix = runner.invoke(cli, ["predict", str(video), "--checkpoint", str(best),
+                                       "--out", str(tmp_path / "x.csv")])
+    assert wrong_suffix.exit_code == 2 and "MP4 or a GIF" in wrong_suffix.output

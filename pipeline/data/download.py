@@ -14,7 +14,6 @@ folder in the archive (``UCF-101/``, ``ucfTrainTestlist/``) becomes the target.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import shutil
@@ -30,6 +29,7 @@ import rarfile
 from tqdm import tqdm
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import sha256_file, write_atomic
 
 CHUNK = 1 << 20
 INSTALL_HINT = ("Install a RAR extractor: 'sudo apt-get install unar' (Debian/Ubuntu), 'brew install unar' (macOS), "
@@ -69,25 +69,25 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
             delay = min(backoff * 2 ** max(failures - 1, 0), 60.0)
             tqdm.write(f"{dest.name}: {exc}; retrying in {delay:.1f}s")
             time.sleep(delay)
-    digest = _sha256(part)
+    digest = sha256_file(part, progress=True)
     recorded = _recorded_sha256(sidecar)
     if recorded is not None and recorded != digest:
         part.unlink()
         raise ActrecError(f"{url}: the downloaded file has SHA-256 {digest} but {sidecar} records {recorded}; "
                           f"the download was discarded. If the file changed on the server, delete {sidecar}.")
     if recorded is None:
-        _write_atomic(sidecar, f"{digest}  {dest.name}\n")
+        write_atomic(sidecar, f"{digest}  {dest.name}\n")
     part.replace(dest)
     print(f"{dest}: downloaded {_size(dest):,} bytes, SHA-256 {digest}")
     return dest
 
 
 def _check_existing(dest: Path, sidecar: Path) -> None:
-    digest = _sha256(dest)
+    digest = sha256_file(dest, progress=True)
     recorded = _recorded_sha256(sidecar)
     if recorded is None:
         # Not fetched here (a file placed by hand): its hash becomes the record later runs check.
-        _write_atomic(sidecar, f"{digest}  {dest.name}\n")
+        write_atomic(sidecar, f"{digest}  {dest.name}\n")
     elif recorded != digest:
         raise ActrecError(f"{dest}: SHA-256 {digest} does not match {recorded} recorded in {sidecar}: the file is "
                           f"damaged. Delete {dest} to download it again.")
@@ -161,25 +161,9 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=_size(path), desc=f"sha256 {path.name}", unit="B", unit_scale=True,
-                                     unit_divisor=1024, leave=False) as bar:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 def _recorded_sha256(sidecar: Path) -> str | None:
     fields = sidecar.read_text().split() if sidecar.exists() else []
     return fields[0].lower() if fields else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def find_rar_tool() -> str:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pipeline.data.ucf101 import embed_items, frames_dir
 from pipeline.data.video import FRAME_PATTERN, DecodeError, iter_video_frames
 from pipeline.errors import ActrecError
+from pipeline.fileio import write_json
 
 FAILURES = "failures.json"
 MANIFEST = "extract.json"
@@ -56,7 +57,7 @@ def extract_frames(cfg) -> dict:
     _, items = embed_items(cfg)
     check_frames_manifest(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json(root / MANIFEST, frames_manifest(cfg))
+    write_json(root / MANIFEST, frames_manifest(cfg))
     for stale in root.glob(f"*/.*{_PARTIAL}"):
         shutil.rmtree(stale)
     todo = [item for item in items if not frames_dir(cfg, item).is_dir()]
@@ -71,7 +72,7 @@ def extract_frames(cfg) -> dict:
         if reason is not None:
             failures.append({"name": item.name, "path": str(item.path), "reason": reason})
             tqdm.write(f"failed: {item.name}: {reason}")
-    _write_json(root / FAILURES, {"failures": failures})
+    write_json(root / FAILURES, {"failures": failures})
     summary = {"videos": len(items), "extracted": len(todo) - len(failures), "skipped": len(items) - len(todo),
                "frames": frames, "failures": len(failures), "seconds": round(time.perf_counter() - started, 2)}
     click.echo(f"extract: {summary['extracted']} videos extracted ({frames} frames), {summary['skipped']} skipped, "
@@ -101,9 +102,3 @@ def extract_video(path: str | Path, target: str | Path, jpeg_quality: int) -> tu
         raise
     os.replace(tmp, target)
     return count, None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

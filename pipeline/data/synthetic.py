@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import write_atomic, write_json
 
 MANIFEST = "synth.json"
 GENERATOR_VERSION = 2  # bump when the rendering changes: a dataset made by another version is regenerated
@@ -107,14 +108,14 @@ def generate_dataset(cfg, force: bool = False) -> dict:
 
     # Mark the folder as ours and incomplete first: an interrupted run is never taken for a finished one.
     splits.mkdir(parents=True, exist_ok=True)
-    _write_manifest(splits, {"complete": False, "settings": settings, "videos": str(videos), "classes": names})
+    write_json(splits / MANIFEST, {"complete": False, "settings": settings, "videos": str(videos), "classes": names})
     for old in set((previous or {}).get("classes", [])) - set(names):
         shutil.rmtree(videos / old, ignore_errors=True)
     for label, group, clip in entries:
         _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], group, clip),
                      cfg.synth.fps)
     write_split_files(splits, names, entries, cfg.synth.groups)
-    _write_manifest(splits, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
+    write_json(splits / MANIFEST, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
     summary.update(skipped=False, seconds=round(time.perf_counter() - started, 2))
     click.echo(f"synthetic dataset: {summary['classes']} classes, {summary['videos']} videos, {summary['frames']} "
@@ -125,13 +126,14 @@ def generate_dataset(cfg, force: bool = False) -> dict:
 
 def write_split_files(splits: Path, names: list[str], entries: list[tuple[int, int, int]], groups: int) -> None:
     """classInd.txt, trainlist01-03.txt and testlist01-03.txt in the official format (CRLF, 1-based labels)."""
-    _write_text(splits / "classInd.txt", [f"{label + 1} {name}" for label, name in enumerate(names)])
+    write_atomic(splits / "classInd.txt", _crlf([f"{label + 1} {name}" for label, name in enumerate(names)]))
     for k in (1, 2, 3):
         held_out = set(held_out_groups(groups, k))
         rows = [(f"{names[label]}/v_{names[label]}_g{group:02d}_c{clip:02d}.avi", label, group in held_out)
                 for label, group, clip in entries]
-        _write_text(splits / f"trainlist{k:02d}.txt", [f"{path} {label + 1}" for path, label, test in rows if not test])
-        _write_text(splits / f"testlist{k:02d}.txt", [path for path, _, test in rows if test])
+        train_lines = [f"{path} {label + 1}" for path, label, test in rows if not test]
+        write_atomic(splits / f"trainlist{k:02d}.txt", _crlf(train_lines))
+        write_atomic(splits / f"testlist{k:02d}.txt", _crlf([path for path, _, test in rows if test]))
 
 
 def render_clip(synth, spec: tuple[str, str, str, bool], group: int, clip: int) -> np.ndarray:
@@ -247,12 +249,6 @@ def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     os.replace(tmp, path)
 
 
-def _write_text(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes("".join(line + "\r\n" for line in lines).encode())
-    os.replace(tmp, path)
-
-
 def _read_manifest(splits: Path) -> dict | None:
     try:
         return json.loads((splits / MANIFEST).read_text())
@@ -260,7 +256,6 @@ def _read_manifest(splits: Path) -> dict | None:
         return None
 
 
-def _write_manifest(splits: Path, data: dict) -> None:
-    tmp = splits / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, splits / MANIFEST)
+def _crlf(lines: list[str]) -> str:
+    """Split files as UCF-101 ships them: CRLF line endings."""
+    return "".join(line + "\r\n" for line in lines)

@@ -8,8 +8,8 @@ The embed stage, prediction and benchmarks all use these functions, so features 
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import click
 import numpy as np
@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,11 +56,8 @@ def _check_name(name: str) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Cached per (path, size, mtime): the fingerprint is asked for more than once per run."""
+    return sha256_file(path)
 
 
 def weights_identity(name: str, weights: str) -> str:
@@ -151,6 +149,19 @@ def resize_frames(frames: np.ndarray, img_dim: int) -> torch.Tensor:
     """
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NHWC memory is channels_last
     return F.interpolate(x, size=(img_dim, img_dim), mode="bilinear", antialias=True, align_corners=False)
+
+
+def resized_chunks(frames: Iterable[np.ndarray], img_dim: int, chunk: int) -> Iterator[torch.Tensor]:
+    """Resize a stream of uint8 frames ``[H, W, 3]`` in chunks of ``chunk`` as they arrive, so that a long video
+    never sits in memory at full size."""
+    pending = []
+    for frame in frames:
+        pending.append(frame)
+        if len(pending) == chunk:
+            yield resize_frames(np.stack(pending), img_dim)
+            pending = []
+    if pending:
+        yield resize_frames(np.stack(pending), img_dim)
 
 
 def normalize(frames: torch.Tensor, device: torch.device) -> torch.Tensor:

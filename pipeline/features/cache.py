@@ -92,8 +92,20 @@ def _open_error(path, exc: Exception) -> ActrecError:
     if "already open" in str(exc) or "unable to lock" in str(exc):
         return ActrecError(f"{path}: the HDF5 file is in use elsewhere ({exc}); close the program using it and "
                            f"run again")
+    if Path(path).is_dir() or not _starts_like_hdf5(path):
+        return ActrecError(f"{path} is not an HDF5 feature cache; point cache.path (or `actrec info`) at a file "
+                           f"written by `actrec embed`")
     return ActrecError(f"{path}: the HDF5 file cannot be read ({exc}); it is damaged. Delete it and run "
                        f"`actrec embed` again")
+
+
+def _starts_like_hdf5(path) -> bool:
+    """HDF5's signature at offset 0 (where h5py writes it): tells a damaged cache from some other file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def _decode(values) -> list[str]:

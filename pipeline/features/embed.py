@@ -29,7 +29,7 @@ from pipeline.features.backbone import (
     autocast_dtype,
     forward,
     load_backbone,
-    resize_frames,
+    resized_chunks,
     resolve_device,
 )
 from pipeline.features.cache import FeatureCache, FeatureCacheWriter, embed_fingerprint
@@ -49,21 +49,10 @@ class _Decoded:
 
 def decode_resized(cfg, item: VideoItem) -> _Decoded:
     """Decode one video (or its frames folder) and resize its frames; a decode failure becomes ``reason``."""
-    img_dim, chunk = cfg.embed.img_dim, cfg.embed.batch_size
     try:
-        if cfg.embed.source == "frames":
-            frames = read_frames_dir(frames_dir(cfg, item))
-            parts = [resize_frames(frames[s:s + chunk], img_dim) for s in range(0, len(frames), chunk)]
-        else:
-            parts, pending = [], []
-            # Resize as frames arrive, so a long video never sits in memory at full size.
-            for frame in iter_video_frames(item.path):
-                pending.append(frame)
-                if len(pending) == chunk:
-                    parts.append(resize_frames(np.stack(pending), img_dim))
-                    pending = []
-            if pending:
-                parts.append(resize_frames(np.stack(pending), img_dim))
+        frames = (read_frames_dir(frames_dir(cfg, item)) if cfg.embed.source == "frames"
+                  else iter_video_frames(item.path))
+        parts = list(resized_chunks(frames, cfg.embed.img_dim, cfg.embed.batch_size))
     except DecodeError as exc:
         return _Decoded(item, reason=str(exc))
     frames = torch.cat(parts)
