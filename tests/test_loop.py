@@ -223,6 +223,9 @@ def test_truncated_or_foreign_checkpoint_gives_a_clear_error(order_run, tmp_path
         load_checkpoint(foreign)
     with pytest.raises(ActrecError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ActrecError, match="not a checkpoint written by"):
+        load_checkpoint(tmp_path / "notes.txt")
     # A corrupt last.pt stops training with the same message instead of a traceback.
     last.write_bytes(b"\x00" * 100)
     with pytest.raises(ActrecError, match="truncated or corrupt"):

@@ -315,8 +315,9 @@ def load_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-                raise ActrecError(f"{path} is not a checkpoint written by `actrec train`") from exc
+            head = f.read(4)
+        if head.strip(b"\x00") and head != b"PK\x03\x04":  # torch.save writes a zip; a crash leaves zeros
+            raise ActrecError(f"{path} is not a checkpoint written by `actrec train`") from exc
         raise ActrecError(f"checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:120]}). Delete "
                           f"it; best.pt / last.pt beside it may still be intact, or train again") from exc
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
