@@ -52,7 +52,11 @@ evaluate: $(STAMP) ## Evaluate best.pt of each split in SPLITS on its test list;
 	@for split in $(SPLITS); do $(ACTREC) evaluate $(ARGS) --set data.split=$$split || exit 1; done
 	@$(ACTREC) report $$(for split in $(SPLITS); do $(ACTREC) config $(ARGS) --set data.split=$$split --key run.dir; done)
 
-all: download extract embed train evaluate ## The five stages in order on CONFIG
+all: $(STAMP) ## download, extract (only for embed.source=frames), embed, train, evaluate on CONFIG
+	$(MAKE) download
+	@if [ "$$($(ACTREC) config $(ARGS) --key embed.source)" = frames ]; then $(MAKE) extract; \
+	  else echo "extract: not needed (embed.source=videos decodes the .avi files directly)"; fi
+	$(MAKE) embed train evaluate
 
 demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, train, evaluate, predict, summary
 	$(ACTREC) synth $(DEMO)

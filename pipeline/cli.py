@@ -128,7 +128,9 @@ def evaluate(config_path, overrides):
 @cli.command()
 @click.argument("video", type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint written by `actrec train`.")
-@click.option("--out", type=click.Path(), default=None, help="Annotated output video (.mp4 or .gif).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Annotated output video (.mp4 or .gif); for a folder of videos, the CSV (default: "
+                   "FOLDER/predictions.csv).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Per-window predictions as JSON.")
 @click.option("--stride", type=int, default=None, help="Frames between windows [default: predict.stride].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Backbone device.")

@@ -58,9 +58,19 @@ class Predictor:
                               f"but {embed.weights} is now {weights_identity(embed.backbone, embed.weights)}; "
                               f"restore that weights file or train again")
         self.backbone = load_backbone(embed.backbone, embed.weights, self.device)
-        self.amp_dtype = autocast_dtype(self.device, embed.precision)
+        self.amp_dtype = self._forward_dtype(ckpt["fingerprint"], embed.precision)
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length
+
+    def _forward_dtype(self, fingerprint: dict, precision: str):
+        """The autocast dtype the cache's features were computed in (bf16 on a GPU, fp32 on a CPU), so that
+        predicting on another machine than the embedding one still feeds the model the same kind of features."""
+        recorded = fingerprint.get("forward_dtype")
+        if recorded is None:  # a cache written before the dtype was recorded
+            return autocast_dtype(self.device, precision)
+        if recorded == "float16" and self.device.type == "cpu":
+            return torch.bfloat16  # CPU autocast has no fp16; bf16 is the nearest
+        return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[recorded]
 
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from conftest import tiny_overrides
 
 from pipeline.cli import cli
-from pipeline.data.frames import extract_video
-from pipeline.data.ucf101 import embed_items, frames_dir
+from pipeline.data.frames import extract_frames
+from pipeline.data.ucf101 import embed_items
 from pipeline.data.video import read_video
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import embed_frames, load_backbone
@@ -85,8 +85,7 @@ def test_frames_source_agrees_with_videos(tiny_dataset_config, tmp_path):
     cfg.cache.path = str(tmp_path / "frames.h5")
     with pytest.raises(ActrecError, match="run `actrec extract` first"):
         embed(cfg)
-    for item in embed_items(cfg)[1]:
-        extract_video(item.path, frames_dir(cfg, item), cfg.extract.jpeg_quality)
+    extract_frames(cfg)
     embed(cfg)
     from_frames = FeatureCache(cfg.cache.path)
     assert from_frames.names == from_videos.names and from_frames.fingerprint["source"] == "frames"

@@ -82,3 +82,13 @@ def test_frames_from_another_dataset_version_are_refused(tiny_dataset_config):
         check_frames_manifest(cfg)
     with pytest.raises(ActrecError, match="delete"):
         extract_frames(cfg)
+
+
+def test_frames_folder_without_manifest_is_refused(tiny_dataset_config):
+    from pipeline.errors import ActrecError
+
+    cfg = tiny_dataset_config
+    cfg.data.frames = str(Path(cfg.cache.path).parent / "frames")
+    (Path(cfg.data.frames) / "SomeClass" / "v_SomeClass_g01_c01").mkdir(parents=True)
+    with pytest.raises(ActrecError, match="no extract.json"):
+        extract_frames(cfg)

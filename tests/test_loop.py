@@ -241,3 +241,18 @@ def test_dataloader_workers_read_from_disk_and_change_nothing(tmp_path):
     train(workers)
     assert_same_training_state(load_checkpoint(Path(main.run.dir) / "checkpoints" / "last.pt"),
                                load_checkpoint(Path(workers.run.dir) / "checkpoints" / "last.pt"))
+
+
+def test_finished_run_accepts_other_eval_clips_but_an_unfinished_one_does_not(order_run, monkeypatch):
+    order_run.eval.clips = 1
+    interrupt_at_validation(monkeypatch, call=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(order_run)
+    monkeypatch.undo()
+    order_run.eval.clips = 3  # would change which epoch becomes best.pt mid-run
+    with pytest.raises(ActrecError, match="eval.clips: 1 -> 3"):
+        train(order_run)
+    order_run.eval.clips = 1
+    train(order_run)
+    order_run.eval.clips = 3  # finished: evaluating with more clips needs no retraining
+    assert train(order_run)["skipped"] is True

@@ -39,8 +39,12 @@ def frames_manifest(cfg) -> dict:
 
 def check_frames_manifest(cfg) -> None:
     """Refuse frames extracted from another dataset version or with another quality: they would be reused."""
-    path = Path(cfg.data.frames) / MANIFEST
+    root = Path(cfg.data.frames)
+    path = root / MANIFEST
     if not path.is_file():
+        if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+            raise ActrecError(f"{root} holds frames but no {MANIFEST} saying what they were extracted from; "
+                              f"delete {root} and run `actrec extract` again")
         return
     recorded, expected = json.loads(path.read_text()), frames_manifest(cfg)
     changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in expected.items()

@@ -72,14 +72,17 @@ def _major_minor(version: str) -> str:
 
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
+# Compared only where both sides record it.
 MACHINE_KEYS = {"forward_dtype"}
 
 
 def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
     """One line per key whose value differs between a cache and the current config."""
-    keys = [k for k in sorted(set(cached) | set(expected)) if k in expected or k not in MACHINE_KEYS]
-    return [f"{k}: cache has {cached.get(k, '<missing>')!r}, config gives {expected.get(k, '<missing>')!r}"
-            for k in keys if cached.get(k) != expected.get(k)]
+    keys = [k for k in sorted(set(cached) | set(expected))
+            if k not in MACHINE_KEYS or (k in cached and k in expected)]
+    source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
+    return [f"{k}: cache has {cached.get(k, '<missing>')!r}, {source.get(k, 'config gives')} "
+            f"{expected.get(k, '<missing>')!r}" for k in keys if cached.get(k) != expected.get(k)]
 
 
 def _mismatch_error(path, differences: list[str]) -> ActrecError:

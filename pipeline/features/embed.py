@@ -119,17 +119,17 @@ def embed(cfg) -> dict:
     class_names, items = embed_items(cfg, check_videos=cfg.embed.source == "videos")
     if not items:
         raise ActrecError(f"no videos to embed in {cfg.data.splits} (split {cfg.data.split}); check data.splits")
-    if cfg.embed.source == "frames" and not Path(cfg.data.frames).is_dir():
-        raise ActrecError(f"embed.source=frames but data.frames={cfg.data.frames} does not exist; run `actrec "
-                          f"extract` first, or set embed.source=videos")
-    if cfg.embed.source == "frames":
-        check_frames_manifest(cfg)
     path = Path(cfg.cache.path)
     fingerprint = embed_fingerprint(cfg)
     if _all_done(path, fingerprint, class_names, items):
         click.echo(f"embed: all {len(items)} videos are already in {path}; nothing to do")
         return _summary(cfg, items, embedded=0, skipped=len(items), frames=0, failures={}, started=started,
                         embed_seconds=0.0)
+    if cfg.embed.source == "frames" and not Path(cfg.data.frames).is_dir():
+        raise ActrecError(f"embed.source=frames but data.frames={cfg.data.frames} does not exist; run `actrec "
+                          f"extract` first, or set embed.source=videos")
+    if cfg.embed.source == "frames":
+        check_frames_manifest(cfg)
 
     device = resolve_device(cfg.embed.device)
     amp_dtype = autocast_dtype(device, cfg.embed.precision)

@@ -17,6 +17,7 @@ import csv
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import click
@@ -151,6 +152,9 @@ def continues_run(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) 
                           f"(--set run.dir=...) or delete {run_dir} to train on this cache")
     changed = config_changes(ckpt["config"], cfg.to_dict())
     blocking = {key: change for key, change in changed.items() if key != "train.epochs"}
+    if ckpt["epoch"] >= cfg.train.epochs:
+        # A finished run: eval.* only mattered for choosing best.pt, which is done; evaluating with more clips is fine.
+        blocking = {key: change for key, change in blocking.items() if not key.startswith("eval.")}
     if blocking:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in blocking.items())
         raise ActrecError(f"{run_dir} holds a run trained with other settings ({listed}). Use another run.dir "
@@ -314,9 +318,12 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:  # torch.load fails in many ways (zip, pickle, storage errors) on a damaged file
         with open(path, "rb") as f:
             head = f.read(4)
-        if head.strip(b"\x00") and head != b"PK\x03\x04":  # torch.save writes a zip; a crash leaves zeros
+        foreign = head.strip(b"\x00") and head != b"PK\x03\x04"  # torch.save writes a zip; a crash leaves zeros
+        # A complete zip that weights_only refuses holds more than tensors and plain values: someone else's file.
+        if foreign or (zipfile.is_zipfile(path) and "Weights only" in str(exc)):
             raise ActrecError(f"{path} is not a checkpoint written by `actrec train`") from exc
-        raise ActrecError(f"checkpoint {path} is truncated or corrupt ({str(exc).splitlines()[0][:120]}). Delete "
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise ActrecError(f"checkpoint {path} is truncated or corrupt ({reason}). Delete "
                           f"it; best.pt / last.pt beside it may still be intact, or train again") from exc
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
