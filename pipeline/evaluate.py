@@ -180,6 +180,9 @@ def summarize_runs(run_dirs) -> dict:
             raise ActrecError(message) from exc
         except ValueError as exc:
             raise ActrecError(f"{path}: not valid JSON ({exc}); run `actrec evaluate` again") from exc
+        if not isinstance(metrics, dict) or not {"model", "split", "top1"} <= set(metrics):
+            raise ActrecError(f"{path} is not a metrics.json written by `actrec evaluate` (it needs model, split "
+                              f"and top1); run `actrec evaluate` for {run_dir} again")
         metrics.pop("confusion_matrix", None)
         runs.append({"run_dir": str(run_dir), **metrics})
     by_model = {}

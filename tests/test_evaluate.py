@@ -144,3 +144,9 @@ def test_summarize_runs_means_each_model_over_its_splits(tmp_path):
 def test_report_on_a_run_without_metrics_fails_cleanly(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "run `actrec evaluate`" in result.output
+
+
+def test_report_refuses_a_foreign_metrics_file(tmp_path):
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a metrics.json written by `actrec evaluate`" in result.output
