@@ -191,6 +191,5 @@ def forward(model: nn.Module, resized: torch.Tensor, device: torch.device, amp_d
 def embed_frames(model: nn.Module, frames: np.ndarray, img_dim: int, device: torch.device,
                  amp_dtype: torch.dtype | None = None, batch_size: int = 64, flip: bool = False) -> np.ndarray:
     """Features ``[N, D]`` float32 of uint8 frames ``[N, H, W, 3]``, in batches."""
-    out = [forward(model, resize_frames(frames[s:s + batch_size], img_dim), device, amp_dtype, flip)
-           for s in range(0, len(frames), batch_size)]
+    out = [forward(model, resized, device, amp_dtype, flip) for resized in resized_chunks(frames, img_dim, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.feature_dim), np.float32)
