@@ -501,7 +501,8 @@ def bench_scaling(cfg: Config, cache_cfg: Config, sizes: Sizes, work: Path, comm
 def bench_gpu(cfg: Config, sizes: Sizes, command: str) -> dict:
     if not torch.cuda.is_available():
         return _row("6", "GPU stage one (resnet152, bf16, channels_last)", "no GPU", None, "report", None, command)
-    from pipeline.features.backbone import autocast_dtype, load_backbone
+    from pipeline.device import autocast_dtype
+    from pipeline.features.backbone import load_backbone
 
     device = torch.device("cuda")
     model = load_backbone("resnet152", "none", device)

@@ -27,6 +27,12 @@ import yaml
 from pipeline.errors import ActrecError
 
 UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
+# One device/precision vocabulary for every stage (pipeline/device.py turns it into torch objects).
+DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
+DEVICE_HELP = "'auto' picks CUDA when present"
+PRECISION_HELP = ("autocast dtype on CUDA: 'auto' = bf16 where the GPU computes it natively, else fp16; "
+                  "the CPU always runs fp32")
 UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 
 
@@ -88,9 +94,8 @@ class EmbedConfig:
     weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True)
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024)
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
-    device: str = _key("auto", "'auto' picks CUDA when present", choices=["auto", "cpu", "cuda"])
-    precision: str = _key("auto", "autocast dtype on CUDA ('auto' = bf16 where supported); CPU runs fp32",
-                          choices=["auto", "fp32", "bf16", "fp16"])
+    device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
+    precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
     flip: bool = _key(False, "also cache features of horizontally mirrored frames")
@@ -139,8 +144,8 @@ class TrainConfig:
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
-    device: str = _key("auto", "'auto' picks CUDA when present", choices=["auto", "cpu", "cuda"])
-    amp: bool = _key(True, "mixed precision on CUDA (ignored on CPU)")
+    device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
+    precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
 @dataclass
@@ -148,6 +153,9 @@ class EvalConfig:
     clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100)
     batch_size: int = _key(64, "clips per evaluation batch", min=1)
     checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
+    device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
+    precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
+    threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
 
 
 @dataclass

@@ -37,13 +37,8 @@ REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_c
 def evaluate(cfg) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
     from pipeline.data.ucf101 import load_split
-    from pipeline.train.loop import (
-        autocast_dtype,
-        load_checkpoint,
-        model_from_checkpoint,
-        predict_clips,
-        resolve_device,
-    )
+    from pipeline.device import autocast_dtype, resolve_device, set_threads
+    from pipeline.train.loop import load_checkpoint, model_from_checkpoint, predict_clips
     from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache
 
     run_dir = Path(cfg.run.dir)
@@ -62,11 +57,12 @@ def evaluate(cfg) -> dict:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
     load_features(cache, cfg.cache.load)
     length = ckpt["config"]["train"]["sequence_length"]
-    device = resolve_device(cfg.train.device, cfg.train.threads)
+    set_threads(cfg.eval.threads)
+    device = resolve_device(cfg.eval.device, option="eval.device")
     model = model_from_checkpoint(ckpt).to(device)
     dataset = EvalClips(cache, rows, labels, length, cfg.eval.clips)
     logits, labels = predict_clips(model, dataset, cfg.eval.batch_size, device,
-                                   autocast_dtype(device, cfg.train.amp), desc="evaluate")
+                                   autocast_dtype(device, cfg.eval.precision), desc="evaluate")
 
     metrics = compute_metrics(logits, labels, split.class_names)
     matrix = np.array(metrics.pop("confusion_matrix"))

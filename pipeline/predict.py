@@ -20,15 +20,9 @@ from PIL import Image
 
 from pipeline.config import config_from_dict
 from pipeline.data.video import iter_video_frames, video_fps
+from pipeline.device import autocast_dtype, resolve_device
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import (
-    autocast_dtype,
-    forward,
-    load_backbone,
-    resized_chunks,
-    resolve_device,
-    weights_identity,
-)
+from pipeline.features.backbone import forward, load_backbone, resized_chunks, weights_identity
 from pipeline.fileio import write_json
 from pipeline.train.loop import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax

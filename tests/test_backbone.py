@@ -14,13 +14,11 @@ from pipeline.errors import ActrecError
 from pipeline.features.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    autocast_dtype,
     embed_frames,
     load_backbone,
     normalize,
     preprocess,
     resize_frames,
-    resolve_device,
     weights_identity,
 )
 
@@ -147,13 +145,3 @@ def test_flip_features_are_features_of_mirrored_frames(resnet18):
     np.testing.assert_allclose(flipped, embed_frames(resnet18, frames[:, :, ::-1], 32, CPU), rtol=1e-4, atol=1e-5)
     assert not np.allclose(flipped, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
 
-
-def test_devices_and_precision():
-    assert resolve_device("cpu") == CPU
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert autocast_dtype(CPU, "auto") is None and autocast_dtype(CPU, "bf16") is None
-    assert autocast_dtype(torch.device("cuda"), "fp16") == torch.float16
-    assert autocast_dtype(torch.device("cuda"), "fp32") is None
-    if not torch.cuda.is_available():
-        with pytest.raises(ActrecError, match="no CUDA device"):
-            resolve_device("cuda")

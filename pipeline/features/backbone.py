@@ -27,25 +27,6 @@ RESIZE = "bilinear+antialias, uint8, torch.nn.functional.interpolate on CPU"
 RANDOM_INIT_SEED = 0  # weights=none is a fixed random network, so resumed and repeated runs agree
 
 
-def resolve_device(name: str, option: str = "embed.device") -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error naming ``option``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        fix = "--device auto or cpu" if option.startswith("--") else f"--set {option}=auto or cpu"
-        raise ActrecError(f"{option} cuda: torch sees no CUDA device on this machine; use {fix}")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype for the forward pass: bf16 (or fp16) on CUDA, None (fp32) on CPU."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def _check_name(name: str) -> None:
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:

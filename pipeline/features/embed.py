@@ -24,14 +24,9 @@ from tqdm import tqdm
 from pipeline.data.frames import check_frames_manifest
 from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
 from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
+from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import (
-    autocast_dtype,
-    forward,
-    load_backbone,
-    resized_chunks,
-    resolve_device,
-)
+from pipeline.features.backbone import forward, load_backbone, resized_chunks
 from pipeline.features.cache import FeatureCache, FeatureCacheWriter, embed_fingerprint
 
 
@@ -114,8 +109,7 @@ def _all_done(path: Path, fingerprint: dict, class_names: list[str], items: list
 def embed(cfg) -> dict:
     """Embed every frame of every video of ``embed_items(cfg)`` into cfg.cache.path; return the counts."""
     started = time.perf_counter()
-    if cfg.embed.threads > 0:
-        torch.set_num_threads(cfg.embed.threads)
+    set_threads(cfg.embed.threads)
     class_names, items = embed_items(cfg, check_videos=cfg.embed.source == "videos")
     if not items:
         raise ActrecError(f"no videos to embed in {cfg.data.splits} (split {cfg.data.split}); check data.splits")
@@ -134,7 +128,7 @@ def embed(cfg) -> dict:
     device = resolve_device(cfg.embed.device)
     amp_dtype = autocast_dtype(device, cfg.embed.precision)
     model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
-    fingerprint["forward_dtype"] = str(amp_dtype or torch.float32).replace("torch.", "")
+    fingerprint["forward_dtype"] = dtype_name(amp_dtype)
     with FeatureCacheWriter(path, fingerprint, class_names, model.feature_dim, flip=cfg.embed.flip,
                             dtype=cfg.embed.dtype, config=cfg.to_dict()) as writer:
         todo = [item for item in items if item.name not in writer.done]

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config import config_from_dict, save_config
+from pipeline.device import autocast_dtype, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.cache import fingerprint_differences
 from pipeline.train.metrics import topk_accuracy, video_scores
@@ -45,8 +46,8 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 # Keys that do not change what an epoch computes: a run may continue with other values.
 # train.epochs may grow only with --resume.
-NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.threads", "train.device", "train.amp",
-                     "eval.batch_size", "eval.checkpoint"}
+NOT_TRAINING_KEYS = {"data.videos", "data.frames", "train.workers", "train.threads", "train.device", "train.precision",
+                     "eval.batch_size", "eval.checkpoint", "eval.device", "eval.precision", "eval.threads"}
 # eval.clips decides validation accuracy, and so which epoch becomes best.pt.
 TRAINING_SECTIONS = ("data", "model", "train", "eval")
 
@@ -69,8 +70,9 @@ def train(cfg, resume: bool = False) -> dict:
 
     train_set, val_set, split_name = training_data(cfg, cache)
 
-    device = resolve_device(cfg.train.device, cfg.train.threads)
-    amp_dtype = autocast_dtype(device, cfg.train.amp)
+    set_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device, option="train.device")
+    amp_dtype = autocast_dtype(device, cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
     optimizer = build_optimizer(cfg, model)
@@ -176,22 +178,6 @@ def config_changes(old: dict, new: dict) -> dict:
             if dotted not in NOT_TRAINING_KEYS and before != after:
                 changes[dotted] = (before, after)
     return changes
-
-
-def resolve_device(name: str, threads: int = 0) -> torch.device:
-    """train.device as a torch device; ``threads`` > 0 also sets torch's CPU threads (train.threads)."""
-    from pipeline.features.backbone import resolve_device as backbone_device
-
-    if threads:
-        torch.set_num_threads(threads)
-    return backbone_device(name, option="train.device")
-
-
-def autocast_dtype(device: torch.device, amp: bool):
-    """bf16 where the GPU has it (no loss scaling needed), else fp16; None (fp32) on CPU or with train.amp off."""
-    from pipeline.features.backbone import autocast_dtype as backbone_autocast
-
-    return backbone_autocast(device, "auto" if amp else "fp32")
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:

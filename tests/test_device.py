@@ -1,0 +1,23 @@
+"""The one device/precision vocabulary every stage uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.device import autocast_dtype, dtype_name, resolve_device
+from pipeline.errors import ActrecError
+
+CPU = torch.device("cpu")
+
+
+def test_devices_and_precision():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype(CPU, "auto") is None and autocast_dtype(CPU, "bf16") is None
+    assert autocast_dtype(torch.device("cuda"), "fp16") == torch.float16
+    assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    assert dtype_name(None) == "float32" and dtype_name(torch.bfloat16) == "bfloat16"
+    if not torch.cuda.is_available():
+        with pytest.raises(ActrecError, match="no CUDA device.*--set train.device=auto or cpu"):
+            resolve_device("cuda", option="train.device")
