@@ -323,17 +323,16 @@ def _training_parts(cfg: Config):
 
 def cache_epoch_seconds_per_clip(cfg: Config, steps: int) -> tuple[float, float]:
     """Seconds per training clip on cached features (real loader and step), and the data loading share."""
-    from pipeline.train.loop import make_loader, train_epoch
+    from pipeline.train.loop import Run, make_loader, train_epoch
 
     _, model, optimizer, clips = _training_parts(cfg)
     batch = cfg.train.batch_size
     subset = torch.utils.data.Subset(clips, [k % len(clips) for k in range(steps * batch)])
     loader = make_loader(subset, batch, 0, order_seed=(0, 0))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    run = Run(cfg, model, optimizer, torch.amp.GradScaler("cuda", enabled=False), torch.device("cpu"), None)
     warm_up = torch.utils.data.Subset(clips, [k % len(clips) for k in range(batch)])
-    train_epoch(model, make_loader(warm_up, batch, 0), optimizer, scaler, loss_fn, cfg, 0, torch.device("cpu"), None)
-    total, _ = _timed(train_epoch, model, loader, optimizer, scaler, loss_fn, cfg, 0, torch.device("cpu"), None)
+    train_epoch(run, make_loader(warm_up, batch, 0), 0)
+    total, _ = _timed(train_epoch, run, loader, 0)
     loading, _ = _timed(lambda: [None for _ in loader])
     return total / len(subset), loading / total
 

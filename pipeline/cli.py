@@ -8,12 +8,14 @@ function. Library modules are imported inside the commands so that
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
@@ -21,6 +23,26 @@ from pipeline.errors import ActrecError
 
 class _State:
     verbose = False
+
+
+class _LogHandler(logging.Handler):
+    """Log records as plain lines on stderr, written between progress bars rather than through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                message = f"{record.levelname.lower()}: {message}"
+            tqdm.write(message, file=sys.stderr)
+        except Exception:  # a broken pipe must not turn a log line into a crash
+            self.handleError(record)
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """The library logs under the ``pipeline`` logger; the CLI decides how much of it a user sees."""
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [_LogHandler()]
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def config_options(func):
@@ -52,8 +74,9 @@ def reports_errors(func):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--verbose", "-v", is_flag=True, default=False, help="Show full tracebacks on errors.")
-def cli(verbose: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, default=False, help="Show debug messages and full tracebacks on errors.")
+@click.option("--quiet", "-q", is_flag=True, default=False, help="Show only warnings, errors and results.")
+def cli(verbose: bool, quiet: bool) -> None:
     """actrec: action recognition as a two-stage feature-caching pipeline.
 
     Stage one (embed) runs a frozen CNN once over every frame and caches the
@@ -61,6 +84,7 @@ def cli(verbose: bool) -> None:
     the cache. Run `actrec COMMAND --help` for each command.
     """
     _State.verbose = verbose
+    configure_logging(verbose, quiet)
 
 
 @cli.command()
@@ -121,8 +145,9 @@ def train(config_path, overrides, resume):
 def evaluate(config_path, overrides):
     """Evaluate a checkpoint on the test list of data.split: metrics.json, confusion matrix, summary."""
     from pipeline.evaluate import evaluate as run_evaluate
+    from pipeline.evaluate import format_summary
 
-    run_evaluate(load_config(config_path, overrides))
+    click.echo(format_summary(run_evaluate(load_config(config_path, overrides))))
 
 
 @cli.command()
@@ -137,9 +162,12 @@ def evaluate(config_path, overrides):
 @reports_errors
 def predict(video, checkpoint, out, json_path, stride, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
+    from pipeline.predict import format_prediction
     from pipeline.predict import predict as run_predict
 
-    run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    if "video_top5" in result:  # one video; a folder's results are in its CSV
+        click.echo(format_prediction(result))
 
 
 @cli.command()

@@ -36,9 +36,19 @@ PRECISION_HELP = ("autocast dtype on CUDA: 'auto' = bf16 where the GPU computes 
 UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 
 
-def _key(default, help, choices=None, min=None, max=None, nonempty=False):
-    """A config key: its default, help text and allowed values (checked in ``validate``)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty}
+# What a key's value changes, recorded next to the key so every check derives from the schema:
+#   features   the cached features (part of the cache fingerprint: a change needs a new cache)
+#   test list  which videos are tested (a checkpoint is evaluated only on the test list it was trained beside)
+#   training   what a training run computes (a run continues only with the same values)
+#   None       nothing a later stage depends on (paths to inputs, speed and device settings, outputs)
+# A key that changes the features or the test list also changes what training computes.
+AFFECTS = ("features", "test list", "training")
+
+
+def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None):
+    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``."""
+    assert affects in AFFECTS + (None,), affects
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty, "affects": affects}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,17 +56,19 @@ def _key(default, help, choices=None, min=None, max=None, nonempty=False):
 
 @dataclass
 class DataConfig:
-    name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True)
+    name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
     videos: str = _key("data/ucf101/UCF-101", "UCF-101-style video root: Class/v_Class_gXX_cYY.avi")
     frames: str = _key("data/ucf101/frames", "extracted frames root: Class/v_Class_gXX_cYY/000001.jpg")
-    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with classInd.txt, trainlistNN.txt, testlistNN.txt")
+    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with classInd.txt, trainlistNN.txt, testlistNN.txt",
+                       affects="features")
     split: Union[int, str] = _key(
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
         "'random-groups' (random but no group on both sides)",
-        choices=[1, 2, 3, "random", "random-groups"])
-    random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9)
-    val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9)
-    seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0)
+        choices=[1, 2, 3, "random", "random-groups"], affects="test list")
+    random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
+    val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9,
+                               affects="training")
+    seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0, affects="test list")
 
 
 @dataclass
@@ -83,25 +95,27 @@ class DownloadConfig:
 @dataclass
 class ExtractConfig:
     workers: int = _key(2, "parallel videos (joblib processes)", min=1, max=256)
-    jpeg_quality: int = _key(95, "JPEG quality of extracted frames", min=1, max=100)
+    jpeg_quality: int = _key(95, "JPEG quality of extracted frames", min=1, max=100, affects="features")
 
 
 @dataclass
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
-                       choices=["videos", "frames"])
-    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True)
-    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True)
-    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024)
+                       choices=["videos", "frames"], affects="features")
+    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True,
+                         affects="features")
+    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
+                        affects="features")
+    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
-    flip: bool = _key(False, "also cache features of horizontally mirrored frames")
+    flip: bool = _key(False, "also cache features of horizontally mirrored frames", affects="features")
     splits: str = _key("configured", "embed the videos of the configured split, or of all three splits",
                        choices=["configured", "all"])
-    dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"])
+    dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"], affects="features")
 
     @property
     def weights_tag(self) -> str:
@@ -121,26 +135,28 @@ class CacheConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"])
-    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1)
-    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1)
-    layers: int = _key(1, "LSTM layers", min=1, max=16)
-    bidirectional: bool = _key(True, "bidirectional LSTM")
-    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)")
-    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95)
+    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"], affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, affects="training")
+    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, affects="training")
+    layers: int = _key(1, "LSTM layers", min=1, max=16, affects="training")
+    bidirectional: bool = _key(True, "bidirectional LSTM", affects="training")
+    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
+    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95,
+                          affects="training")
 
 
 @dataclass
 class TrainConfig:
-    sequence_length: int = _key(40, "frames per training clip", min=2, max=10000)
-    epochs: int = _key(30, "training epochs", min=1)
-    batch_size: int = _key(16, "clips per step", min=1)
-    lr: float = _key(1e-4, "learning rate", min=0.0)
-    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0)
-    optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"])
-    schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"])
-    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0)
-    seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0)
+    sequence_length: int = _key(40, "frames per training clip", min=2, max=10000, affects="training")
+    epochs: int = _key(30, "training epochs", min=1, affects="training")
+    batch_size: int = _key(16, "clips per step", min=1, affects="training")
+    lr: float = _key(1e-4, "learning rate", min=0.0, affects="training")
+    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0, affects="training")
+    optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"], affects="training")
+    schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"], affects="training")
+    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, affects="training")
+    seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
+                     affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
@@ -150,7 +166,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100)
+    clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100,
+                      affects="training")
     batch_size: int = _key(64, "clips per evaluation batch", min=1)
     checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
@@ -193,6 +210,12 @@ class Config:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}
+
+
+def keys_affecting(*what: str) -> list[str]:
+    """Dotted names of the keys whose ``affects`` is one of ``what`` (e.g. 'features'), in schema order."""
+    return [f"{section}.{f.name}" for section, factory in SECTIONS.items() for f in fields(factory())
+            if f.metadata["affects"] in what]
 
 
 def describe_keys() -> list[tuple[str, Any, str]]:

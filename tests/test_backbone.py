@@ -17,7 +17,6 @@ from pipeline.features.backbone import (
     embed_frames,
     load_backbone,
     normalize,
-    preprocess,
     resize_frames,
     weights_identity,
 )
@@ -77,7 +76,7 @@ def test_state_dict_weights_load_and_change_features(tmp_path, resnet18):
     source.fc = torch.nn.Identity()
     source.eval()
     with torch.inference_mode():
-        expected = source(preprocess(frames, 32, CPU)).numpy()
+        expected = source(normalize(resize_frames(frames, 32), CPU)).numpy()
     np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(loaded, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
     assert weights_identity("resnet18", str(path)) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -13,14 +13,16 @@ training list by whole groups, so no stage ever selects on the test list.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
 from pipeline.errors import ActrecError
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_SPLITS = (1, 2, 3)
 _VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
@@ -100,10 +102,10 @@ def load_split(cfg, check_videos: bool = True) -> Split:
     train, val = carve_validation(training, cfg.data.val_fraction, cfg.data.seed)
     leaked = len(_groups(test) & _groups(train))
     if split == "random":
-        click.echo(f"warning: split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
-                   f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
-                   f"{len(_groups(test))} test groups also appear in train and test accuracy is inflated. "
-                   f"Use split 1, 2, 3 or 'random-groups' for honest numbers.", err=True)
+        log.warning(f"split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
+                    f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
+                    f"{len(_groups(test))} test groups also appear in train and test accuracy is inflated. "
+                    f"Use split 1, 2, 3 or 'random-groups' for honest numbers.")
     return Split(name=str(split), class_names=class_names, train=train, val=val, test=test, leaked_groups=leaked)
 
 
