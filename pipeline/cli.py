@@ -55,18 +55,49 @@ def config_options(func):
     return func
 
 
+# The settings that decide each command's peak memory: what an out-of-memory error tells the user to lower.
+MEMORY_SETTINGS = {
+    "embed": "embed.batch_size (or embed.img_dim)",
+    "train": "train.batch_size, model.hidden_dim, model.latent_dim or train.sequence_length (or set cache.load=disk)",
+    "evaluate": "eval.batch_size or eval.clips (or set cache.load=disk)",
+    "predict": "embed.batch_size of the run's config, or predict on a shorter video",
+    "bench": "the sizes in the config passed to bench",
+}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate memory" in str(exc).lower())
+
+
+def _fail(message: str) -> None:
+    """Print ``message`` as one red line (the traceback too with --verbose) and exit with status 2."""
+    if _State.verbose:
+        traceback.print_exc()
+    click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+    sys.exit(2)
+
+
 def reports_errors(func):
-    """Turn ActrecError (and Ctrl-C) into one line and a non-zero exit; --verbose keeps the traceback."""
+    """Turn ActrecError, OS errors, out-of-memory and Ctrl-C into one line and a non-zero exit; --verbose keeps
+    the traceback."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except (ActrecError, OSError) as exc:
             # OSError here is the machine saying no (permissions, a full disk, a missing folder): also one line.
-            if _State.verbose:
-                traceback.print_exc()
-            click.secho(f"error: {' '.join(str(exc).split())}", fg="red", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            command = click.get_current_context().info_name
+            _fail(f"out of memory in `actrec {command}` ({str(exc).splitlines()[0][:160]}); lower "
+                  f"{MEMORY_SETTINGS.get(command, 'the batch sizes')} and run the command again")
         except KeyboardInterrupt:
             click.secho("interrupted; finished work is kept, run the command again to resume", err=True)
             sys.exit(130)

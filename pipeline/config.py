@@ -89,7 +89,7 @@ class DownloadConfig:
     splits_url: str = _key(UCF101_SPLITS_URL, "URL of the train/test split zip")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
-    timeout: float = _key(60.0, "socket timeout in seconds", min=1.0)
+    timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)
 
 
 @dataclass
@@ -136,8 +136,9 @@ class CacheConfig:
 @dataclass
 class ModelConfig:
     name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"], affects="training")
-    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, affects="training")
-    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, max=16384,
+                           affects="training")
+    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, max=16384, affects="training")
     layers: int = _key(1, "LSTM layers", min=1, max=16, affects="training")
     bidirectional: bool = _key(True, "bidirectional LSTM", affects="training")
     attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
@@ -148,13 +149,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     sequence_length: int = _key(40, "frames per training clip", min=2, max=10000, affects="training")
-    epochs: int = _key(30, "training epochs", min=1, affects="training")
-    batch_size: int = _key(16, "clips per step", min=1, affects="training")
-    lr: float = _key(1e-4, "learning rate", min=0.0, affects="training")
-    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0, affects="training")
+    epochs: int = _key(30, "training epochs", min=1, max=100000, affects="training")
+    batch_size: int = _key(16, "clips per step", min=1, max=65536, affects="training")
+    lr: float = _key(1e-4, "learning rate", min=0.0, max=10.0, affects="training")
+    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0, max=10.0, affects="training")
     optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"], affects="training")
     schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"], affects="training")
-    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, affects="training")
+    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, max=1e6, affects="training")
     seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
                      affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
@@ -168,7 +169,7 @@ class TrainConfig:
 class EvalConfig:
     clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100,
                       affects="training")
-    batch_size: int = _key(64, "clips per evaluation batch", min=1)
+    batch_size: int = _key(64, "clips per evaluation batch", min=1, max=65536)
     checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
@@ -177,9 +178,10 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig:
-    stride: int = _key(8, "frames between the starts of consecutive windows", min=1)
+    stride: int = _key(8, "frames between the starts of consecutive windows", min=1, max=100000)
     topk: int = _key(3, "labels shown per window", min=1, max=20)
-    gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1)
+    gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1,
+                              max=10000)
 
 
 @dataclass
@@ -248,16 +250,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         except OSError as exc:
             raise ActrecError(f"cannot read config {path}: {exc.strerror}. Pass an existing YAML file "
                               f"(see configs/).") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ActrecError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ActrecError(f"{path}: expected a mapping of sections (data:, embed:, ...) at the top level")
+        raw = read_yaml(text, path)
     origins = {}
     for item in overrides:
         origins[_apply_override(raw, item)] = f"--set {item}"
     return config_from_dict(raw, source=source, origins=origins)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if key in lines:
+                raise ActrecError(f"'{key}' is given twice (lines {lines[key]} and {line}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, path) -> dict:
+    """The sections of a config file; refuses invalid YAML, duplicate keys and a file without any section."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ActrecError(f"{path}: not valid YAML: {exc}") from exc
+    except ActrecError as exc:
+        raise ActrecError(f"{path}: {exc}") from None
+    if raw is None or raw == {}:
+        raise ActrecError(f"{path} is empty; a config needs at least one section (data:, embed:, train:, ...). "
+                          f"Start from configs/synthetic.yaml or configs/ucf101.yaml (every key: configs/README.md)")
+    if not isinstance(raw, dict):
+        raise ActrecError(f"{path}: expected a mapping of sections (data:, embed:, ...) at the top level")
+    return raw
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = None) -> Config:

@@ -29,3 +29,17 @@ def test_errors_are_one_line_with_status_2(tmp_path):
     result = CliRunner().invoke(cli, ["train", "-c", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot read config")
+
+
+def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeypatch):
+    import torch
+
+    import pipeline.train.loop
+
+    def exhausted(cfg, resume=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 TiB")
+
+    monkeypatch.setattr(pipeline.train.loop, "train", exhausted)
+    result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "out of memory in `actrec train`" in result.stderr and "lower train.batch_size" in result.stderr
