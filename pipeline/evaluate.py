@@ -38,8 +38,9 @@ def evaluate(cfg) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
     from pipeline.data.ucf101 import load_split
     from pipeline.device import autocast_dtype, resolve_device, set_threads
+    from pipeline.features.cache import cache_rows, open_cache
     from pipeline.train.loop import load_checkpoint, model_from_checkpoint, predict_clips
-    from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache
+    from pipeline.train.sampling import EvalClips
 
     run_dir = Path(cfg.run.dir)
     path = checkpoint_path(cfg)
@@ -55,7 +56,7 @@ def evaluate(cfg) -> dict:
     rows, labels = cache_rows(cache, split.test, "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    load_features(cache, cfg.cache.load)
+    cache.place(cfg.cache.load)
     length = ckpt["config"]["train"]["sequence_length"]
     set_threads(cfg.eval.threads)
     device = resolve_device(cfg.eval.device, option="eval.device")
