@@ -1,8 +1,11 @@
-"""The HDF5 feature cache: the contract between stage one (embed) and stage two (train).
+"""The HDF5 feature cache, the contract between stage one (embed) and stage two (train): layout, writer, reader.
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md.
+length). The layout is documented in cache/README.md. What goes into the stored
+fingerprint is decided in ``fingerprint.py``; one writer at a time, by ``writelock.py``.
+Stage two opens a cache with ``open_cache``, finds its videos with ``cache_rows`` and
+puts the features in memory or leaves them on disk with ``FeatureCache.place``.
 
 Crash safety: the writer runs in HDF5 SWMR mode, where the library orders its
 metadata writes so the file on disk is always readable as a snapshot. Each video
@@ -125,7 +128,7 @@ def _copy_prefix(source: h5py.Dataset, target: h5py.Dataset, rows: int) -> None:
 def _open_for_reading(path) -> h5py.File:
     """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed."""
     try:
-        # HDF5's own file lock would block a resuming writer; writers serialise on the .lock file instead.
+        # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
         return h5py.File(path, "r", swmr=True, locking=False)
     except (OSError, RuntimeError) as exc:
         raise _open_error(path, exc) from exc
