@@ -291,7 +291,8 @@ def _efficiency_with_a_free_core(cfg: Config, model, frames: int) -> dict:
 def _feature_cache(cfg: Config, sizes: Sizes, root: Path) -> Config:
     """A UCF-101-shaped cache (2048-d float16, 101 classes) of random features, and the config to train on it."""
     from pipeline.config import load_config
-    from pipeline.features.cache import FeatureCacheWriter, embed_fingerprint
+    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.fingerprint import embed_fingerprint
 
     ucf = load_config(Path(__file__).resolve().parents[1] / "configs" / "ucf101.yaml") \
         if (Path(__file__).resolve().parents[1] / "configs" / "ucf101.yaml").is_file() else Config()

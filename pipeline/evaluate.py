@@ -54,7 +54,8 @@ def evaluate(cfg) -> dict:
 def test_data(cfg, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
     from pipeline.data.ucf101 import load_split
-    from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache
+    from pipeline.features.cache import cache_rows, open_cache
+    from pipeline.train.sampling import EvalClips
 
     cache = open_cache(cfg)
     if ckpt["fingerprint"] != cache.fingerprint:
@@ -66,7 +67,7 @@ def test_data(cfg, ckpt: dict, path: Path):
     rows, labels = cache_rows(cache, split.test, "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    load_features(cache, cfg.cache.load)
+    cache.place(cfg.cache.load)
     length = ckpt["config"]["train"]["sequence_length"]
     return EvalClips(cache, rows, labels, length, cfg.eval.clips), split
 

@@ -23,8 +23,9 @@ from pipeline.data.frames import extract_frames
 from pipeline.data.ucf101 import embed_items
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import embed_frames, load_backbone
-from pipeline.features.cache import FeatureCache, embed_fingerprint
+from pipeline.features.cache import FeatureCache
 from pipeline.features.embed import embed
+from pipeline.features.fingerprint import embed_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -152,7 +153,7 @@ def wait_for(proc: subprocess.Popen, path, count: int) -> int:
 
 
 def test_concurrent_embed_refused_and_kill_9_resume_equals_clean_run(tiny_dataset_root, tiny_dataset_config,
-                                                                     tmp_path, capsys):
+                                                                     tmp_path, caplog):
     """A real `actrec embed` subprocess: a second embed is refused; kill -9 mid-run; the resumed cache equals
     an uninterrupted run's bit for bit."""
     cfg = tiny_dataset_config
@@ -181,9 +182,9 @@ def test_concurrent_embed_refused_and_kill_9_resume_equals_clean_run(tiny_datase
     left = committed(killed)
     assert 2 < left < 32
 
-    capsys.readouterr()
+    caplog.clear()
     resumed = embed(cfg)
-    assert "stopped abruptly" in capsys.readouterr().err
+    assert "stopped abruptly" in caplog.text
     assert resumed["embedded"] == 32 - left and resumed["skipped"] == left
 
     cfg.cache.path = str(tmp_path / "clean.h5")

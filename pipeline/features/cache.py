@@ -1,8 +1,11 @@
-"""The HDF5 feature cache: the contract between stage one (embed) and stage two (train).
+"""The HDF5 feature cache, the contract between stage one (embed) and stage two (train): layout, writer, reader.
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md.
+length). The layout is documented in cache/README.md. What goes into the stored
+fingerprint is decided in ``fingerprint.py``; one writer at a time, by ``writelock.py``.
+Stage two opens a cache with ``open_cache``, finds its videos with ``cache_rows`` and
+puts the features in memory or leaves them on disk with ``FeatureCache.place``.
 
 Crash safety: the writer runs in HDF5 SWMR mode, where the library orders its
 metadata writes so the file on disk is always readable as a snapshot. Each video
@@ -13,82 +16,30 @@ committed video, which the next writer drops.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
-import click
 import h5py
 import numpy as np
 
 from pipeline.errors import ActrecError
+from pipeline.features.fingerprint import embed_fingerprint, fingerprint_differences, mismatch_error
+from pipeline.features.writelock import WriteLock, lock_holder
 
 FORMAT_VERSION = 1
 NAME_BYTES = 255  # fixed-length names: SWMR appends cannot use variable-length strings
 REASON_BYTES = 1024
 RECOVERY_ROWS = 1 << 16  # rows per read when copying a crashed file's committed prefix
+# One-dimensional columns per group; each group's ``count`` says how many rows are committed.
+COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": np.int32, "offsets": np.int64,
+                     "lengths": np.int64},
+           "failures": {"names": h5py.string_dtype("utf-8", NAME_BYTES),
+                        "reasons": h5py.string_dtype("utf-8", REASON_BYTES)}}
 
-
-def embed_fingerprint(cfg) -> dict:
-    """Everything that changes the cached features; stage two and a resumed embed compare against it."""
-    import torch
-    import torchvision
-
-    from pipeline.data.ucf101 import split_files_signature
-    from pipeline.features.backbone import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        RESIZE,
-        weights_identity,
-    )
-
-    fingerprint = {
-        "dataset": cfg.data.name,
-        "split_files": split_files_signature(cfg),
-        "backbone": cfg.embed.backbone,
-        "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
-        "img_dim": cfg.embed.img_dim,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "resize": RESIZE,
-        "source": cfg.embed.source,
-        "frames": "every frame",
-        "flip": cfg.embed.flip,
-        "dtype": cfg.embed.dtype,
-        "torch": _major_minor(torch.__version__),
-        "torchvision": _major_minor(torchvision.__version__),
-    }
-    if cfg.embed.source == "frames":
-        fingerprint["jpeg_quality"] = cfg.extract.jpeg_quality  # JPEG loss changes the features
-    return fingerprint
-
-
-def _major_minor(version: str) -> str:
-    return ".".join(version.split("+")[0].split(".")[:2])
-
-
-# Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
-# it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
-# Compared only where both sides record it.
-MACHINE_KEYS = {"forward_dtype"}
-
-
-def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
-    """One line per key whose value differs between a cache and the current config."""
-    keys = [k for k in sorted(set(cached) | set(expected))
-            if k not in MACHINE_KEYS or (k in cached and k in expected)]
-    source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
-    return [f"{k}: cache has {cached.get(k, '<missing>')!r}, {source.get(k, 'config gives')} "
-            f"{expected.get(k, '<missing>')!r}" for k in keys if cached.get(k) != expected.get(k)]
-
-
-def _mismatch_error(path, differences: list[str]) -> ActrecError:
-    return ActrecError(f"{path} was made with other settings ({'; '.join(differences)}). Set cache.path to a "
-                       f"new file (the default path includes dataset, backbone, weights, img_dim and source), "
-                       f"or delete {path} and run `actrec embed` again")
+log = logging.getLogger(__name__)
 
 
 def _open_error(path, exc: Exception) -> ActrecError:
@@ -166,68 +117,21 @@ def _committed_frames(meta: dict) -> int:
     return int(meta["offsets"][-1] + meta["lengths"][-1])
 
 
+def _copy_prefix(source: h5py.Dataset, target: h5py.Dataset, rows: int) -> None:
+    """Copy the first ``rows`` rows, a bounded block at a time (feature arrays can exceed memory)."""
+    target.resize(rows, axis=0)
+    for start in range(0, rows, RECOVERY_ROWS):
+        stop = min(rows, start + RECOVERY_ROWS)
+        target[start:stop] = source[start:stop]
+
+
 def _open_for_reading(path) -> h5py.File:
     """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed."""
     try:
-        # HDF5's own file lock would block a resuming writer; writers serialise on the .lock file instead.
+        # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
         return h5py.File(path, "r", swmr=True, locking=False)
     except (OSError, RuntimeError) as exc:
         raise _open_error(path, exc) from exc
-
-
-class _WriteLock:
-    """Exclusive lock file ``<cache>.lock`` holding the writer's pid; the kernel drops it if the writer dies."""
-
-    def __init__(self, cache_path: Path):
-        self.path = Path(str(cache_path) + ".lock")
-        self.fd = None
-
-    def acquire(self) -> None:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                cache = str(self.path)[: -len(".lock")]
-                raise ActrecError(f"another embed is writing {cache} (pid {lock_owner(self.path) or '?'}); wait "
-                                  f"for it to finish or stop it, then run again") from exc
-            # The previous holder unlinks the file on release; a lock on an unlinked inode protects nothing.
-            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-
-def lock_owner(lock_path) -> int | None:
-    """Pid written in a lock file, if that process is alive."""
-    try:
-        pid = int(Path(lock_path).read_text().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
 
 
 class FeatureCacheWriter:
@@ -246,12 +150,11 @@ class FeatureCacheWriter:
         self.flip = bool(flip)
         self.dtype = np.dtype(dtype)
         self.config = config or {}
-        self.recovered = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ActrecError(f"cannot create the folder of cache.path {self.path}: {exc.strerror}") from exc
-        self._lock = _WriteLock(self.path)
+        self._lock = WriteLock(self.path)
         self._lock.acquire()
         try:
             self._file = self._open()
@@ -310,11 +213,7 @@ class FeatureCacheWriter:
             for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
                                  dtype=self.dtype)
-            name_type = h5py.string_dtype("utf-8", NAME_BYTES)
-            reason_type = h5py.string_dtype("utf-8", REASON_BYTES)
-            columns = {"index": {"names": name_type, "labels": np.int32, "offsets": np.int64, "lengths": np.int64},
-                       "failures": {"names": name_type, "reasons": reason_type}}
-            for group, datasets in columns.items():
+            for group, datasets in COLUMNS.items():
                 for name, dtype in datasets.items():
                     f.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
                 f.create_dataset(f"{group}/count", data=np.zeros(1, np.int64))
@@ -326,30 +225,20 @@ class FeatureCacheWriter:
             meta = _read_meta(old, self.path)
             self._check_matches(meta)
             total = _committed_frames(meta)
-            click.echo(f"{self.path}: the last embed stopped abruptly; keeping its {len(meta['names'])} "
-                       f"committed videos ({total} frames)", err=True)
+            log.warning("%s: the last embed stopped abruptly; keeping its %d committed videos (%d frames)",
+                        self.path, len(meta["names"]), total)
             recovered = self.path.with_name(self.path.name + ".recovered")
             self._create(recovered)
             with h5py.File(recovered, "r+", libver="latest", locking=False) as new:
                 new.attrs["config"] = old.attrs["config"]
                 new.attrs["created"] = old.attrs["created"]
                 for name in self._feature_datasets:
-                    new[name].resize(total, axis=0)
-                    for start in range(0, total, RECOVERY_ROWS):
-                        stop = min(total, start + RECOVERY_ROWS)
-                        new[name][start:stop] = old[name][start:stop]
-                count = len(meta["names"])
-                for column in ("names", "labels", "offsets", "lengths"):
-                    new[f"index/{column}"].resize(count, axis=0)
-                    new[f"index/{column}"][:] = old[f"index/{column}"][:count]
-                new["index/count"][0] = count
-                n_failed = int(old["failures/count"][0])
-                for column in ("names", "reasons"):
-                    new[f"failures/{column}"].resize(n_failed, axis=0)
-                    new[f"failures/{column}"][:] = old[f"failures/{column}"][:n_failed]
-                new["failures/count"][0] = n_failed
+                    _copy_prefix(old[name], new[name], total)
+                for group, rows in (("index", len(meta["names"])), ("failures", int(old["failures/count"][0]))):
+                    for column in COLUMNS[group]:
+                        _copy_prefix(old[f"{group}/{column}"], new[f"{group}/{column}"], rows)
+                    new[f"{group}/count"][0] = rows
         os.replace(recovered, self.path)
-        self.recovered = True
 
     def _check_matches(self, meta: dict) -> None:
         differences = fingerprint_differences(meta["fingerprint"], self.fingerprint)
@@ -361,7 +250,7 @@ class FeatureCacheWriter:
             if meta[key] != mine:
                 differences.append(f"{key}: cache has {meta[key]!r}, this embed writes {mine!r}")
         if differences:
-            raise _mismatch_error(self.path, differences)
+            raise mismatch_error(self.path, differences)
 
     def _load_state(self) -> None:
         """Read the committed state and drop anything past it (rows of a video that was never committed)."""
@@ -375,10 +264,9 @@ class FeatureCacheWriter:
         for name in self._feature_datasets:
             if self._file[name].shape[0] != self._frames:
                 self._file[name].resize(self._frames, axis=0)
-        for column in ("names", "labels", "offsets", "lengths"):
-            self._file[f"index/{column}"].resize(self._count, axis=0)
-        for column in ("names", "reasons"):
-            self._file[f"failures/{column}"].resize(self._n_failure_rows, axis=0)
+        for group, rows in (("index", self._count), ("failures", self._n_failure_rows)):
+            for column in COLUMNS[group]:
+                self._file[f"{group}/{column}"].resize(rows, axis=0)
         self._file.flush()
 
     # -- writing ------------------------------------------------------------------------------------------------
@@ -400,13 +288,8 @@ class FeatureCacheWriter:
             self._file[dataset].resize(stop, axis=0)
             self._file[dataset][start:stop] = values.astype(self.dtype, copy=False)
         self._file.flush()
-        row = {"names": encoded, "labels": label, "offsets": start, "lengths": len(features)}
-        for column, value in row.items():
-            self._file[f"index/{column}"].resize(self._count + 1, axis=0)
-            self._file[f"index/{column}"][self._count] = value
-        self._file.flush()
-        self._file["index/count"][0] = self._count + 1  # the commit point
-        self._file.flush()
+        self._commit_row("index", self._count,
+                         {"names": encoded, "labels": label, "offsets": start, "lengths": len(features)})
         self._count += 1
         self._frames = stop
         self.done.add(name)
@@ -417,16 +300,19 @@ class FeatureCacheWriter:
         self.failures[name] = reason
         if self._failure_rows.get(name) == reason:
             return
-        row = {"names": _encode(name, NAME_BYTES, "video name"),
-               "reasons": reason.encode("utf-8")[:REASON_BYTES]}
-        for column, value in row.items():
-            self._file[f"failures/{column}"].resize(self._n_failure_rows + 1, axis=0)
-            self._file[f"failures/{column}"][self._n_failure_rows] = value
-        self._file.flush()
-        self._file["failures/count"][0] = self._n_failure_rows + 1
-        self._file.flush()
+        self._commit_row("failures", self._n_failure_rows, {"names": _encode(name, NAME_BYTES, "video name"),
+                                                             "reasons": reason.encode("utf-8")[:REASON_BYTES]})
         self._n_failure_rows += 1
         self._failure_rows[name] = reason
+
+    def _commit_row(self, group: str, n: int, row: dict) -> None:
+        """Write row ``n`` of ``group``'s columns, flush, then raise its count to ``n + 1``: the commit point."""
+        for column, value in row.items():
+            self._file[f"{group}/{column}"].resize(n + 1, axis=0)
+            self._file[f"{group}/{column}"][n] = value
+        self._file.flush()
+        self._file[f"{group}/count"][0] = n + 1
+        self._file.flush()
 
     @property
     def frames(self) -> int:
@@ -460,7 +346,7 @@ class FeatureCache:
         if expected_fingerprint is not None:
             differences = fingerprint_differences(meta["fingerprint"], expected_fingerprint)
             if differences:
-                raise _mismatch_error(self.path, differences)
+                raise mismatch_error(self.path, differences)
         self.fingerprint: dict = meta["fingerprint"]
         self.class_names: list[str] = meta["class_names"]
         self.config: dict = meta["config"]
@@ -533,6 +419,17 @@ class FeatureCache:
                 self._memory[flip] = self._dataset(flip)[: self.total_frames]
         self.close()
 
+    def place(self, load: str) -> str:
+        """Read the features into memory when ``load`` says so ('auto': when they fit in a quarter of RAM).
+
+        Returns where they are now, 'memory' or 'disk'; on disk, each DataLoader worker reads through its own handle.
+        """
+        if load == "auto":
+            load = "memory" if self.nbytes <= _total_memory_bytes() // 4 else "disk"
+        if load == "memory":
+            self.load_all()
+        return load
+
     @property
     def nbytes(self) -> int:
         """Size of the committed feature array(s) in memory."""
@@ -550,6 +447,38 @@ class FeatureCache:
         return state
 
 
+def _total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024 ** 3  # unknown: assume a modest machine
+
+
+def open_cache(cfg) -> FeatureCache:
+    """The feature cache at cache.path; refused when it was made with other embed settings than ``cfg``."""
+    return FeatureCache(cfg.cache.path, expected_fingerprint=embed_fingerprint(cfg))
+
+
+def cache_rows(cache: FeatureCache, items, what: str) -> tuple[list[int], list[int]]:
+    """Cache rows and labels of ``items`` (split entries); videos whose embedding failed are left out with a warning."""
+    rows, labels, failed = [], [], []
+    for item in items:
+        if item.name in cache.failures:
+            failed.append(item.name)
+            continue
+        row = cache.index_of(item.name)  # a video missing from the cache is an error that says to embed
+        if int(cache.labels[row]) != item.label:
+            raise ActrecError(f"{cache.path}: {item.name} has label {int(cache.labels[row])} in the cache but "
+                              f"{item.label} in the split files; the cache belongs to another dataset. Re-run "
+                              f"`actrec embed` or fix cache.path")
+        rows.append(row)
+        labels.append(item.label)
+    if failed:
+        log.warning("%d %s videos failed to embed and are left out (e.g. %s: %s)", len(failed), what, failed[0],
+                    cache.failures[failed[0]])
+    return rows, labels
+
+
 def describe_cache(path) -> str:
     """Human-readable summary for ``actrec info``: fingerprint, counts, size, failures."""
     cache = FeatureCache(path)
@@ -565,7 +494,7 @@ def describe_cache(path) -> str:
     if len(cache.names):
         lengths = cache.lengths
         lines.append(f"length:     {lengths.min()} to {lengths.max()} frames per video (mean {lengths.mean():.1f})")
-    owner = lock_owner(str(cache.path) + ".lock")
+    owner = lock_holder(cache.path)
     if owner:
         lines.append(f"status:     being written by pid {owner} (counts grow until it finishes)")
     lines.append("fingerprint:")

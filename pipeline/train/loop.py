@@ -30,18 +30,13 @@ from tqdm import tqdm
 from pipeline.config import keys_affecting, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.features.cache import fingerprint_differences
+from pipeline.features.cache import cache_rows, open_cache
+from pipeline.features.fingerprint import fingerprint_differences
 from pipeline.fileio import atomic_path
 from pipeline.train.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
 from pipeline.train.metrics import topk_accuracy, video_scores
 from pipeline.train.models import build_model
-from pipeline.train.sampling import (
-    EvalClips,
-    TrainClips,
-    cache_rows,
-    load_features,
-    open_cache,
-)
+from pipeline.train.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +163,7 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
-    where = load_features(cache, cfg.cache.load)
+    where = cache.place(cfg.cache.load)
     log.info(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
              f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
     train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
