@@ -228,10 +228,11 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
     epoch on the cache vs the seed's loop, disk per frame, scaling (time, peak memory, loading share),
     GPU throughput. Uses embed.threads and embed.workers from the config.
     """
-    from pipeline.bench import run_benchmarks
+    from pipeline.bench import format_markdown, run_benchmarks
 
-    run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
-                   readme=Path(readme) if readme else None, only=tuple(only))
+    result = run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
+                            readme=Path(readme) if readme else None, only=tuple(only))
+    click.echo(format_markdown(result))
 
 
 @cli.command(name="config")
