@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter, cache_rows, describe_cache, lock_holder
+from pipeline.features.cache import FeatureCache, cache_rows, describe_cache, lock_holder
+from pipeline.features.cache_writer import FeatureCacheWriter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"backbone": "resnet18", "img_dim": 32}
@@ -118,7 +119,7 @@ WRITER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache import CLASSES, DIM, FINGERPRINT, video_features
-    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.cache_writer import FeatureCacheWriter
     with FeatureCacheWriter(sys.argv[1], FINGERPRINT, CLASSES, DIM, flip=True) as writer:
         for i in range(int(sys.argv[2])):
             if i % 7 == 0:
@@ -237,7 +238,7 @@ HOLDER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache import CLASSES, DIM, FINGERPRINT, video_features
-    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.cache_writer import FeatureCacheWriter
     with FeatureCacheWriter(sys.argv[1], FINGERPRINT, CLASSES, DIM) as writer:
         writer.add("Apply/v_0", 0, video_features(0))
         print("holding", flush=True)
@@ -283,7 +284,7 @@ def test_pid_file_naming_a_live_process_does_not_block_a_writer(tmp_path):
 
 def test_storage_layer_imports_no_torch_dataset_code_or_cli():
     """Writers and readers stay light: the fingerprint's heavy imports load only when one is computed."""
-    code = ("import sys, pipeline.features.cache; "
+    code = ("import sys, pipeline.features.cache, pipeline.features.cache_writer; "
             "print(sorted({'torch', 'torchvision', 'click', 'pipeline.data.ucf101'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, capture_output=True,
                             text=True)

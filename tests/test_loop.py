@@ -10,7 +10,7 @@ from conftest import PROJECT_ROOT, tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCacheWriter
+from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.fingerprint import embed_fingerprint
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.train.loop import train

@@ -1,6 +1,7 @@
 import numpy as np
 
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter
+from pipeline.features.cache import FeatureCache
+from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.train.sampling import (
     EvalClips,
     TrainClips,

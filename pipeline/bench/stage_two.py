@@ -29,7 +29,7 @@ def feature_cache(sizes: Sizes, root: Path) -> Config:
     The config is the schema's defaults (the UCF-101 job) with ``sizes.train_changes`` applied.
     """
     from pipeline.config import load_config
-    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.cache_writer import FeatureCacheWriter
     from pipeline.features.fingerprint import embed_fingerprint
 
     train_cfg = derive(load_config(None), {"cache.path": str(root / "features.h5"), "cache.load": "memory",

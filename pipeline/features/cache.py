@@ -1,17 +1,12 @@
-"""The HDF5 feature cache, the contract between stage one (embed) and stage two (train): layout, writer, reader.
+"""The HDF5 feature cache, the contract between stage one (embed) and stage two (train): layout and reader.
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md. What goes into the stored
-fingerprint is decided in ``fingerprint.py``; one writer at a time, by ``writelock.py``.
-Stage two opens a cache with ``open_cache``, finds its videos with ``cache_rows`` and
-puts the features in memory or leaves them on disk with ``FeatureCache.place``.
-
-Crash safety: the writer runs in HDF5 SWMR mode, where the library orders its
-metadata writes so the file on disk is always readable as a snapshot. Each video
-is committed in three flushed steps (feature rows, index row, ``index/count``),
-so a ``kill -9`` at any moment leaves at most uncommitted rows past the last
-committed video, which the next writer drops.
+length). The layout is documented in cache/README.md; ``cache_writer.py`` writes it,
+``fingerprint.py`` decides what goes into the stored fingerprint, and ``writelock.py``
+lets one writer at a time in. Stage two opens a cache with ``open_cache``, finds its
+videos with ``cache_rows`` and puts the features in memory or leaves them on disk with
+``FeatureCache.place``. A reader sees the committed videos only, also while a writer appends.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import h5py
@@ -27,12 +21,11 @@ import numpy as np
 
 from pipeline.errors import ActrecError
 from pipeline.features.fingerprint import embed_fingerprint, fingerprint_differences, mismatch_error
-from pipeline.features.writelock import WriteLock, lock_holder
+from pipeline.features.writelock import lock_holder
 
 FORMAT_VERSION = 1
 NAME_BYTES = 255  # fixed-length names: SWMR appends cannot use variable-length strings
 REASON_BYTES = 1024
-RECOVERY_ROWS = 1 << 16  # rows per read when copying a crashed file's committed prefix
 # One-dimensional columns per group; each group's ``count`` says how many rows are committed.
 COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": np.int32, "offsets": np.int64,
                      "lengths": np.int64},
@@ -42,7 +35,7 @@ COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": 
 log = logging.getLogger(__name__)
 
 
-def _open_error(path, exc: Exception) -> ActrecError:
+def open_error(path, exc: Exception) -> ActrecError:
     if "already open" in str(exc) or "unable to lock" in str(exc):
         return ActrecError(f"{path}: the HDF5 file is in use elsewhere ({exc}); close the program using it and "
                            f"run again")
@@ -66,19 +59,7 @@ def _decode(values) -> list[str]:
     return [v.decode("utf-8", errors="ignore") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _encode(text: str, limit: int, what: str) -> bytes:
-    data = text.encode("utf-8")
-    if len(data) > limit:
-        raise ActrecError(f"{what} {text[:60]!r}... is longer than {limit} bytes, the cache's limit")
-    return data
-
-
-def _chunk_rows(dim: int, itemsize: int) -> int:
-    """Rows per chunk: about 1 MiB (fits HDF5's default chunk cache), between 256 and 1024 frames."""
-    return int(min(1024, max(256, (1 << 20) // (dim * itemsize))))
-
-
-def _read_meta(f: h5py.File, path) -> dict:
+def read_meta(f: h5py.File, path) -> dict:
     """Attributes and committed index of an open cache file."""
     try:
         version = int(f.attrs["format_version"])
@@ -111,226 +92,19 @@ def _read_meta(f: h5py.File, path) -> dict:
     return meta
 
 
-def _committed_frames(meta: dict) -> int:
+def committed_frames(meta: dict) -> int:
     if not len(meta["offsets"]):
         return 0
     return int(meta["offsets"][-1] + meta["lengths"][-1])
 
 
-def _copy_prefix(source: h5py.Dataset, target: h5py.Dataset, rows: int) -> None:
-    """Copy the first ``rows`` rows, a bounded block at a time (feature arrays can exceed memory)."""
-    target.resize(rows, axis=0)
-    for start in range(0, rows, RECOVERY_ROWS):
-        stop = min(rows, start + RECOVERY_ROWS)
-        target[start:stop] = source[start:stop]
-
-
-def _open_for_reading(path) -> h5py.File:
+def open_for_reading(path) -> h5py.File:
     """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed."""
     try:
         # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
         return h5py.File(path, "r", swmr=True, locking=False)
     except (OSError, RuntimeError) as exc:
-        raise _open_error(path, exc) from exc
-
-
-class FeatureCacheWriter:
-    """Append videos' features to a cache file; creates it, or resumes (and if need be recovers) an existing one.
-
-    Use as a context manager. ``done`` holds the names already committed; ``failures`` the decode failures
-    recorded so far (name -> reason).
-    """
-
-    def __init__(self, path, fingerprint: dict, class_names: list[str], dim: int, flip: bool = False,
-                 dtype: str = "float16", config: dict | None = None):
-        self.path = Path(path)
-        self.fingerprint = dict(fingerprint)
-        self.class_names = list(class_names)
-        self.dim = int(dim)
-        self.flip = bool(flip)
-        self.dtype = np.dtype(dtype)
-        self.config = config or {}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ActrecError(f"cannot create the folder of cache.path {self.path}: {exc.strerror}") from exc
-        self._lock = WriteLock(self.path)
-        self._lock.acquire()
-        try:
-            self._file = self._open()
-            self._load_state()
-            self._file.swmr_mode = True
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def _feature_datasets(self) -> list[str]:
-        return ["features", "features_flip"] if self.flip else ["features"]
-
-    # -- opening ------------------------------------------------------------------------------------------------
-
-    def _open(self) -> h5py.File:
-        if not self.path.exists():
-            self._create(self.path)
-            return self._open_rw()
-        try:
-            f = self._open_rw()
-        except OSError as exc:
-            # A writer killed in SWMR mode leaves the "open for write" flag set; HDF5 then refuses to
-            # reopen the file for writing, but a SWMR reader sees the last flushed state. Copy that out.
-            if "consistency flags" not in str(exc):
-                raise _open_error(self.path, exc) from exc
-            self._recover()
-            f = self._open_rw()
-        try:
-            self._check_matches(_read_meta(f, self.path))
-        except BaseException:
-            f.close()
-            raise
-        return f
-
-    def _open_rw(self) -> h5py.File:
-        try:
-            return h5py.File(self.path, "r+", libver="latest", locking=False)
-        except (OSError, RuntimeError) as exc:
-            if "consistency flags" in str(exc):
-                raise
-            raise _open_error(self.path, exc) from exc
-
-    def _create(self, target: Path) -> None:
-        """Write an empty cache with all datasets (SWMR cannot create objects later) via temp + rename."""
-        tmp = target.with_name(target.name + ".tmp")
-        with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["fingerprint"] = json.dumps(self.fingerprint, sort_keys=True)
-            f.attrs["class_names"] = json.dumps(self.class_names)
-            f.attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            f.attrs["dim"] = self.dim
-            f.attrs["dtype"] = self.dtype.name
-            rows = _chunk_rows(self.dim, self.dtype.itemsize)
-            for name in self._feature_datasets:
-                f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
-                                 dtype=self.dtype)
-            for group, datasets in COLUMNS.items():
-                for name, dtype in datasets.items():
-                    f.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
-                f.create_dataset(f"{group}/count", data=np.zeros(1, np.int64))
-        os.replace(tmp, target)
-
-    def _recover(self) -> None:
-        """Rebuild the file from the committed state of a killed writer (committed rows copied exactly)."""
-        with _open_for_reading(self.path) as old:
-            meta = _read_meta(old, self.path)
-            self._check_matches(meta)
-            total = _committed_frames(meta)
-            log.warning("%s: the last embed stopped abruptly; keeping its %d committed videos (%d frames)",
-                        self.path, len(meta["names"]), total)
-            recovered = self.path.with_name(self.path.name + ".recovered")
-            self._create(recovered)
-            with h5py.File(recovered, "r+", libver="latest", locking=False) as new:
-                new.attrs["config"] = old.attrs["config"]
-                new.attrs["created"] = old.attrs["created"]
-                for name in self._feature_datasets:
-                    _copy_prefix(old[name], new[name], total)
-                for group, rows in (("index", len(meta["names"])), ("failures", int(old["failures/count"][0]))):
-                    for column in COLUMNS[group]:
-                        _copy_prefix(old[f"{group}/{column}"], new[f"{group}/{column}"], rows)
-                    new[f"{group}/count"][0] = rows
-        os.replace(recovered, self.path)
-
-    def _check_matches(self, meta: dict) -> None:
-        differences = fingerprint_differences(meta["fingerprint"], self.fingerprint)
-        if meta["class_names"] != self.class_names:
-            differences.append(f"class_names: cache has {len(meta['class_names'])} classes "
-                               f"({', '.join(meta['class_names'][:3])}, ...), the dataset has {len(self.class_names)} "
-                               f"({', '.join(self.class_names[:3])}, ...)")
-        for key, mine in (("dim", self.dim), ("has_flip", self.flip), ("dtype", self.dtype.name)):
-            if meta[key] != mine:
-                differences.append(f"{key}: cache has {meta[key]!r}, this embed writes {mine!r}")
-        if differences:
-            raise mismatch_error(self.path, differences)
-
-    def _load_state(self) -> None:
-        """Read the committed state and drop anything past it (rows of a video that was never committed)."""
-        meta = _read_meta(self._file, self.path)
-        self._count = len(meta["names"])
-        self._frames = _committed_frames(meta)
-        self._failure_rows = meta["failure_rows"]
-        self._n_failure_rows = int(self._file["failures/count"][0])
-        self.done = set(meta["names"])
-        self.failures = dict(meta["failures"])
-        for name in self._feature_datasets:
-            if self._file[name].shape[0] != self._frames:
-                self._file[name].resize(self._frames, axis=0)
-        for group, rows in (("index", self._count), ("failures", self._n_failure_rows)):
-            for column in COLUMNS[group]:
-                self._file[f"{group}/{column}"].resize(rows, axis=0)
-        self._file.flush()
-
-    # -- writing ------------------------------------------------------------------------------------------------
-
-    def add(self, name: str, label: int, features: np.ndarray, flip_features: np.ndarray | None = None) -> None:
-        """Append one video's features ``[T, D]``; it counts as done only once data and index are flushed."""
-        if name in self.done:
-            raise ValueError(f"{name} is already in {self.path}")
-        if features.ndim != 2 or features.shape[1] != self.dim or features.shape[0] == 0:
-            raise ValueError(f"{name}: features must be [T>0, {self.dim}], got {features.shape}")
-        if self.flip != (flip_features is not None):
-            raise ValueError(f"{name}: this cache {'needs' if self.flip else 'takes no'} flip features")
-        if flip_features is not None and flip_features.shape != features.shape:
-            raise ValueError(f"{name}: flip features {flip_features.shape} differ from features {features.shape}")
-        encoded = _encode(name, NAME_BYTES, "video name")
-        start, stop = self._frames, self._frames + len(features)
-        rows = [("features", features)] + ([("features_flip", flip_features)] if self.flip else [])
-        for dataset, values in rows:
-            self._file[dataset].resize(stop, axis=0)
-            self._file[dataset][start:stop] = values.astype(self.dtype, copy=False)
-        self._file.flush()
-        self._commit_row("index", self._count,
-                         {"names": encoded, "labels": label, "offsets": start, "lengths": len(features)})
-        self._count += 1
-        self._frames = stop
-        self.done.add(name)
-        self.failures.pop(name, None)
-
-    def add_failure(self, name: str, reason: str) -> None:
-        """Record a video that could not be embedded (kept across runs until it succeeds)."""
-        self.failures[name] = reason
-        if self._failure_rows.get(name) == reason:
-            return
-        self._commit_row("failures", self._n_failure_rows, {"names": _encode(name, NAME_BYTES, "video name"),
-                                                             "reasons": reason.encode("utf-8")[:REASON_BYTES]})
-        self._n_failure_rows += 1
-        self._failure_rows[name] = reason
-
-    def _commit_row(self, group: str, n: int, row: dict) -> None:
-        """Write row ``n`` of ``group``'s columns, flush, then raise its count to ``n + 1``: the commit point."""
-        for column, value in row.items():
-            self._file[f"{group}/{column}"].resize(n + 1, axis=0)
-            self._file[f"{group}/{column}"][n] = value
-        self._file.flush()
-        self._file[f"{group}/count"][0] = n + 1
-        self._file.flush()
-
-    @property
-    def frames(self) -> int:
-        """Frames committed so far."""
-        return self._frames
-
-    def close(self) -> None:
-        f = getattr(self, "_file", None)
-        if f is not None and f.id.valid:
-            f.close()
-        self._file = None
-        self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        raise open_error(path, exc) from exc
 
 
 class FeatureCache:
@@ -341,8 +115,8 @@ class FeatureCache:
         self.path = Path(path)
         if not self.path.exists():
             raise ActrecError(f"no feature cache at {self.path}; run `actrec embed` with the same config first")
-        with _open_for_reading(self.path) as f:
-            meta = _read_meta(f, self.path)
+        with open_for_reading(self.path) as f:
+            meta = read_meta(f, self.path)
         if expected_fingerprint is not None:
             differences = fingerprint_differences(meta["fingerprint"], expected_fingerprint)
             if differences:
@@ -359,7 +133,7 @@ class FeatureCache:
         self.offsets: np.ndarray = meta["offsets"]
         self.lengths: np.ndarray = meta["lengths"]
         self.failures: dict[str, str] = meta["failures"]
-        self.total_frames = _committed_frames(meta)
+        self.total_frames = committed_frames(meta)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._memory: dict[bool, np.ndarray] = {}
         self._file = None
@@ -383,7 +157,7 @@ class FeatureCache:
             return self._memory[flip]
         if self._file is None or self._file_pid != os.getpid():
             # A handle inherited through fork is not safe to use; each process opens its own.
-            self._file = _open_for_reading(self.path)
+            self._file = open_for_reading(self.path)
             self._file_pid = os.getpid()
         return self._file["features_flip" if flip else "features"]
 

@@ -27,7 +27,8 @@ from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import forward, load_backbone, resized_chunks
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter
+from pipeline.features.cache import FeatureCache
+from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.fingerprint import embed_fingerprint
 
 log = logging.getLogger(__name__)
