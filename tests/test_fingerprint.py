@@ -67,3 +67,33 @@ def test_machine_keys_compared_only_where_both_sides_record_them():
     [line] = fingerprint_differences(cached, {"img_dim": 32, "forward_dtype": "float32"})
     assert line.startswith("forward_dtype: cache has 'bfloat16', this machine")
     assert fingerprint_differences({"img_dim": 32}, {}) == ["img_dim: cache has 32, config gives '<missing>'"]
+
+
+def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(tiny_dataset_config, tmp_path):
+    """The schema's `affects="features"` is the one list: each such key, changed, changes the fingerprint."""
+    from pipeline.config import keys_affecting
+    from pipeline.features.fingerprint import DERIVED
+
+    cfg = tiny_dataset_config
+    cfg.embed.source = "frames"  # jpeg_quality counts only for frames
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for f in __import__("pathlib").Path(cfg.data.splits).iterdir():
+        (splits / f.name).write_text(f.read_text().replace("\n", "\n\n", 1) if f.name.startswith("test") else
+                                     f.read_text())
+    changed = {"data.splits": str(splits), "embed.weights": str(weights), "extract.jpeg_quality": 50,
+               "data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": 64, "embed.source": "videos",
+               "embed.flip": True, "embed.dtype": "float32"}
+    assert DERIVED <= set(keys_affecting("features"))
+    before = embed_fingerprint(cfg)
+    for name in keys_affecting("features"):
+        assert name in changed, f"add a changed value for the new features key {name} to this test"
+        section, field = name.split(".")
+        saved = getattr(getattr(cfg, section), field)
+        assert changed[name] != saved
+        setattr(getattr(cfg, section), field, changed[name])
+        after = embed_fingerprint(cfg)
+        setattr(getattr(cfg, section), field, saved)
+        assert after != before, f"{name} changed but the fingerprint did not"

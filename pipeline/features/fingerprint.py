@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import functools
 
+from pipeline.config import keys_affecting
 from pipeline.errors import ActrecError
 
-# Fingerprint key -> config key, copied as is: the config settings that change the features.
-FEATURE_KEYS = {
-    "dataset": "data.name",
-    "backbone": "embed.backbone",
-    "img_dim": "embed.img_dim",
-    "source": "embed.source",
-    "flip": "embed.flip",
-    "dtype": "embed.dtype",
-}
+# The config keys that change the features are marked `affects="features"` in the schema (pipeline/config.py).
+# Most are recorded as is under their own name; these are recorded otherwise (see _derived_entries):
+DERIVED = {"data.splits", "embed.weights", "extract.jpeg_quality"}
+RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
+
+# Fingerprint key -> config key, for the keys copied as is.
+FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_affecting("features")
+                if name not in DERIVED}
 
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
