@@ -62,6 +62,7 @@ MEMORY_SETTINGS = {
     "evaluate": "eval.batch_size or eval.clips (or set cache.load=disk)",
     "predict": "embed.batch_size of the run's config, or predict on a shorter video",
     "bench": "the sizes in the config passed to bench",
+    "sweep": "--jobs, train.batch_size or model.hidden_dim (or set cache.load=memory)",
 }
 
 
@@ -235,6 +236,35 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
     click.echo(format_markdown(result))
 
 
+@cli.command()
+@config_options
+@click.option("--grid", "grids", multiple=True, metavar="SECTION.KEY=V1,V2,...",
+              help="Values of one key to sweep; repeatable, the sweep runs the cross product.")
+@click.option("--runs", "runs_file", type=click.Path(dir_okay=False), default=None,
+              help="A file with one run per line (key=value pairs), instead of --grid.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Runs at a time [default: 1 on the CPU, one per GPU, every worker of a cluster].")
+@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ [default: from the varied keys].")
+@click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default="loky",
+              help="joblib backend: local processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler (tcp://HOST:8786) or Ray cluster address.")
+@reports_errors
+def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, scheduler):
+    """Train and evaluate many runs on one feature cache; write and print the sweep's leaderboard.
+
+    Each run is an ordinary run dir under runs/sweeps/NAME/ named from the keys it varies. Finished runs
+    are skipped and interrupted ones resume, so running the same command again completes a sweep.
+    """
+    from pipeline.sweep import parse_grid, parse_runs_file, run_sweep
+
+    if bool(grids) == bool(runs_file):
+        raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
+    variants = parse_runs_file(runs_file) if runs_file else parse_grid(grids)
+    result = run_sweep(config_path, overrides, variants, name=name, jobs=jobs, backend=backend, scheduler=scheduler)
+    click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
+
+
 @cli.command(name="config")
 @config_options
 @click.option("--key", default=None, metavar="SECTION.KEY", help="Print only this key's value (e.g. run.dir).")
@@ -257,10 +287,11 @@ def show_config(config_path, overrides, key):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @reports_errors
 def report(run_dirs):
-    """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean)."""
-    from pipeline.evaluate import format_report, summarize_runs
+    """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean); a
+    sweep folder (runs/sweeps/NAME) prints its leaderboard."""
+    from pipeline.evaluate import report_text
 
-    click.echo(format_report(summarize_runs(run_dirs)))
+    click.echo(report_text(run_dirs))
 
 
 def main() -> None:

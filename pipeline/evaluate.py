@@ -213,6 +213,22 @@ def summarize_runs(run_dirs) -> dict:
     return {"runs": runs, "by_model": by_model, "mean_top1": _mean(run["top1"] for run in runs)}
 
 
+def report_text(dirs) -> str:
+    """What ``actrec report`` prints: each sweep folder's leaderboard, then the table of the plain run dirs."""
+    parts, run_dirs = [], []
+    for folder in dirs:
+        board = Path(folder) / "leaderboard.md"
+        if board.exists():
+            parts.append(board.read_text().rstrip("\n"))
+        elif (Path(folder) / "plan.json").exists():
+            raise ActrecError(f"{folder} is a sweep without a leaderboard yet; run its `actrec sweep` command again")
+        else:
+            run_dirs.append(folder)
+    if run_dirs:
+        parts.append(format_report(summarize_runs(run_dirs)))
+    return "\n\n".join(parts)
+
+
 def format_report(summary: dict) -> str:
     """A table of the runs' metrics and, for models run on several splits, their means."""
     header = f"{'run':<36} {'model':<9} {'split':<13} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values())

@@ -64,3 +64,26 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | Path,
     if title:
         ax.set_title(title)
     save_figure(fig, path, dpi=100 if n <= 20 else 120)
+
+
+def plot_leaderboard(labels: list[str], test_top1: list[float], val_top1: list[float], path: str | Path,
+                     title: str = "") -> None:
+    """Test top-1 per run (bars, in leaderboard order) with its validation top-1 (dots); the first run, the
+    validation pick, is drawn in another colour and labelled."""
+    n = len(labels)
+    fig = Figure(figsize=(8, max(2.5, 0.4 * n + 1.2)))
+    ax = fig.subplots()
+    positions = np.arange(n)[::-1]  # the pick on top
+    colors = ["tab:orange"] + ["tab:blue"] * (n - 1)
+    ax.barh(positions, [v if v is not None else np.nan for v in test_top1], color=colors, label="test top-1")
+    ax.plot([v if v is not None else np.nan for v in val_top1], positions, "k|", markersize=14, mew=2,
+            label="val top-1")
+    ax.set_yticks(positions, labels=[f"{label}  (validation pick)" if i == 0 else label
+                                     for i, label in enumerate(labels)], fontsize=8)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("top-1 accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    save_figure(fig, path)
