@@ -130,7 +130,9 @@ class CacheConfig:
     path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}_{embed.source}.h5",
                      "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/source")
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
-                     "or in memory when they fit in a quarter of RAM ('auto')", choices=["auto", "memory", "disk"])
+                     "or copies the run's videos to the training device once and gathers clips there ('device'); "
+                     "'auto' = 'device' on a GPU they fit in half of, else memory when they fit in a quarter "
+                     "of RAM, else disk", choices=["auto", "memory", "disk", "device"])
 
 
 @dataclass

@@ -55,6 +55,7 @@ def test_data(cfg, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
     from pipeline.data.ucf101 import load_split
     from pipeline.features.cache import cache_rows, open_cache
+    from pipeline.train.resident import host_load
     from pipeline.train.sampling import EvalClips
 
     cache = open_cache(cfg)
@@ -67,7 +68,7 @@ def test_data(cfg, ckpt: dict, path: Path):
     rows, labels = cache_rows(cache, split.test, "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    cache.place(cfg.cache.load)
+    cache.place(host_load(cfg.cache.load))
     length = ckpt["config"]["train"]["sequence_length"]
     return EvalClips(cache, rows, labels, length, cfg.eval.clips), split
 
@@ -77,12 +78,17 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.train.checkpoint import model_from_checkpoint
     from pipeline.train.loop import predict_clips
+    from pipeline.train.resident import ResidentFeatures, choose_placement, predict_resident
 
     set_threads(cfg.eval.threads)
     device = resolve_device(cfg.eval.device, option="eval.device")
     model = model_from_checkpoint(ckpt).to(device)
-    return predict_clips(model, dataset, cfg.eval.batch_size, device, autocast_dtype(device, cfg.eval.precision),
-                         desc="evaluate")
+    amp_dtype = autocast_dtype(device, cfg.eval.precision)
+    if choose_placement(cfg.cache.load, dataset.cache, dataset.rows, False, device):
+        # The test videos' features go to the device once; each forward gathers many videos' clips there.
+        resident = ResidentFeatures(dataset.cache, dataset.rows, device, flip=False)
+        return predict_resident(model, dataset, resident, cfg.eval.batch_size, amp_dtype)
+    return predict_clips(model, dataset, cfg.eval.batch_size, device, amp_dtype, desc="evaluate")
 
 
 def describe_evaluation(cfg, ckpt: dict, path: Path, split, num_videos: int) -> dict:

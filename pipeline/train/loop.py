@@ -36,6 +36,7 @@ from pipeline.fileio import atomic_path
 from pipeline.train.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
 from pipeline.train.metrics import topk_accuracy, video_scores
 from pipeline.train.models import build_model
+from pipeline.train.resident import host_load
 from pipeline.train.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Run:
     state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf,
                                                  "best_epoch": 0, "history": []})
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    resident: Any = None  # ResidentFeatures when the features live on the device (resident.py)
 
     @property
     def dir(self) -> Path:
@@ -75,6 +77,7 @@ def train(cfg, resume: bool = False) -> dict:
         return run_summary(previous, Path(cfg.run.dir), seconds=0.0, skipped=True)
     train_set, val_set, split_name = training_data(cfg, cache)
     run = build_run(cfg, cache, previous)
+    run.resident = resident_features(cfg, cache, train_set, val_set, run.device)
     run.dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.dir / "config.yaml")
     precision = f", {dtype_name(run.amp_dtype)} autocast" if run.amp_dtype else ""
@@ -128,8 +131,11 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
     """Train one epoch, validate, and write the checkpoints and history that record it."""
     cfg, state, started = run.cfg, run.state, time.perf_counter()
     train_set.set_epoch(epoch)
-    loader = make_loader(train_set, cfg.train.batch_size, cfg.train.workers, order_seed=(cfg.train.seed, epoch))
-    train_loss, train_acc = train_epoch(run, loader, epoch)
+    if run.resident is not None:
+        train_loss, train_acc = train_epoch_resident(run, train_set, epoch)
+    else:
+        loader = make_loader(train_set, cfg.train.batch_size, cfg.train.workers, order_seed=(cfg.train.seed, epoch))
+        train_loss, train_acc = train_epoch(run, loader, epoch)
     val_loss, val_acc = validate(run, val_set) if len(val_set) else (math.nan, math.nan)
     # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins.
     improved = not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
@@ -163,7 +169,7 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
-    where = cache.place(cfg.cache.load)
+    where = cache.place(host_load(cfg.cache.load))
     log.info(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
              f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
     train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
@@ -221,40 +227,88 @@ def learning_rate(cfg, progress: float) -> float:
 
 def make_loader(dataset, batch_size: int, workers: int, order_seed=None) -> DataLoader:
     """Batches in a fixed order (``order_seed``: a permutation drawn from it) so runs repeat exactly."""
-    order = list(range(len(dataset)))
-    if order_seed is not None:
-        order = np.random.default_rng(list(order_seed)).permutation(len(dataset)).tolist()
+    order = list(range(len(dataset))) if order_seed is None else clip_order(order_seed, len(dataset)).tolist()
     # An explicit generator keeps worker seeding from consuming the global RNG that dropout draws from.
     return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
+def clip_order(order_seed, n: int) -> np.ndarray:
+    """The order an epoch visits its ``n`` clips in, drawn from ``order_seed`` (train.seed, epoch)."""
+    return np.random.default_rng(list(order_seed)).permutation(n)
+
+
 def train_epoch(run: Run, loader, epoch: int) -> tuple[float, float]:
     """One pass over the training clips; mean loss and accuracy of the clips seen."""
-    cfg, model, optimizer, scaler, device, amp_dtype = (run.cfg, run.model, run.optimizer, run.scaler, run.device,
-                                                        run.amp_dtype)
+    cfg, model, device = run.cfg, run.model, run.device
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, dynamic_ncols=True)
     for step, (clips, labels) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, epoch + step / len(loader))
         clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(clips)
-            loss = run.loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.train.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = train_step(run, clips, labels, learning_rate(cfg, epoch + step / len(loader)))
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     return total_loss / seen, correct / seen
+
+
+def train_step(run: Run, clips: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch already on the device; the (detached) loss and the logits."""
+    cfg, model, optimizer, scaler, amp_dtype = run.cfg, run.model, run.optimizer, run.scaler, run.amp_dtype
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(run.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(clips)
+        loss = run.loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.train.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def train_epoch_resident(run: Run, train_set: TrainClips, epoch: int) -> tuple[float, float]:
+    """``train_epoch`` on device-resident features: the same batches in the same order, gathered on the device.
+
+    Loss and accuracy are summed on the device, so a step never waits for the GPU to report back.
+    """
+    from pipeline.train.resident import batches, epoch_plan
+
+    cfg, device = run.cfg, run.device
+    run.model.train()
+    plan = epoch_plan(train_set, run.resident)
+    labels_all = torch.as_tensor(train_set.labels, dtype=torch.long, device=device)
+    order = clip_order((cfg.train.seed, epoch), len(train_set))
+    steps = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    bar = tqdm(batches(order, cfg.train.batch_size, device), total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+               unit="batch", leave=False, dynamic_ncols=True)
+    for step, positions in enumerate(bar):
+        labels = labels_all[positions]
+        loss, logits = train_step(run, run.resident.gather(plan[positions]), labels,
+                                  learning_rate(cfg, epoch + step / steps))
+        total_loss += loss.double() * len(positions)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return float(total_loss) / len(train_set), int(correct) / len(train_set)
+
+
+def resident_features(cfg, cache, train_set: TrainClips, val_set: EvalClips, device):
+    """The run's videos' features on the training device, or None to read clips through the DataLoader."""
+    from pipeline.train.resident import ResidentFeatures, choose_placement
+
+    rows = train_set.rows + val_set.rows
+    if not choose_placement(cfg.cache.load, cache, rows, train_set.flip, device):
+        return None
+    resident = ResidentFeatures(cache, rows, device, train_set.flip)
+    log.info(f"features of the {len(rows)} training and validation videos on {device} "
+             f"({resident.features.nbytes / 2**20:.1f} MiB): clips gathered there, no DataLoader")
+    return resident
 
 
 @torch.no_grad()
@@ -276,7 +330,12 @@ def predict_clips(model, dataset: EvalClips, batch_size: int, device, amp_dtype=
 
 def validate(run: Run, dataset: EvalClips) -> tuple[float, float]:
     """Clip-level cross-entropy and video-level accuracy (clip probabilities averaged) on the validation videos."""
-    logits, labels = predict_clips(run.model, dataset, run.cfg.eval.batch_size, run.device, run.amp_dtype)
+    if run.resident is not None:
+        from pipeline.train.resident import predict_resident
+
+        logits, labels = predict_resident(run.model, dataset, run.resident, run.cfg.eval.batch_size, run.amp_dtype)
+    else:
+        logits, labels = predict_clips(run.model, dataset, run.cfg.eval.batch_size, run.device, run.amp_dtype)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits).flatten(0, 1),
                                        torch.from_numpy(labels).repeat_interleave(logits.shape[1]))
     return float(loss), topk_accuracy(video_scores(logits), labels, 1)

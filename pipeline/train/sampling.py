@@ -66,12 +66,16 @@ class TrainClips(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, k: int):
+    def draw(self, k: int) -> tuple[np.ndarray, bool]:
+        """Frame indices and mirroring of position ``k``'s clip this epoch: the seeded draws that the
+        DataLoader path and the device-resident path (resident.py) share."""
         rng = np.random.default_rng([self.seed, self.epoch, k])
-        row = self.rows[k]
-        indices = train_clip_indices(int(self.cache.lengths[row]), self.length, rng)
-        flip = self.flip and rng.random() < 0.5
-        return torch.from_numpy(self.cache.frames(row, indices, flip=flip)), self.labels[k]
+        indices = train_clip_indices(int(self.cache.lengths[self.rows[k]]), self.length, rng)
+        return indices, bool(self.flip and rng.random() < 0.5)
+
+    def __getitem__(self, k: int):
+        indices, flip = self.draw(k)
+        return torch.from_numpy(self.cache.frames(self.rows[k], indices, flip=flip)), self.labels[k]
 
 
 class EvalClips(Dataset):
