@@ -9,6 +9,11 @@ CONFIG ?= configs/ucf101.yaml
 SET ?=
 DEMO_CONFIG := configs/synthetic.yaml
 SPLITS ?= 1
+# make sweep: GRID="model.hidden_dim=256,512 train.lr=1e-3,3e-4" (cross product) or RUNS=FILE, JOBS=N, NAME=NAME
+GRID ?=
+RUNS ?=
+JOBS ?=
+NAME ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 VENV := .venv
@@ -18,11 +23,15 @@ STAMP := $(VENV)/.installed
 SET_ARGS := $(foreach kv,$(SET),--set $(kv))
 ARGS := -c $(CONFIG) $(SET_ARGS)
 DEMO := -c $(DEMO_CONFIG) $(SET_ARGS)
+SWEEP_ARGS := $(foreach g,$(GRID),--grid $(g)) $(if $(RUNS),--runs $(RUNS)) $(if $(JOBS),--jobs $(JOBS)) \
+  $(if $(NAME),--name $(NAME))
+DEMO_SWEEP := runs/sweeps/demo
+# The sweep's BiLSTM with attention (configs/synthetic.yaml's own model): the run the demo predicts with.
+DEMO_BILSTM := $(DEMO_SWEEP)/name=bilstm_attention=true
 # The first test video of the synthetic split 1, for the demo's prediction.
 DEMO_VIDEO = data/synthetic/videos/$$(head -n 1 data/synthetic/splits/testlist01.txt | tr -d '\r')
-DEMO_RUN = $$($(ACTREC) config $(DEMO) --set model.name=$(1) --key run.dir)
 
-.PHONY: help install download extract embed train evaluate all demo test bench lint clean
+.PHONY: help install download extract embed train evaluate sweep all demo test bench lint clean
 
 help: ## List the targets (this text)
 	@echo "usage: make TARGET [CONFIG=configs/ucf101.yaml] [SET=\"section.key=value ...\"]"
@@ -52,23 +61,23 @@ evaluate: $(STAMP) ## Evaluate best.pt of each split in SPLITS on its test list;
 	@for split in $(SPLITS); do $(ACTREC) evaluate $(ARGS) --set data.split=$$split || exit 1; done
 	@$(ACTREC) report $$(for split in $(SPLITS); do $(ACTREC) config $(ARGS) --set data.split=$$split --key run.dir; done)
 
+sweep: $(STAMP) ## Many train+evaluate runs on one cache (GRID="k=v1,v2 ..." or RUNS=FILE, JOBS=N): a leaderboard
+	$(ACTREC) sweep $(ARGS) $(SWEEP_ARGS)
+
 all: $(STAMP) ## download, extract (only for embed.source=frames), embed, train, evaluate on CONFIG
 	$(MAKE) download
 	@if [ "$$($(ACTREC) config $(ARGS) --key embed.source)" = frames ]; then $(MAKE) extract; \
 	  else echo "extract: not needed (embed.source=videos decodes the .avi files directly)"; fi
 	$(MAKE) embed train evaluate
 
-demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, train, evaluate, predict, summary
+demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep of 4 models, predict, leaderboard
 	$(ACTREC) synth $(DEMO)
 	$(ACTREC) embed $(DEMO)
-	$(ACTREC) train $(DEMO) --set model.name=bilstm
-	$(ACTREC) evaluate $(DEMO) --set model.name=bilstm
-	$(ACTREC) train $(DEMO) --set model.name=meanpool
-	$(ACTREC) evaluate $(DEMO) --set model.name=meanpool
-	$(ACTREC) predict $(DEMO_VIDEO) --checkpoint $(call DEMO_RUN,bilstm)/checkpoints/best.pt \
-	  --out $(call DEMO_RUN,bilstm)/prediction.gif --json $(call DEMO_RUN,bilstm)/prediction.json
-	@echo; echo "== demo summary (synthetic test split 1) =="
-	@$(ACTREC) report $(call DEMO_RUN,bilstm) $(call DEMO_RUN,meanpool)
+	$(ACTREC) sweep $(DEMO) --runs configs/demo-sweep.txt --jobs 2 --name demo > /dev/null
+	$(ACTREC) predict $(DEMO_VIDEO) --checkpoint $(DEMO_BILSTM)/checkpoints/best.pt \
+	  --out $(DEMO_BILSTM)/prediction.gif --json $(DEMO_BILSTM)/prediction.json
+	@echo; echo "== demo summary: a sweep on the synthetic cache (test split 1), ranked by validation accuracy =="
+	@$(ACTREC) report $(DEMO_SWEEP)
 
 test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q

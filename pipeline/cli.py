@@ -219,7 +219,7 @@ def info(cache_path):
               help="Folder for results.json and results.md.")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
-@click.option("--only", multiple=True, type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu"]),
+@click.option("--only", multiple=True, type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu", "epoch"]),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def bench(config_path, overrides, quick, out_dir, readme, only):
@@ -227,7 +227,8 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
 
     Rows: embed efficiency (whole embed vs bare forward), embed vs the seed's loading path, a training
     epoch on the cache vs the seed's loop, disk per frame, scaling (time, peak memory, loading share),
-    GPU throughput. Uses embed.threads and embed.workers from the config.
+    GPU throughput, seconds per UCF-101 epoch on device-resident features (CPU, and GPU when present) and the
+    seed's own training step next to ours. Uses embed.threads and embed.workers from the config.
     """
     from pipeline.bench import format_markdown, run_benchmarks
 

@@ -35,7 +35,8 @@ BACKENDS = ("loky", "dask", "ray")
 RESULT_FILE = "sweep.json"  # in each run dir: what the sweep recorded about the run (done / failed)
 # Keys a sweep may not vary: it trains on one cache and names the run dirs itself.
 FIXED_KEYS = {"run.dir", "cache.path"}
-LEADERBOARD_COLUMNS = ["val_top1", "test_top1", "mean_class_accuracy", "epochs", "seconds", "run_dir", "error"]
+LEADERBOARD_COLUMNS = ["val_top1", "val_loss", "test_top1", "mean_class_accuracy", "epochs", "seconds", "run_dir",
+                       "error"]
 
 
 @dataclass
@@ -183,11 +184,14 @@ def execute(todo: list[SweepRun], folder: Path, jobs: int | None, backend: str, 
     log.info(f"running {len(todo)} runs, {jobs or 'all cluster'} at a time ({backend}"
              f"{f', {gpus} GPU(s)' if gpus else f', {threads} thread(s) each' if threads else ''})")
     with cluster_backend(backend, scheduler):
-        with parallel_config(backend=backend if backend != "loky" else "loky", n_jobs=jobs or -1):
+        with parallel_config(backend=backend, n_jobs=jobs or -1):
             for record in Parallel(return_as="generator_unordered")(calls):
-                outcome = (f"val top-1 {record['val_top1']:.3f}, test top-1 {record['test_top1']:.3f}"
-                           if record["status"] == "done" else f"FAILED: {record['error']}")
-                log.info(f"sweep run {record['name']}: {outcome}")
+                if record["status"] == "done":
+                    log.info(f"sweep run {record['name']}: val top-1 {record['val_top1']:.3f}, test top-1 "
+                             f"{record['test_top1']:.3f} ({record['seconds']:.0f} s)")
+                else:
+                    log.warning(f"sweep run {record['name']} failed (recorded in the leaderboard; the sweep goes "
+                                f"on): {record['error']}")
 
 
 def local_gpus(todo: list[SweepRun]) -> int:
@@ -259,7 +263,8 @@ def run_job(run: SweepRun, threads: int, folder: str, gpus: int) -> dict:
             cfg = config_from_dict(raw, source=f"sweep run {run.name}")
             summary = train(cfg, resume=(run.dir / "checkpoints" / "last.pt").exists())
             metrics = evaluate(cfg)
-        record.update(status="done", val_top1=summary["best_val_acc"], test_top1=metrics["top1"],
+        record.update(status="done", val_top1=summary["best_val_acc"], val_loss=best_val_loss(run.dir),
+                      test_top1=metrics["top1"],
                       mean_class_accuracy=metrics["mean_class_accuracy"], epochs=summary["epochs"],
                       seconds=round(training_seconds(run.dir) + time.perf_counter() - started
                                     - summary["seconds"], 2), error="")
@@ -271,11 +276,22 @@ def run_job(run: SweepRun, threads: int, folder: str, gpus: int) -> dict:
 
 def training_seconds(run_dir: Path) -> float:
     """Seconds of all training epochs of the run (history.csv), across interruptions and resumes."""
+    return sum(float(row["seconds"]) for row in _history(run_dir))
+
+
+def best_val_loss(run_dir: Path) -> float | None:
+    """Validation loss of the epoch best.pt holds (lowest loss among the epochs of best accuracy)."""
+    from pipeline.train.checkpoint import load_checkpoint
+
+    return float(load_checkpoint(run_dir / "checkpoints" / "best.pt")["best_val_loss"])
+
+
+def _history(run_dir: Path) -> list[dict]:
     try:
         with open(run_dir / "history.csv") as f:
-            return sum(float(row["seconds"]) for row in csv.DictReader(f))
-    except (OSError, KeyError, ValueError):
-        return 0.0
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
 
 
 class gpu_slot:
@@ -314,7 +330,8 @@ class gpu_slot:
 
 
 def leaderboard_rows(runs: list[SweepRun]) -> list[dict]:
-    """One row per run from its sweep.json, the best validation accuracy first; failed and pending runs last."""
+    """One row per run from its sweep.json, the best validation accuracy first (equal accuracies: the lower
+    validation loss first, as training picks best.pt); failed and pending runs last."""
     rows = []
     for run in runs:
         record = read_record(run.dir)
@@ -323,7 +340,13 @@ def leaderboard_rows(runs: list[SweepRun]) -> list[dict]:
         status = record.get("status", "pending")
         rows.append({**run.varied, **{col: record.get(col) for col in LEADERBOARD_COLUMNS}, "run_dir": str(run.dir),
                      "status": status, "error": record.get("error") or ("" if status == "done" else "not run yet")})
-    return sorted(rows, key=lambda r: (r["status"] != "done", -_number(r["val_top1"])))
+    return sorted(rows, key=_rank)
+
+
+def _rank(row: dict) -> tuple:
+    """Sort key: finished first, then higher validation accuracy, then lower validation loss (missing: last)."""
+    loss = row["val_loss"] if isinstance(row["val_loss"], (int, float)) and math.isfinite(row["val_loss"]) else math.inf
+    return row["status"] != "done", -_number(row["val_top1"]), loss
 
 
 def write_leaderboard(folder: Path, runs: list[SweepRun]) -> list[dict]:
@@ -349,13 +372,15 @@ def write_leaderboard(folder: Path, runs: list[SweepRun]) -> list[dict]:
 
 def format_leaderboard(name: str, rows: list[dict], keys: list[str]) -> str:
     """The leaderboard as a markdown table, ranked by validation accuracy (the pick is the first row)."""
-    titles = keys + ["val top-1", "test top-1", "mean class acc", "epochs", "seconds", "run dir", "error"]
+    titles = keys + ["val top-1", "val loss", "test top-1", "mean class acc", "epochs", "seconds", "run dir",
+                     "error"]
     lines = [f"# Sweep {name}", "",
              "Ranked by validation accuracy (the first row is the pick); test accuracy is reported, never used "
              "to choose.", "",
              "| rank | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
     for rank, row in enumerate(rows, 1):
-        cells = [str(row.get(k, "")) for k in keys] + [_cell(row["val_top1"]), _cell(row["test_top1"]),
+        cells = [str(row.get(k, "")) for k in keys] + [_cell(row["val_top1"]), _cell(row["val_loss"]),
+                                                       _cell(row["test_top1"]),
                                                        _cell(row["mean_class_accuracy"]), str(row["epochs"] or "-"),
                                                        _cell(row["seconds"], 1), f"`{row['run_dir']}`",
                                                        row["error"].replace("|", "/")]

@@ -22,18 +22,21 @@ def test_quick_bench_has_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6"]
+    gpu_rows = [] if data["device"].startswith("CPU") else ["7-cuda"]
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6", "7-cpu", *gpu_rows, "8"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
         if row["id"] != "6" or data["device"].startswith("CPU"):
-            assert (row["ratio"] is None) == (row["id"] == "6")
+            assert (row["ratio"] is None) == (row["id"] in ("6", "7-cuda"))
+    epoch = next(row for row in data["rows"] if row["id"] == "7-cpu")
+    assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 6
+    assert len(ROWS) == 7
 
 
 def test_readme_section_needs_markers(tmp_path):
@@ -87,6 +90,23 @@ def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
     assert loss > 0
     assert any(not torch.equal(a, b) for a, b in zip(before_model, model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before_backbone, backbone.parameters()))
+
+
+def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_mode(tiny_config):
+    from pipeline.bench.epoch import seed_step_seconds
+    from pipeline.bench.stage_two import seed_training_step
+    from pipeline.features.backbone import load_backbone
+    from pipeline.train.models import build_model
+
+    backbone = load_backbone("resnet18", "none", torch.device("cpu")).train()
+    torch.manual_seed(0)
+    model = build_model(tiny_config, 512, 4)
+    running_mean = backbone.bn1.running_mean.clone()
+    frames = torch.randn(3 * 5, 3, 32, 32)  # 3 clips of 5 frames
+    loss = seed_training_step(backbone, model, torch.optim.Adam(model.parameters()), torch.nn.CrossEntropyLoss(),
+                              frames, torch.tensor([0, 1, 2]))
+    assert loss > 0 and not torch.equal(running_mean, backbone.bn1.running_mean)  # batch statistics, as the seed
+    assert seed_step_seconds(tiny_config, "resnet18", torch.device("cpu"), steps=1) > 0
 
 
 def test_failed_scaling_embed_is_one_line(tmp_path):

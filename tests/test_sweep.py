@@ -127,3 +127,23 @@ def test_sweep_on_a_dask_local_cluster(tmp_path, sweep_sets, monkeypatch):
 
 def _row(rows: list[dict], model: str) -> dict:
     return next(row for row in rows if row["model.name"] == model)
+
+
+def test_leaderboard_ranks_by_validation_accuracy_then_loss_never_by_test(tmp_path, sweep_sets):
+    from pipeline.fileio import write_json
+    from pipeline.sweep import settings_of, write_leaderboard
+
+    folder, runs = plan_sweep(CONFIG, sweep_sets, parse_grid(["train.lr=0.1,0.01,0.001,0.0001"]), "rank",
+                              root=tmp_path / "sweeps")
+    results = [(0.8, 0.5, 0.99), (0.9, 0.7, 0.10), (0.9, 0.3, 0.20), None]  # val acc, val loss, test acc
+    for run, result in zip(runs, results):
+        if result:
+            write_json(run.dir / "sweep.json", {"status": "done", "settings": settings_of(run.config), "epochs": 2,
+                                                "val_top1": result[0], "val_loss": result[1], "seconds": 1.0,
+                                                "test_top1": result[2], "mean_class_accuracy": result[2]})
+    rows = write_leaderboard(folder, runs)
+    assert [row["train.lr"] for row in rows] == ["0.001", "0.01", "0.1", "0.0001"]
+    assert rows[-1]["status"] == "pending" and rows[-1]["error"] == "not run yet"
+    text = (folder / "leaderboard.md").read_text()
+    assert text.index("| 1 | 0.001 |") < text.index("| 2 | 0.01 |") < text.index("| 3 | 0.1 |")
+    assert "| - | 0.0001 |" in text and (folder / "leaderboard.png").stat().st_size > 0

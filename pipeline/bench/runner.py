@@ -12,7 +12,7 @@ from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu")
+ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu", "epoch")
 
 
 def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench"), readme: Path | None = None,
@@ -43,7 +43,7 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
 
 def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
     """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
-    from pipeline.bench import disk, embed, gpu, scaling, stage_two
+    from pipeline.bench import disk, embed, epoch, gpu, scaling, stage_two
 
     wanted = set(selected)
     rows = []
@@ -51,7 +51,7 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
         dataset = synthetic_dataset(cfg, sizes, work / "embed", groups=sizes.videos // 2, clips=1)
     if wanted & {"embed", "seed"}:
         rows += embed.bench_embed(dataset, sizes, f"{cmd} --only embed", with_seed="seed" in wanted)
-    if wanted & {"train", "disk", "scaling"}:
+    if wanted & {"train", "disk", "scaling", "epoch"}:
         cache_cfg = stage_two.feature_cache(sizes, work / "train")
     if "train" in wanted:
         rows.append(stage_two.bench_training(cache_cfg, dataset, sizes, f"{cmd} --only train"))
@@ -62,4 +62,6 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
         rows.append(stage_two.bench_loading_share(cache_cfg, sizes, f"{cmd} --only scaling"))
     if "gpu" in wanted:
         rows.append(gpu.bench_gpu(f"{cmd} --only gpu"))
+    if "epoch" in wanted:
+        rows += epoch.bench_epoch(cache_cfg, sizes, f"{cmd} --only epoch")
     return rows

@@ -83,12 +83,13 @@ def seed_training_step(backbone, model, optimizer, loss_fn, frames: torch.Tensor
     """One step of the seed's training loop, to reproduce its cost: the frozen backbone (ResNet-152 in the
     seed) runs over every frame of the clip inside the loop, then the sequence model takes a training step.
 
-    ``frames``: (L, 3, H, W) fp32, loaded the seed's way; ``labels``: (1,). Returns the loss.
+    ``frames``: (B * L, 3, H, W) fp32, the B clips' frames one clip after the other; ``labels``: (B,).
+    Returns the loss.
     """
     with torch.no_grad():
         features = backbone(frames)
     model.train()
-    loss = loss_fn(model(features[None]), labels)
+    loss = loss_fn(model(features.reshape(len(labels), -1, features.shape[-1])), labels)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -1,0 +1,130 @@
+"""Rows 7 and 8: seconds per UCF-101-sized training epoch on device-resident features, and the seed's own
+training step (its BiLSTM + attention with the ResNet-152 inside, batch 4, train-mode BatchNorm) next to ours.
+
+Row 7 runs the real ``train_epoch_resident`` (cache.load=device) on a UCF-101-shaped cache of random 2048-d
+features with the UCF-101 model (BiLSTM 1024, attention, L = 40, batch 16): on the CPU over ``train_steps``
+batches scaled to 9,537 clips, and on a GPU, when there is one, over a whole epoch of 9,537 clips. Row 8 times
+the seed's step and ours in the same process on the same device, so the ratio is against the seed's real cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from pipeline.bench.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row
+from pipeline.bench.stage_two import cache_epoch_seconds_per_clip
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+SEED_BATCH = 4  # the seed's batch size
+GPU_EPOCH_TARGET_S = 3.0
+
+
+def resident_run(cfg: Config, clips: int, device: torch.device):
+    """A fresh Run on ``device`` with device-resident features and a TrainClips of ``clips`` positions."""
+    from pipeline.device import autocast_dtype
+    from pipeline.features.cache import FeatureCache
+    from pipeline.train.loop import Run, build_optimizer, resident_features
+    from pipeline.train.models import build_model
+    from pipeline.train.sampling import EvalClips, TrainClips
+
+    cache = FeatureCache(cfg.cache.path)
+    cache.load_all()
+    torch.manual_seed(0)
+    model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
+    amp = autocast_dtype(device, cfg.train.precision)
+    run = Run(cfg, model, build_optimizer(cfg, model),
+              torch.amp.GradScaler("cuda", enabled=amp == torch.float16), device, amp)
+    # Positions cycle over the cache's videos: an epoch of ``clips`` clips costs the same whichever videos they are.
+    rows = [k % len(cache) for k in range(clips)]
+    train_set = TrainClips(cache, rows, [int(cache.labels[r]) for r in rows], cfg.train.sequence_length, 0, False)
+    run.resident = resident_features(cfg, cache, train_set, EvalClips(cache, [], [], 1, 1), device)
+    return run, train_set
+
+
+def resident_epoch_seconds(cfg: Config, device: torch.device, clips: int) -> float:
+    """Seconds per clip of ``train_epoch_resident`` over ``clips`` clips on ``device`` (after a warm-up epoch)."""
+    from pipeline.train.loop import train_epoch_resident
+
+    run, train_set = resident_run(derive(cfg, {"cache.load": "device"}), clips, device)
+    warm_up = train_set.rows
+    train_set.rows = warm_up[:cfg.train.batch_size * 2]
+    train_epoch_resident(run, train_set, 0)
+    train_set.rows = warm_up
+    _sync(device)
+    started = time.perf_counter()
+    train_epoch_resident(run, train_set, 1)  # returns floats: the GPU has finished
+    return (time.perf_counter() - started) / clips
+
+
+def seed_step_seconds(cfg: Config, backbone_name: str, device: torch.device, steps: int) -> float:
+    """Seconds per clip of the seed's training step: ``SEED_BATCH`` clips of L frames through the frozen
+    backbone left in train mode (BatchNorm on batch statistics, as the seed runs it), then the sequence
+    model's step. Frames are random tensors: the seed's JPEG loading (row 3) would only add to its cost."""
+    from pipeline.bench.stage_two import seed_training_step
+    from pipeline.features.backbone import load_backbone
+    from pipeline.train.loop import build_optimizer
+    from pipeline.train.models import build_model
+
+    length, img = cfg.train.sequence_length, cfg.embed.img_dim
+    backbone = load_backbone(backbone_name, "none", device).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        dim = backbone.eval()(torch.zeros(1, 3, img, img, device=device)).shape[-1]
+    backbone.train()
+    torch.manual_seed(0)
+    model = build_model(cfg, dim, 101).to(device)
+    optimizer, loss_fn = build_optimizer(cfg, model), torch.nn.CrossEntropyLoss()
+    frames = torch.randn(SEED_BATCH * length, 3, img, img, device=device)
+    labels = torch.zeros(SEED_BATCH, dtype=torch.long, device=device)
+    seed_training_step(backbone, model, optimizer, loss_fn, frames, labels)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        seed_training_step(backbone, model, optimizer, loss_fn, frames, labels)
+    _sync(device)
+    return (time.perf_counter() - started) / (steps * SEED_BATCH)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
+    """Rows 7 (CPU, and GPU when present) and 8 (the seed's step vs ours on the fastest device here)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows, per_clip = [], {}
+    what = (f"L={cfg.train.sequence_length}, {cfg.model.name} {cfg.model.hidden_dim}"
+            f"{' + attention' if cfg.model.attention else ''}, batch {cfg.train.batch_size}")
+    for device in devices:
+        log.info("bench row 7: a UCF-101-sized epoch on device-resident features (%s)", device.type)
+        gpu = device.type == "cuda"
+        clips = UCF101_VIDEOS_TRAIN if gpu else sizes.train_steps * cfg.train.batch_size
+        per_clip[device.type] = resident_epoch_seconds(derive(cfg, {"train.device": device.type}), device, clips)
+        epoch = per_clip[device.type] * UCF101_VIDEOS_TRAIN
+        # On the CPU, the DataLoader path (row 3's measurement) next to it: what the resident path changes there.
+        loader = None if gpu else cache_epoch_seconds_per_clip(cfg, sizes.train_steps)[0]
+        rows.append(row(f"7-{device.type}", f"seconds per UCF-101 epoch ({UCF101_VIDEOS_TRAIN} clips, {what}), "
+                                            f"cache.load=device, {device.type}",
+                        f"{epoch:.1f} s per epoch" + ("" if gpu else f" (from {clips} clips; DataLoader path "
+                                                                     f"{loader * UCF101_VIDEOS_TRAIN:.1f} s)"),
+                        None if gpu else loader / per_clip[device.type],
+                        f"< {GPU_EPOCH_TARGET_S:g} s (one H100)" if gpu else "report, ratio = DataLoader / resident",
+                        epoch < GPU_EPOCH_TARGET_S if gpu else None, command, seconds_per_clip=per_clip[device.type],
+                        clips_timed=clips, dataloader_seconds_per_clip=loader))
+    device = devices[-1]
+    log.info("bench row 8: the seed's training step (%s inside, batch %d) vs ours (%s)", sizes.seed_backbone,
+             SEED_BATCH, device.type)
+    seed = seed_step_seconds(derive(cfg, {"train.device": device.type}), sizes.seed_backbone, device,
+                             max(1, sizes.seed_clips // 2))
+    ratio = seed / per_clip[device.type]
+    rows.append(row("8", f"the seed's training step ({sizes.seed_backbone} inside in train mode, batch {SEED_BATCH}) "
+                         f"vs ours on device-resident features, {device.type}",
+                    f"{seed * UCF101_VIDEOS_TRAIN / 60:.1f} vs {per_clip[device.type] * UCF101_VIDEOS_TRAIN / 60:.2f} "
+                    f"min per UCF-101 epoch", ratio, "report", None, command, seconds_per_clip_seed=seed,
+                    seconds_per_clip_ours=per_clip[device.type], seed_batch=SEED_BATCH))
+    return rows
