@@ -158,6 +158,12 @@ class TrainConfig:
     grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, max=1e6, affects="training")
     seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
                      affects="training")
+    sampler: str = _key("segments", "training clips: a random frame of each of sequence_length equal segments "
+                         "(one time scale with evaluation and prediction), or the seed's random stride and start",
+                         choices=["segments", "stride"], affects="training")
+    flip: Union[bool, str] = _key("auto", "train on mirrored features half the time; 'auto' = when the cache has "
+                                  "them (embed.flip). Switch it off where left and right matter (MoveLeft vs "
+                                  "MoveRight)", choices=["auto", True, False], affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)

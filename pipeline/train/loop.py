@@ -167,9 +167,17 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     log.info(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
              f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
     train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
-                           flip=cache.has_flip)
+                           flip=use_flip(cfg, cache), sampler=cfg.train.sampler)
     val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
     return train_set, val_set, split.name
+
+
+def use_flip(cfg, cache) -> bool:
+    """train.flip resolved against the cache: 'auto' uses mirrored features where the cache has them."""
+    if cfg.train.flip is True and not cache.has_flip:
+        raise ActrecError(f"train.flip=true but {cfg.cache.path} has no mirrored features; embed them with "
+                          f"--set embed.flip=true (a new cache), or set train.flip to auto or false")
+    return cache.has_flip if cfg.train.flip == "auto" else cfg.train.flip
 
 
 def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> None:
