@@ -107,6 +107,9 @@ class EmbedConfig:
     weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
                         affects="features")
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
+    resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "
+                       "the ImageNet weights were trained; 'squash': the whole frame to img_dim x img_dim (the "
+                       "seed's way: aspect distorted)", choices=["crop", "squash"], affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
@@ -118,6 +121,11 @@ class EmbedConfig:
     dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"], affects="features")
 
     @property
+    def resize_tag(self) -> str:
+        """'' for crop, 'sq' for squash: the default cache path tells the two preprocessings apart."""
+        return "sq" if self.resize == "squash" else ""
+
+    @property
     def weights_tag(self) -> str:
         """Short file-name-safe name for the weights (a path becomes its stem)."""
         if self.weights in ("imagenet", "none"):
@@ -127,8 +135,9 @@ class EmbedConfig:
 
 @dataclass
 class CacheConfig:
-    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}_{embed.source}.h5",
-                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/source")
+    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
+                     "{embed.source}.h5",
+                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/resize/source")
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
                      "or in memory when they fit in a quarter of RAM ('auto')", choices=["auto", "memory", "disk"])
 
