@@ -188,15 +188,16 @@ def evaluate(config_path, overrides):
               help="Annotated output video (.mp4 or .gif); for a folder of videos, the CSV (default: "
                    "FOLDER/predictions.csv).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Per-window predictions as JSON.")
-@click.option("--stride", type=int, default=None, help="Frames between windows [default: predict.stride].")
+@click.option("--hop", type=float, default=None, metavar="SECONDS",
+              help="Seconds between window starts [default: predict.hop of the run's config].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Backbone device.")
 @reports_errors
-def predict(video, checkpoint, out, json_path, stride, device):
+def predict(video, checkpoint, out, json_path, hop, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
     from pipeline.predict import format_prediction
     from pipeline.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
     if "video_top5" in result:  # one video; a folder's results are in its CSV
         click.echo(format_prediction(result))
 

@@ -193,7 +193,8 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig:
-    stride: int = _key(8, "frames between the starts of consecutive windows", min=1, max=100000)
+    hop: float = _key(0.5, "seconds between the starts of consecutive windows (a window spans as long as a "
+                      "training clip did on average, at the video's own frame rate)", min=0.01, max=3600.0)
     topk: int = _key(3, "labels shown per window", min=1, max=20)
     gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1,
                               max=10000)

@@ -71,6 +71,7 @@ def read_meta(f: h5py.File, path) -> dict:
             "dim": int(f.attrs["dim"]),
             "dtype": str(f.attrs["dtype"]),
             "has_flip": "features_flip" in f,
+            "fps": float(f.attrs["fps"]) if "fps" in f.attrs else None,  # caches written before it say nothing
         }
     except (KeyError, ValueError, TypeError) as exc:
         raise ActrecError(f"{path} is not a feature cache written by `actrec embed` (missing or bad attribute: "
@@ -128,6 +129,7 @@ class FeatureCache:
         self.dim: int = meta["dim"]
         self.dtype: str = meta["dtype"]
         self.has_flip: bool = meta["has_flip"]
+        self.fps: float | None = meta["fps"]  # the videos' typical frame rate (None: not recorded)
         self.names: list[str] = meta["names"]
         self.labels: np.ndarray = meta["labels"]
         self.offsets: np.ndarray = meta["offsets"]
@@ -273,6 +275,7 @@ def describe_cache(path) -> str:
         f"failures:   {len(cache.failures)}",
         f"classes:    {len(cache.class_names)}",
         f"features:   {cache.dim}-d {cache.dtype}{' + flip' if cache.has_flip else ''}",
+        f"fps:        {cache.fps:g}" if cache.fps else "fps:        not recorded",
     ]
     if len(cache.names):
         lengths = cache.lengths

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.data.frames import check_frames_manifest
 from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
-from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
+from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir, typical_fps
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import forward, frame_resize, load_backbone, resized_chunks
@@ -134,7 +134,8 @@ def embed(cfg) -> dict:
     model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
     fingerprint["forward_dtype"] = dtype_name(amp_dtype)
     with FeatureCacheWriter(path, fingerprint, class_names, model.feature_dim, flip=cfg.embed.flip,
-                            dtype=cfg.embed.dtype, config=cfg.to_dict()) as writer:
+                            dtype=cfg.embed.dtype, config=cfg.to_dict(),
+                            fps=typical_fps([item.path for item in items])) as writer:
         todo = [item for item in items if item.name not in writer.done]
         retried = sum(item.name in writer.failures for item in todo)
         log.info(f"embed: {len(items)} videos, {len(items) - len(todo)} already in the cache, {len(todo)} to do"

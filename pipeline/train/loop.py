@@ -40,6 +40,8 @@ from pipeline.train.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
 
+ASSUMED_FPS = 25.0  # UCF-101's rate, for caches that do not record their videos' frame rate
+
 
 @dataclass
 class Run:
@@ -139,7 +141,8 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
     state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                              "val_loss": val_loss, "val_acc": val_acc,
                              "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started})
-    checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device)
+    checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device,
+                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS))
     if improved:
         save_checkpoint(checkpoint, run.dir / "checkpoints" / "best.pt")
     # History first: once last.pt says the epoch is done, a rerun skips it and would not write it again.

@@ -63,6 +63,15 @@ def train_clip_indices(n: int, length: int, rng: np.random.Generator, sampler: s
     return frames[start:start + stride * length:stride]
 
 
+def clip_span(n: int, length: int, sampler: str = "segments") -> float:
+    """How many frames of a video of ``n`` frames a training clip covers, on average: all of them (padded to
+    ``length``) with segments; with the seed's sampler, ``stride * length`` averaged over its strides."""
+    frames = max(n, length)
+    if sampler == "segments":
+        return float(frames)
+    return float(np.mean(np.arange(1, max(1, frames // length) + 1) * length))
+
+
 def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
     """``[clips, length]`` frame indices of the evaluation clips, each spanning the whole video.
 
@@ -80,6 +89,11 @@ class TrainClips(Dataset):
         self.cache, self.rows, self.labels = cache, rows, labels
         self.length, self.seed, self.flip, self.sampler = length, seed, flip, sampler
         self.epoch = 0
+
+    def mean_span(self) -> float:
+        """Frames a training clip covers, averaged over the videos: with the cache's fps, the clips' time scale."""
+        return float(np.mean([clip_span(int(self.cache.lengths[row]), self.length, self.sampler)
+                              for row in self.rows]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
