@@ -110,7 +110,9 @@ class EmbedConfig:
     resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "
                        "the ImageNet weights were trained; 'squash': the whole frame to img_dim x img_dim (the "
                        "seed's way: aspect distorted)", choices=["crop", "squash"], affects="features")
-    batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
+    batch_size: int = _key(64, "frames per forward pass (batches span video boundaries; kernels may round "
+                           "differently at another batch shape, so it is part of the cache fingerprint)", min=1,
+                           max=8192, affects="features")
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)

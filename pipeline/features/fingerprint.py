@@ -28,6 +28,9 @@ FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_aff
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
 # Compared only where both sides record it.
 MACHINE_KEYS = {"forward_dtype"}
+# Keys added after caches of format 1 were written: compared where the cache records them, so those
+# caches stay readable (they were written with one batch size throughout, as embed never changed it).
+LATER_KEYS = {"batch_size"}
 
 
 def embed_fingerprint(cfg) -> dict:
@@ -75,7 +78,7 @@ def _major_minor(version: str) -> str:
 def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
     """One line per key whose value differs between a cache and the current config."""
     keys = [k for k in sorted(set(cached) | set(expected))
-            if k not in MACHINE_KEYS or (k in cached and k in expected)]
+            if k not in MACHINE_KEYS | LATER_KEYS or (k in cached and k in expected)]
     source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
     return [f"{k}: cache has {cached.get(k, '<missing>')!r}, {source.get(k, 'config gives')} "
             f"{expected.get(k, '<missing>')!r}" for k in keys if cached.get(k) != expected.get(k)]
