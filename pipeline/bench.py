@@ -183,7 +183,7 @@ def seed_transform(img_dim: int):
 
 def jpeg_paths(cfg: Config) -> list[Path]:
     """Every extracted JPEG frame of the dataset's videos, in order."""
-    from pipeline.data.ucf101 import embed_items, frames_dir
+    from pipeline.data.datasets import embed_items, frames_dir
     from pipeline.data.video import frame_paths
 
     _, items = embed_items(cfg, check_videos=False)
@@ -223,7 +223,7 @@ def _embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 
 def decode_fps(cfg: Config) -> float:
     """Frames/s of decoding plus resizing alone, in one thread (where the time outside the forward goes)."""
-    from pipeline.data.ucf101 import embed_items
+    from pipeline.data.datasets import embed_items
     from pipeline.features.embed import decode_resized
 
     _, items = embed_items(cfg, check_videos=False)

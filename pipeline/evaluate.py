@@ -36,7 +36,7 @@ REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_c
 
 def evaluate(cfg) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
-    from pipeline.data.ucf101 import load_split
+    from pipeline.data.datasets import load_split
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.train.loop import load_checkpoint, model_from_checkpoint, predict_clips
     from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache

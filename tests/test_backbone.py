@@ -58,7 +58,7 @@ def test_classifier_heads_and_unsupported_models():
     mobilenet = load_backbone("mobilenet_v3_small", "none", CPU)
     assert mobilenet.feature_dim == 1024 and isinstance(mobilenet.classifier[-1], torch.nn.Identity)
     assert embed_frames(mobilenet, random_frames(2), 32, CPU).shape == (2, 1024)
-    with pytest.raises(ActrecError, match="no `fc` or `classifier` head"):
+    with pytest.raises(ActrecError, match="no nn.Linear in its head"):
         load_backbone("squeezenet1_0", "none", CPU)  # its classifier ends in a conv, not a Linear
     with pytest.raises(ActrecError, match="not a torchvision classification model.*resnet18"):
         load_backbone("resnet_nonexistent", "none", CPU)

@@ -1,5 +1,8 @@
 """The frozen backbone: a torchvision classifier with its head removed, and the preprocessing it expects.
 
+Any torchvision classification model works: its last Linear (under ``fc``, ``classifier``, ``head`` or
+``heads``) becomes Identity, and the feature width is that Linear's input width.
+
 Frames go uint8 ``[N, H, W, 3]`` -> ``resize_frames`` (CPU, uint8, bilinear with antialias) ->
 ``normalize`` (on the device: float, ImageNet mean/std, channels_last) -> the model -> ``[N, D]``.
 The embed stage, prediction and benchmarks all use these functions, so features agree bit for bit.
@@ -19,6 +22,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ActrecError
+from pipeline.features.catalog import build_error, build_kwargs, find_head
 from pipeline.fileio import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,22 +59,8 @@ def weights_identity(name: str, weights: str) -> str:
     return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Dotted name and module of the final classification layer (``fc``, or the last Linear of ``classifier``)."""
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        return "fc", model.fc
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Linear):
-        return "classifier", classifier
-    if isinstance(classifier, nn.Sequential):
-        for index in reversed(range(len(classifier))):
-            if isinstance(classifier[index], nn.Linear):
-                return f"classifier.{index}", classifier[index]
-    raise ActrecError(f"{type(model).__name__}: no `fc` or `classifier` head to remove; pick a backbone such as "
-                      f"resnet*, efficientnet_*, mobilenet_*, convnext_* or vgg*")
-
-
-def _build(name: str, weights: str) -> nn.Module:
+def _build(name: str, weights: str, img_dim: int | None = None) -> nn.Module:
+    kwargs = build_kwargs(name, weights, img_dim)
     if weights == "imagenet":
         enum = torchvision.models.get_model_weights(name).DEFAULT
         try:
@@ -82,7 +72,10 @@ def _build(name: str, weights: str) -> nn.Module:
                               f"'none' or a state dict path") from exc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        return torchvision.models.get_model(name, weights=None)
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except (AssertionError, ValueError) as exc:  # a size ViT / MaxViT cannot be built for
+            raise build_error(name, img_dim, exc) from exc
 
 
 def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
@@ -106,14 +99,17 @@ def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
                           f"torchvision model named in embed.backbone (head keys {head}.* are ignored)") from exc
 
 
-def load_backbone(name: str, weights: str, device: torch.device | str) -> nn.Module:
-    """A frozen, eval-mode, channels_last torchvision model whose head is Identity; ``model.feature_dim`` is D."""
+def load_backbone(name: str, weights: str, device: torch.device | str, img_dim: int | None = None) -> nn.Module:
+    """A frozen, eval-mode, channels_last torchvision model whose head is Identity; ``model.feature_dim`` is D.
+
+    ``img_dim`` matters to models with a fixed input size (ViT, MaxViT): refused unless they can take it.
+    """
     _check_name(name)
     if weights == "none":
         click.echo(f"warning: embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); "
                    f"its features are not ImageNet features", err=True)
-    model = _build(name, weights)
-    head, linear = _head(model)
+    model = _build(name, weights, img_dim)
+    head, linear = find_head(model)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
     if weights not in ("imagenet", "none"):

@@ -37,7 +37,7 @@ def embed_fingerprint(cfg) -> dict:
     import torch
     import torchvision
 
-    from pipeline.data.ucf101 import split_files_signature
+    from pipeline.data.datasets import split_files_signature
     from pipeline.features.backbone import (
         IMAGENET_MEAN,
         IMAGENET_STD,
