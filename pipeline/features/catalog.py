@@ -89,26 +89,30 @@ def _no_init():
         yield
 
 
-def feature_width(name: str) -> int | None:
-    """Width of the features ``name`` gives with its head removed (None if the head is not removable)."""
+def skeleton(name: str) -> nn.Module:
+    """Model ``name`` with the right shapes and meaningless values, built in a moment (no weights, no init)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
-                model = torchvision.models.get_model(name, weights=None)
+                return torchvision.models.get_model(name, weights=None)
         except (NotImplementedError, RuntimeError):  # RegNet computes its widths with tensors: meta cannot
             with _no_init():
-                model = torchvision.models.get_model(name, weights=None)
+                return torchvision.models.get_model(name, weights=None)
+
+
+def feature_width(name: str) -> int | None:
+    """Width of the features ``name`` gives with its head removed (None if the head is not removable)."""
     try:
-        return find_head(model)[1].in_features
+        return find_head(skeleton(name))[1].in_features
     except ActrecError:
         return None
 
 
-def list_backbones() -> list[dict]:
-    """One row per torchvision classification model, from its default weights' metadata."""
+def list_backbones(names: list[str] | None = None) -> list[dict]:
+    """One row per torchvision classification model (or per name of ``names``), from its default weights' metadata."""
     rows = []
-    for name in torchvision.models.list_models(module=torchvision.models):
+    for name in names or torchvision.models.list_models(module=torchvision.models):
         enum = default_weights(name)
         meta = enum.meta
         crop = getattr(enum.transforms(), "crop_size", [None])[0]
