@@ -8,12 +8,14 @@ function. Library modules are imported inside the commands so that
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
@@ -21,6 +23,26 @@ from pipeline.errors import ActrecError
 
 class _State:
     verbose = False
+
+
+class _LogHandler(logging.Handler):
+    """Log records as plain lines on stderr, written between progress bars rather than through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                message = f"{record.levelname.lower()}: {message}"
+            tqdm.write(message, file=sys.stderr)
+        except Exception:  # a broken pipe must not turn a log line into a crash
+            self.handleError(record)
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """The library logs under the ``pipeline`` logger; the CLI decides how much of it a user sees."""
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [_LogHandler()]
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def config_options(func):
@@ -33,18 +55,49 @@ def config_options(func):
     return func
 
 
+# The settings that decide each command's peak memory: what an out-of-memory error tells the user to lower.
+MEMORY_SETTINGS = {
+    "embed": "embed.batch_size (or embed.img_dim)",
+    "train": "train.batch_size, model.hidden_dim, model.latent_dim or train.sequence_length (or set cache.load=disk)",
+    "evaluate": "eval.batch_size or eval.clips (or set cache.load=disk)",
+    "predict": "embed.batch_size of the run's config, or predict on a shorter video",
+    "bench": "the sizes in the config passed to bench",
+}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate memory" in str(exc).lower())
+
+
+def _fail(message: str) -> None:
+    """Print ``message`` as one red line (the traceback too with --verbose) and exit with status 2."""
+    if _State.verbose:
+        traceback.print_exc()
+    click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+    sys.exit(2)
+
+
 def reports_errors(func):
-    """Turn ActrecError (and Ctrl-C) into one line and a non-zero exit; --verbose keeps the traceback."""
+    """Turn ActrecError, OS errors, out-of-memory and Ctrl-C into one line and a non-zero exit; --verbose keeps
+    the traceback."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except (ActrecError, OSError) as exc:
             # OSError here is the machine saying no (permissions, a full disk, a missing folder): also one line.
-            if _State.verbose:
-                traceback.print_exc()
-            click.secho(f"error: {' '.join(str(exc).split())}", fg="red", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            command = click.get_current_context().info_name
+            _fail(f"out of memory in `actrec {command}` ({str(exc).splitlines()[0][:160]}); lower "
+                  f"{MEMORY_SETTINGS.get(command, 'the batch sizes')} and run the command again")
         except KeyboardInterrupt:
             click.secho("interrupted; finished work is kept, run the command again to resume", err=True)
             sys.exit(130)
@@ -52,8 +105,9 @@ def reports_errors(func):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--verbose", "-v", is_flag=True, default=False, help="Show full tracebacks on errors.")
-def cli(verbose: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, default=False, help="Show debug messages and full tracebacks on errors.")
+@click.option("--quiet", "-q", is_flag=True, default=False, help="Show only warnings, errors and results.")
+def cli(verbose: bool, quiet: bool) -> None:
     """actrec: action recognition as a two-stage feature-caching pipeline.
 
     Stage one (embed) runs a frozen CNN once over every frame and caches the
@@ -61,6 +115,7 @@ def cli(verbose: bool) -> None:
     the cache. Run `actrec COMMAND --help` for each command.
     """
     _State.verbose = verbose
+    configure_logging(verbose, quiet)
 
 
 @cli.command()
@@ -125,8 +180,9 @@ def train(config_path, overrides, resume):
 def evaluate(config_path, overrides):
     """Evaluate a checkpoint on the test list of data.split: metrics.json, confusion matrix, summary."""
     from pipeline.evaluate import evaluate as run_evaluate
+    from pipeline.evaluate import format_summary
 
-    run_evaluate(load_config(config_path, overrides))
+    click.echo(format_summary(run_evaluate(load_config(config_path, overrides))))
 
 
 @cli.command()
@@ -141,9 +197,12 @@ def evaluate(config_path, overrides):
 @reports_errors
 def predict(video, checkpoint, out, json_path, stride, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
+    from pipeline.predict import format_prediction
     from pipeline.predict import predict as run_predict
 
-    run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    if "video_top5" in result:  # one video; a folder's results are in its CSV
+        click.echo(format_prediction(result))
 
 
 @cli.command()
@@ -173,10 +232,11 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
     epoch on the cache vs the seed's loop, disk per frame, scaling (time, peak memory, loading share),
     GPU throughput. Uses embed.threads and embed.workers from the config.
     """
-    from pipeline.bench import run_benchmarks
+    from pipeline.bench import format_markdown, run_benchmarks
 
-    run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
-                   readme=Path(readme) if readme else None, only=tuple(only))
+    result = run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
+                            readme=Path(readme) if readme else None, only=tuple(only))
+    click.echo(format_markdown(result))
 
 
 @cli.command()

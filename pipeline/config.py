@@ -36,9 +36,19 @@ PRECISION_HELP = ("autocast dtype on CUDA: 'auto' = bf16 where the GPU computes 
 UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 
 
-def _key(default, help, choices=None, min=None, max=None, nonempty=False):
-    """A config key: its default, help text and allowed values (checked in ``validate``)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty}
+# What a key's value changes, recorded next to the key so every check derives from the schema:
+#   features   the cached features (part of the cache fingerprint: a change needs a new cache)
+#   test list  which videos are tested (a checkpoint is evaluated only on the test list it was trained beside)
+#   training   what a training run computes (a run continues only with the same values)
+#   None       nothing a later stage depends on (paths to inputs, speed and device settings, outputs)
+# A key that changes the features or the test list also changes what training computes.
+AFFECTS = ("features", "test list", "training")
+
+
+def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None):
+    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``."""
+    assert affects in AFFECTS + (None,), affects
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty, "affects": affects}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,7 +56,9 @@ def _key(default, help, choices=None, min=None, max=None, nonempty=False):
 
 @dataclass
 class DataConfig:
-    name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True)
+    name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
+    # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
+    # (pipeline/data/datasets.py), which UCF-101 caches made before these keys existed keep matching.
     format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
                        "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
                        choices=["ucf101", "hmdb51", "folder"])
@@ -55,20 +67,21 @@ class DataConfig:
     videos: str = _key("data/ucf101/UCF-101", "video root: a folder per class (UCF-101: Class/v_Class_gXX_cYY.avi)")
     frames: str = _key("data/ucf101/frames", "extracted frames root: Class/v_Class_gXX_cYY/000001.jpg")
     splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with the split files (classInd.txt, trainlistNN.txt, "
-                       "testlistNN.txt; HMDB-51: Class_test_splitN.txt)")
+                       "testlistNN.txt; HMDB-51: Class_test_splitN.txt)", affects="features")
     split: Union[int, str] = _key(
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
         "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
         "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
-        choices=[1, 2, 3, "random", "random-groups", "auto"])
-    random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9)
+        choices=[1, 2, 3, "random", "random-groups", "auto"], affects="test list")
+    random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
     test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
                                      "test list", min=0.01, max=0.9)
     group_pattern: str = _key("", "data.split=auto: regex with one group that names a video's group (same actor or "
                                   "scene), e.g. '_g(\\d+)_'; a group stays on one side. Empty: every video is "
                                   "its own group")
-    val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9)
-    seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0)
+    val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9,
+                               affects="training")
+    seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0, affects="test list")
 
 
 @dataclass
@@ -90,31 +103,33 @@ class DownloadConfig:
                                               "for HMDB-51)")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
-    timeout: float = _key(60.0, "socket timeout in seconds", min=1.0)
+    timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)
 
 
 @dataclass
 class ExtractConfig:
     workers: int = _key(2, "parallel videos (joblib processes)", min=1, max=256)
-    jpeg_quality: int = _key(95, "JPEG quality of extracted frames", min=1, max=100)
+    jpeg_quality: int = _key(95, "JPEG quality of extracted frames", min=1, max=100, affects="features")
 
 
 @dataclass
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
-                       choices=["videos", "frames"])
-    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True)
-    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True)
-    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024)
+                       choices=["videos", "frames"], affects="features")
+    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True,
+                         affects="features")
+    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
+                        affects="features")
+    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
-    flip: bool = _key(False, "also cache features of horizontally mirrored frames")
+    flip: bool = _key(False, "also cache features of horizontally mirrored frames", affects="features")
     splits: str = _key("configured", "embed the videos of the configured split, or of all three splits",
                        choices=["configured", "all"])
-    dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"])
+    dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"], affects="features")
 
     @property
     def weights_tag(self) -> str:
@@ -134,26 +149,29 @@ class CacheConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"])
-    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1)
-    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1)
-    layers: int = _key(1, "LSTM layers", min=1, max=16)
-    bidirectional: bool = _key(True, "bidirectional LSTM")
-    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)")
-    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95)
+    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"], affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, max=16384,
+                           affects="training")
+    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, max=16384, affects="training")
+    layers: int = _key(1, "LSTM layers", min=1, max=16, affects="training")
+    bidirectional: bool = _key(True, "bidirectional LSTM", affects="training")
+    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
+    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95,
+                          affects="training")
 
 
 @dataclass
 class TrainConfig:
-    sequence_length: int = _key(40, "frames per training clip", min=2, max=10000)
-    epochs: int = _key(30, "training epochs", min=1)
-    batch_size: int = _key(16, "clips per step", min=1)
-    lr: float = _key(1e-4, "learning rate", min=0.0)
-    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0)
-    optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"])
-    schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"])
-    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0)
-    seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0)
+    sequence_length: int = _key(40, "frames per training clip", min=2, max=10000, affects="training")
+    epochs: int = _key(30, "training epochs", min=1, max=100000, affects="training")
+    batch_size: int = _key(16, "clips per step", min=1, max=65536, affects="training")
+    lr: float = _key(1e-4, "learning rate", min=0.0, max=10.0, affects="training")
+    weight_decay: float = _key(0.0, "weight decay (decoupled with adamw)", min=0.0, max=10.0, affects="training")
+    optimizer: str = _key("adam", "optimizer", choices=["adam", "adamw"], affects="training")
+    schedule: str = _key("none", "learning-rate schedule", choices=["none", "cosine"], affects="training")
+    grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, max=1e6, affects="training")
+    seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
+                     affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
@@ -163,8 +181,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100)
-    batch_size: int = _key(64, "clips per evaluation batch", min=1)
+    clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100,
+                      affects="training")
+    batch_size: int = _key(64, "clips per evaluation batch", min=1, max=65536)
     checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
@@ -173,9 +192,10 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig:
-    stride: int = _key(8, "frames between the starts of consecutive windows", min=1)
+    stride: int = _key(8, "frames between the starts of consecutive windows", min=1, max=100000)
     topk: int = _key(3, "labels shown per window", min=1, max=20)
-    gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1)
+    gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1,
+                              max=10000)
 
 
 @dataclass
@@ -208,6 +228,12 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}
 
 
+def keys_affecting(*what: str) -> list[str]:
+    """Dotted names of the keys whose ``affects`` is one of ``what`` (e.g. 'features'), in schema order."""
+    return [f"{section}.{f.name}" for section, factory in SECTIONS.items() for f in fields(factory())
+            if f.metadata["affects"] in what]
+
+
 def describe_keys() -> list[tuple[str, Any, str]]:
     """(dotted key, default, help) for every key: the source of the docs table and ``--help``."""
     rows = []
@@ -238,16 +264,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         except OSError as exc:
             raise ActrecError(f"cannot read config {path}: {exc.strerror}. Pass an existing YAML file "
                               f"(see configs/).") from exc
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ActrecError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ActrecError(f"{path}: expected a mapping of sections (data:, embed:, ...) at the top level")
+        raw = read_yaml(text, path)
     origins = {}
     for item in overrides:
         origins[_apply_override(raw, item)] = f"--set {item}"
     return config_from_dict(raw, source=source, origins=origins)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if key in lines:
+                raise ActrecError(f"'{key}' is given twice (lines {lines[key]} and {line}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, path) -> dict:
+    """The sections of a config file; refuses invalid YAML, duplicate keys and a file without any section."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ActrecError(f"{path}: not valid YAML: {exc}") from exc
+    except ActrecError as exc:
+        raise ActrecError(f"{path}: {exc}") from None
+    if raw is None or raw == {}:
+        raise ActrecError(f"{path} is empty; a config needs at least one section (data:, embed:, train:, ...). "
+                          f"Start from configs/synthetic.yaml or configs/ucf101.yaml (every key: configs/README.md)")
+    if not isinstance(raw, dict):
+        raise ActrecError(f"{path}: expected a mapping of sections (data:, embed:, ...) at the top level")
+    return raw
 
 
 def config_from_dict(raw: dict, source: str = "<dict>", origins: dict | None = None) -> Config:

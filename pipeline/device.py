@@ -28,8 +28,20 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type != "cuda" or precision == "fp32":
         return None
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def native_bf16() -> bool:
+    """Whether the GPU computes bf16 in hardware (Ampere and later).
+
+    torch's own query counts emulated bf16 too (V100, T4), where it runs far slower than fp16; ask for the
+    native answer where the installed torch can give it.
+    """
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.5 has no including_emulation and answers natively
+        return torch.cuda.is_bf16_supported()
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:

@@ -10,12 +10,13 @@ never computed on videos the model saw.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
-import click
 import numpy as np
 
+from pipeline.config import keys_affecting
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_json
 from pipeline.train.metrics import (
@@ -27,8 +28,8 @@ from pipeline.train.metrics import (
     video_scores,
 )
 
-# Data keys that decide which videos are in the test list.
-TEST_LIST_KEYS = ("split", "seed", "random_test_fraction")
+log = logging.getLogger(__name__)
+
 # metrics.json key -> report column title
 REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_cls", "clip_top1": "clip_top1",
                   "pair_accuracy": "pair_acc"}
@@ -36,58 +37,79 @@ REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_c
 
 def evaluate(cfg) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
-    from pipeline.data.datasets import load_split
-    from pipeline.device import autocast_dtype, resolve_device, set_threads
-    from pipeline.train.loop import load_checkpoint, model_from_checkpoint, predict_clips
-    from pipeline.train.sampling import EvalClips, cache_rows, load_features, open_cache
+    from pipeline.train.checkpoint import load_checkpoint
 
-    run_dir = Path(cfg.run.dir)
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
     check_same_test_list(cfg, ckpt, path)
+    dataset, split = test_data(cfg, ckpt, path)
+    logits, labels = score_test_clips(cfg, ckpt, dataset)
+    metrics = compute_metrics(logits, labels, split.class_names)
+    metrics.update(describe_evaluation(cfg, ckpt, path, split, len(labels)))
+    metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
+    write_outputs(metrics, split.class_names, Path(cfg.run.dir))
+    return metrics
+
+
+def test_data(cfg, ckpt: dict, path: Path):
+    """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
+    from pipeline.data.datasets import load_split
+    from pipeline.features.cache import cache_rows, open_cache
+    from pipeline.train.sampling import EvalClips
+
     cache = open_cache(cfg)
     if ckpt["fingerprint"] != cache.fingerprint:
         raise ActrecError(f"{path} was trained on features made with other settings than {cfg.cache.path}; "
-                          f"evaluate with the config it was trained with (see {run_dir}/config.yaml)")
+                          f"evaluate with the config it was trained with (see {cfg.run.dir}/config.yaml)")
     split = load_split(cfg, check_videos=False)
     if split.class_names != ckpt["class_names"]:
         raise ActrecError(f"{path} was trained on other classes than {cfg.data.splits}/classInd.txt lists")
     rows, labels = cache_rows(cache, split.test, "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    load_features(cache, cfg.cache.load)
+    cache.place(cfg.cache.load)
     length = ckpt["config"]["train"]["sequence_length"]
+    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split
+
+
+def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``[N, K, C]`` of every test clip on the eval device, and the labels ``[N]``."""
+    from pipeline.device import autocast_dtype, resolve_device, set_threads
+    from pipeline.train.checkpoint import model_from_checkpoint
+    from pipeline.train.loop import predict_clips
+
     set_threads(cfg.eval.threads)
     device = resolve_device(cfg.eval.device, option="eval.device")
     model = model_from_checkpoint(ckpt).to(device)
-    dataset = EvalClips(cache, rows, labels, length, cfg.eval.clips)
-    logits, labels = predict_clips(model, dataset, cfg.eval.batch_size, device,
-                                   autocast_dtype(device, cfg.eval.precision), desc="evaluate")
+    return predict_clips(model, dataset, cfg.eval.batch_size, device, autocast_dtype(device, cfg.eval.precision),
+                         desc="evaluate")
 
-    metrics = compute_metrics(logits, labels, split.class_names)
-    matrix = np.array(metrics.pop("confusion_matrix"))
-    metrics.update({
+
+def describe_evaluation(cfg, ckpt: dict, path: Path, split, num_videos: int) -> dict:
+    """The metrics.json fields that say what was evaluated: split, model, checkpoint, clips, leaks."""
+    return {
         "split": split.name,
         "model": ckpt["config"]["model"]["name"],
-        "num_videos": len(rows),
+        "num_videos": num_videos,
         "eval_clips": cfg.eval.clips,
-        "sequence_length": length,
+        "sequence_length": ckpt["config"]["train"]["sequence_length"],
         "checkpoint": str(path),
         "checkpoint_epoch": int(ckpt["epoch"]),
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
         "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
         "cache": str(cfg.cache.path),
-        "confusion_matrix": matrix.tolist(),
-    })
-    write_json(run_dir / "metrics.json", metrics)
+    }
+
+
+def write_outputs(metrics: dict, class_names: list[str], run_dir: Path) -> None:
+    """metrics.json and the confusion-matrix figure of the run."""
     from pipeline.plots import plot_confusion
 
-    plot_confusion(matrix, split.class_names, run_dir / "confusion_matrix.png",
-                   title=f"{metrics['model']}, split {split.name}: top-1 {metrics['top1']:.3f}")
-    click.echo(format_summary(metrics))
-    click.echo(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'confusion_matrix.png'}")
-    return metrics
+    write_json(run_dir / "metrics.json", metrics)
+    plot_confusion(np.array(metrics["confusion_matrix"]), class_names, run_dir / "confusion_matrix.png",
+                   title=f"{metrics['model']}, split {metrics['split']}: top-1 {metrics['top1']:.3f}")
+    log.info(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'confusion_matrix.png'}")
 
 
 def checkpoint_path(cfg) -> Path:
@@ -99,9 +121,13 @@ def checkpoint_path(cfg) -> Path:
 
 def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
     """Refuse a checkpoint trained on another split than the evaluated one: it may have trained on these test videos."""
-    trained = ckpt["config"]["data"]
-    changed = [f"data.{key}: trained with {trained.get(key)!r}, now {getattr(cfg.data, key)!r}"
-               for key in TEST_LIST_KEYS if str(trained.get(key)) != str(getattr(cfg.data, key))]
+    now = cfg.to_dict()
+    changed = []
+    for dotted in keys_affecting("test list"):
+        section, key = dotted.split(".")
+        trained, current = ckpt["config"].get(section, {}).get(key), now[section][key]
+        if str(trained) != str(current):
+            changed.append(f"{dotted}: trained with {trained!r}, now {current!r}")
     if changed:
         raise ActrecError(f"{path} was trained on another split than the one to evaluate ({'; '.join(changed)}); "
                           f"its training videos may be in this test list. Evaluate with the settings it was "
@@ -113,12 +139,10 @@ def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: li
     n, k, c = clip_logits.shape
     scores = video_scores(clip_logits)
     matrix = confusion_matrix(labels, scores.argmax(axis=1), c)
-    video_top1 = topk_accuracy(scores, labels, 1)
     metrics = {
-        "top1": video_top1,
+        "top1": topk_accuracy(scores, labels, 1),  # video level: the mean of a video's clip probabilities
         "top5": topk_accuracy(scores, labels, 5),
         "mean_class_accuracy": mean_class_accuracy(matrix),
-        "video_top1": video_top1,
         "clip_top1": topk_accuracy(clip_logits.reshape(n * k, c), np.repeat(labels, k), 1),
         "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix))},
         "confusion_matrix": matrix.tolist(),

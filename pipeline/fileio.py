@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
 CHUNK = 1 << 20
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` through a hidden temp file in the same folder and rename it into place.
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temp path in the folder of ``path``; on success fsync it and rename it onto ``path``.
 
-    Readers see the old file or the new one, never half of one, whatever happens mid-write.
+    What a reader can rely on: ``path`` is the old file or the complete new one, never half of one, whatever
+    happens mid-write (an exception, Ctrl-C, a full disk, a kill). On failure the temp file is removed and
+    ``path`` is untouched. The temp name keeps the suffix, so writers that pick a format by it still work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through ``atomic_path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def write_json(path: str | Path, data) -> None:

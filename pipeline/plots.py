@@ -6,20 +6,18 @@ changes no global matplotlib state.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from pipeline.fileio import atomic_path
+
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> None:
     """Write atomically, so an interrupted run never leaves a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
 
 
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:

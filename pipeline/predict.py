@@ -9,10 +9,9 @@ never all of its frames, are held in memory.
 from __future__ import annotations
 
 import csv
-import os
+import logging
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 import torch
@@ -22,11 +21,13 @@ from pipeline.config import config_from_dict
 from pipeline.data.video import iter_video_frames, video_fps
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import forward, load_backbone, resized_chunks, weights_identity
-from pipeline.fileio import write_json
-from pipeline.train.loop import load_checkpoint, model_from_checkpoint
+from pipeline.features.backbone import embed_frames, load_backbone, weights_identity
+from pipeline.fileio import atomic_path, write_json
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax
 from pipeline.train.sampling import pad_indices
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
 MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
@@ -69,10 +70,10 @@ class Predictor:
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
         embed = self.cfg.embed
-        parts = [forward(self.backbone, resized, self.device, self.amp_dtype).numpy()
-                 for resized in resized_chunks(iter_video_frames(path), embed.img_dim, embed.batch_size)]
+        features = embed_frames(self.backbone, iter_video_frames(path), embed.img_dim, self.device, self.amp_dtype,
+                                embed.batch_size)
         # The model was trained on features stored in the cache dtype; round the same way.
-        return np.concatenate(parts).astype(self.storage_dtype).astype(np.float32)
+        return features.astype(self.storage_dtype).astype(np.float32)
 
     @torch.inference_mode()
     def clip_probabilities(self, features: np.ndarray, clips: np.ndarray) -> np.ndarray:
@@ -156,10 +157,8 @@ def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_fra
     nearest = frame_windows(result["frames"], starts, result["sequence_length"])
     is_gif = out.suffix.lower() == ".gif"
     step = max(1, -(-result["frames"] // gif_max_frames)) if is_gif else 1
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     written, writer, gif_frames = 0, None, []
-    try:
+    with atomic_path(out) as tmp:
         for t, frame in enumerate(iter_video_frames(video)):
             if t % step or t >= len(nearest):
                 continue
@@ -180,9 +179,6 @@ def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_fra
             duration_ms = round(1000 * step / result["fps"])
             gif_frames[0].save(tmp, save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0,
                                optimize=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return written
 
 
@@ -217,14 +213,18 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
         write_json(json_path, result)
     if out:
         write_annotated(video, result, Path(out), topk, predictor.cfg.predict.gif_max_frames)
-    click.echo(f"{video}: {result['frames']} frames, {len(result['windows'])} windows of "
-               f"{result['sequence_length']} (stride {stride})")
-    for rank, entry in enumerate(result["video_top5"], 1):
-        click.echo(f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}")
-    for what, path in (("annotated video", out), ("JSON timeline", json_path)):
-        if path:
-            click.echo(f"  {what}: {path}")
+    result["outputs"] = {"annotated video": out, "JSON timeline": json_path}
     return result
+
+
+def format_prediction(result: dict) -> str:
+    """What ``actrec predict`` prints for one video: its windows, video-level top-5 and the files written."""
+    lines = [f"{result['video']}: {result['frames']} frames, {len(result['windows'])} windows of "
+             f"{result['sequence_length']} (stride {result['stride']})"]
+    lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"
+              for rank, entry in enumerate(result["video_top5"], 1)]
+    lines += [f"  {what}: {path}" for what, path in result.get("outputs", {}).items() if path]
+    return "\n".join(lines)
 
 
 def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, stride: int) -> dict:
@@ -236,13 +236,10 @@ def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, stride: i
             rows.append([str(path.relative_to(folder)), ""] + [x for e in top for x in (e["label"], e["probability"])])
         except ActrecError as exc:
             rows.append([str(path.relative_to(folder)), str(exc)])
-            click.echo(f"skipped: {exc}", err=True)
+            log.warning(f"skipped: {exc}")
     header = ["video", "error"] + [f"{what}{k}" for k in range(1, 6) for what in ("label", "probability")]
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
-    os.replace(tmp, csv_path)
     failed = sum(1 for row in rows if row[1])
-    click.echo(f"{len(rows) - failed} videos predicted, {failed} failed; video-level top-5 in {csv_path}")
+    log.info(f"{len(rows) - failed} videos predicted, {failed} failed; video-level top-5 in {csv_path}")
     return {"csv": str(csv_path), "videos": len(rows), "failed": failed}

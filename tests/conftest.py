@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,13 @@ torch.set_num_threads(1)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+
+
+def read_video(path) -> np.ndarray:
+    """All frames of a video file as one uint8 RGB array ``[T, H, W, 3]`` (through the project's one decoder)."""
+    from pipeline.data.video import iter_video_frames
+
+    return np.stack(list(iter_video_frames(path)))
 
 
 def tiny_overrides(root: Path) -> list[str]:

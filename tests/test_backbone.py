@@ -17,7 +17,6 @@ from pipeline.features.backbone import (
     embed_frames,
     load_backbone,
     normalize,
-    preprocess,
     resize_frames,
     weights_identity,
 )
@@ -78,7 +77,7 @@ def test_state_dict_weights_load_and_change_features(tmp_path, resnet18):
     source.fc = torch.nn.Identity()
     source.eval()
     with torch.inference_mode():
-        expected = source(preprocess(frames, 32, CPU)).numpy()
+        expected = source(normalize(resize_frames(frames, 32), CPU)).numpy()
     np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(loaded, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
     assert weights_identity("resnet18", str(path)) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
@@ -175,7 +174,7 @@ def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
     with torch.random.fork_rng():
         torch.manual_seed(0)  # RANDOM_INIT_SEED: the same random network, head kept
         full = torchvision.models.vit_b_16().eval()
-    x = preprocess(frames, 224, CPU)
+    x = normalize(resize_frames(frames, 224), CPU)
     with torch.inference_mode():
         tokens = full.encoder(torch.cat([full.class_token.expand(2, -1, -1), full._process_input(x)], dim=1))
     np.testing.assert_allclose(features, tokens[:, 0].numpy(), rtol=1e-3, atol=1e-4)

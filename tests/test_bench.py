@@ -1,10 +1,14 @@
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from pipeline.bench import ROWS, format_markdown, write_readme_section
+from pipeline.bench import ROWS, format_markdown, run_benchmarks, write_readme_section
 from pipeline.cli import cli
+from pipeline.config import load_config
 from pipeline.errors import ActrecError
 from tests.conftest import PROJECT_ROOT
 
@@ -26,7 +30,9 @@ def test_quick_bench_has_every_row(tmp_path):
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
-    assert (tmp_path / "bench" / "results.md").read_text() in text
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert table in text
+    assert table in result.output  # the CLI prints the table; the library only logs
     assert len(ROWS) == 6
 
 
@@ -36,3 +42,59 @@ def test_readme_section_needs_markers(tmp_path):
     with pytest.raises(ActrecError, match="markers"):
         write_readme_section(readme, format_markdown({"device": "x", "torch": "y", "quick": True, "rows": []}))
     assert readme.read_text() == "no markers\n"
+
+
+def test_readme_without_markers_fails_before_measuring(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(ActrecError, match="README.md.*markers"):
+        run_benchmarks(load_config(None), quick=True, out_dir=tmp_path / "bench", readme=readme)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_package_import_leaves_torch_out():
+    code = "import sys, pipeline.bench; sys.exit('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or "importing pipeline.bench imported torch"
+
+
+def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
+    from pipeline.bench.common import QUICK
+    from pipeline.bench.stage_two import feature_cache
+    from pipeline.features.cache import FeatureCache
+
+    cfg = feature_cache(QUICK, tmp_path)
+    defaults = load_config(None)
+    assert cfg.model.name == defaults.model.name and cfg.model.attention == defaults.model.attention
+    assert (cfg.model.hidden_dim, cfg.train.sequence_length, cfg.train.workers) == (32, 8, 0)
+    cache = FeatureCache(cfg.cache.path)
+    assert (cache.dim, len(cache.names), len(cache.class_names)) == (2048, QUICK.cache_videos, 101)
+
+
+def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
+    from pipeline.bench.stage_two import seed_training_step
+    from pipeline.features.backbone import load_backbone
+    from pipeline.train.models import build_model
+
+    backbone = load_backbone("resnet18", "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
+    torch.manual_seed(0)
+    model = build_model(tiny_config, 512, 4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before_model = [p.detach().clone() for p in model.parameters()]
+    before_backbone = [p.detach().clone() for p in backbone.parameters()]
+    loss = seed_training_step(backbone, model, optimizer, torch.nn.CrossEntropyLoss(),
+                              torch.randn(4, 3, 32, 32), torch.tensor([1]))
+    assert loss > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before_model, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before_backbone, backbone.parameters()))
+
+
+def test_failed_scaling_embed_is_one_line(tmp_path):
+    from pipeline.bench.scaling import embed_in_subprocess
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml",
+                      [f"data.videos={tmp_path}/missing", f"data.splits={tmp_path}/missing-splits",
+                       f"cache.path={tmp_path}/c.h5", "embed.weights=none"])
+    with pytest.raises(ActrecError, match="scaling embed .* failed: ") as caught:
+        embed_in_subprocess(cfg)
+    assert "\n" not in str(caught.value)

@@ -1,8 +1,9 @@
-"""The HDF5 feature cache: layout, reading, resume after a real kill -9, locking, fingerprints, pickling."""
+"""The HDF5 feature cache: layout, reading, resume after a real kill -9, locking, fingerprints, pickling, rows."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter, describe_cache
+from pipeline.features.cache import FeatureCache, cache_rows, describe_cache, lock_holder
+from pipeline.features.cache_writer import FeatureCacheWriter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"backbone": "resnet18", "img_dim": 32}
@@ -117,7 +119,7 @@ WRITER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache import CLASSES, DIM, FINGERPRINT, video_features
-    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.cache_writer import FeatureCacheWriter
     with FeatureCacheWriter(sys.argv[1], FINGERPRINT, CLASSES, DIM, flip=True) as writer:
         for i in range(int(sys.argv[2])):
             if i % 7 == 0:
@@ -147,6 +149,9 @@ def test_kill_9_mid_write_then_resume_equals_clean_run(tmp_path):
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
         assert before < committed(crashed) < total
+        # The killed writer's pid file stays behind; it names a dead process, so nobody is said to be writing.
+        assert Path(f"{crashed}.lock.pid").read_text().strip() == str(proc.pid)
+        assert lock_holder(crashed) is None and "being written" not in describe_cache(crashed)
     result = subprocess.run([sys.executable, "-c", WRITER_SCRIPT, str(crashed), str(total)],
                             check=False, stderr=subprocess.PIPE, text=True)
     assert result.returncode == 0, result.stderr
@@ -164,7 +169,7 @@ def test_kill_9_mid_write_then_resume_equals_clean_run(tmp_path):
         for name in ("features", "features_flip"):
             assert fa[name].shape == fb[name].shape
             np.testing.assert_array_equal(fa[name][:], fb[name][:])
-    assert not Path(str(crashed) + ".lock").exists()
+    assert not Path(f"{crashed}.lock.pid").exists()  # a writer that finishes takes its pid file away
 
 
 def test_failures_recorded_once_and_cleared_by_success(tmp_path):
@@ -233,7 +238,7 @@ HOLDER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_cache import CLASSES, DIM, FINGERPRINT, video_features
-    from pipeline.features.cache import FeatureCacheWriter
+    from pipeline.features.cache_writer import FeatureCacheWriter
     with FeatureCacheWriter(sys.argv[1], FINGERPRINT, CLASSES, DIM) as writer:
         writer.add("Apply/v_0", 0, video_features(0))
         print("holding", flush=True)
@@ -261,6 +266,50 @@ def test_second_writer_refused_while_first_holds_the_lock(tmp_path):
     cache.close()
     write_videos(path, [2])  # the lock is free again
     assert len(FeatureCache(path)) == 3
+
+
+def test_pid_file_naming_a_live_process_does_not_block_a_writer(tmp_path):
+    """The kernel lock decides who writes; a leftover pid file (its pid since reused) only feeds messages."""
+    path = tmp_path / "c.h5"
+    write_videos(path, [0])
+    pid_file = Path(f"{path}.lock.pid")
+    pid_file.write_text(f"{os.getppid()}\n")  # alive, and not a writer
+    with FeatureCacheWriter(path, FINGERPRINT, CLASSES, DIM) as writer:
+        assert pid_file.read_text().strip() == str(os.getpid())
+        writer.add("Apply/v_1", 1, video_features(1))
+        with pytest.raises(ActrecError, match=rf"another embed is writing .*c\.h5 \(pid {os.getpid()}\)"):
+            FeatureCacheWriter(path, FINGERPRINT, CLASSES, DIM)  # a second writer, even in the same process
+    assert not pid_file.exists() and len(FeatureCache(path)) == 2
+
+
+def test_storage_layer_imports_no_torch_dataset_code_or_cli():
+    """Writers and readers stay light: the fingerprint's heavy imports load only when one is computed."""
+    code = ("import sys, pipeline.features.cache, pipeline.features.cache_writer; "
+            "print(sorted({'torch', 'torchvision', 'click', 'pipeline.data.ucf101'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, capture_output=True,
+                            text=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_cache_rows_skip_failed_videos_and_refuse_missing_ones(tmp_path, caplog):
+    from pipeline.data.ucf101 import VideoItem  # not at module level: the writer subprocesses import this module
+
+    path = tmp_path / "c.h5"
+    with FeatureCacheWriter(path, FINGERPRINT, CLASSES, DIM) as writer:
+        writer.add("A/v_A_g01_c01", 0, video_features(0))
+        writer.add("A/v_A_g02_c01", 1, video_features(1))
+        writer.add_failure("B/v_B_g99_c01", "DecodeError: corrupt")
+    cache = FeatureCache(path)
+    item = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=1, group=2, clip=1)
+    failed = VideoItem(name="B/v_B_g99_c01", path=tmp_path / "y.avi", label=1, group=99, clip=1)
+    assert cache_rows(cache, [item, failed], "test") == ([1], [1])
+    assert "1 test videos failed to embed" in caplog.text and "DecodeError: corrupt" in caplog.text
+    missing = VideoItem(name="A/v_A_g07_c01", path=tmp_path / "z.avi", label=0, group=7, clip=1)
+    with pytest.raises(ActrecError, match="not in .*actrec embed"):
+        cache_rows(cache, [missing], "training")
+    wrong_label = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=0, group=2, clip=1)
+    with pytest.raises(ActrecError, match="label 1 in the cache but 0"):
+        cache_rows(cache, [wrong_label], "training")
 
 
 class _FirstFrames:

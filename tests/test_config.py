@@ -85,3 +85,29 @@ def test_empty_section_in_file_takes_overrides(tmp_path):
     path.write_text("train:\nmodel:\n  name: meanpool\n")
     cfg = load_config(path, ["train.epochs=3"])
     assert cfg.train.epochs == 3 and cfg.model.name == "meanpool"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", r"'lr' is given twice \(lines 2 and 4\)"),
+    ("train:\n  lr: 0.1\nmodel:\n  name: tcn\ntrain:\n  epochs: 3\n", r"'train' is given twice \(lines 1 and 5\)"),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, message):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ActrecError, match=rf"twice.yaml: {message}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_config_is_refused_not_taken_as_the_ucf101_job(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ActrecError, match="empty.yaml is empty; a config needs at least one section"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override", ["model.hidden_dim=8000000", "model.latent_dim=100000000",
+                                      "train.batch_size=10000000", "eval.batch_size=10000000"])
+def test_sizes_that_cannot_fit_in_memory_are_refused(override):
+    with pytest.raises(ActrecError, match=rf"--set {override}: {override.split('=')[0]}: .* above the maximum"):
+        load_config(ROOT / "configs" / "synthetic.yaml", [override])

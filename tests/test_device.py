@@ -21,3 +21,18 @@ def test_devices_and_precision():
     if not torch.cuda.is_available():
         with pytest.raises(ActrecError, match="no CUDA device.*--set train.device=auto or cpu"):
             resolve_device("cuda", option="train.device")
+
+
+def emulating_gpu(native: bool):
+    """torch.cuda.is_bf16_supported as a GPU answers it: emulated bf16 counts unless including_emulation=False."""
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native or including_emulation
+    return is_bf16_supported
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_picks_bf16_only_where_the_gpu_has_it(monkeypatch, native, expected):
+    # A V100 or T4 "supports" bf16 only by emulation: auto must pick fp16 there (training then scales the loss).
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_gpu(native))
+    assert autocast_dtype(torch.device("cuda"), "auto") == expected
+    assert autocast_dtype(torch.device("cuda"), "bf16") == torch.bfloat16  # asked for explicitly: honoured

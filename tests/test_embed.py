@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_overrides
+from conftest import read_video, tiny_overrides
 
 from pipeline.cli import cli
 from pipeline.data.frames import extract_frames
 from pipeline.data.ucf101 import embed_items
-from pipeline.data.video import read_video
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import embed_frames, load_backbone
-from pipeline.features.cache import FeatureCache, embed_fingerprint
+from pipeline.features.cache import FeatureCache
 from pipeline.features.embed import embed
+from pipeline.features.fingerprint import embed_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -42,7 +42,7 @@ def direct_features(cfg, video: Path, mirrored: bool = False) -> np.ndarray:
     return embed_frames(model, frames[:, :, ::-1] if mirrored else frames, cfg.embed.img_dim, CPU)
 
 
-def test_embed_writes_every_frame_of_every_video(tiny_dataset_config, capsys):
+def test_embed_writes_every_frame_of_every_video(tiny_dataset_config, caplog):
     cfg = tiny_dataset_config
     class_names, items = embed_items(cfg)
     summary = embed(cfg)
@@ -59,10 +59,11 @@ def test_embed_writes_every_frame_of_every_video(tiny_dataset_config, capsys):
         expected = direct_features(cfg, items[i].path)
         np.testing.assert_allclose(cache.sequence(i), expected, rtol=1e-2, atol=1e-2)  # float16 storage
 
-    capsys.readouterr()
-    again = embed(cfg)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        again = embed(cfg)
     assert again["embedded"] == 0 and again["skipped"] == 32
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to do" in caplog.text
 
     info = CliRunner().invoke(cli, ["info", cfg.cache.path])
     assert info.exit_code == 0, info.output
@@ -111,7 +112,7 @@ def test_flip_features_are_the_backbone_on_mirrored_frames(tiny_dataset_config):
     assert not np.allclose(cache.sequence(5, flip=True), cache.sequence(5), atol=0.05)
 
 
-def test_corrupt_and_empty_videos_are_recorded_not_fatal(tiny_dataset_root, tiny_dataset_config, tmp_path, capsys):
+def test_corrupt_and_empty_videos_are_recorded_not_fatal(tiny_dataset_root, tiny_dataset_config, tmp_path, caplog):
     cfg = tiny_dataset_config
     shutil.copytree(tiny_dataset_root / "videos", tmp_path / "videos")
     cfg.data.videos = str(tmp_path / "videos")
@@ -120,9 +121,10 @@ def test_corrupt_and_empty_videos_are_recorded_not_fatal(tiny_dataset_root, tiny
     (tmp_path / "videos" / f"{empty.name}.avi").write_bytes(b"")
     (tmp_path / "videos" / f"{garbage.name}.avi").write_bytes(os.urandom(5000))
 
-    summary = embed(cfg)
+    with caplog.at_level("INFO", logger="pipeline"):
+        summary = embed(cfg)
     assert summary["embedded"] == 30 and summary["failed"] == 2
-    out = capsys.readouterr().out
+    out = caplog.text
     assert f"failed: {empty.name}" in out and f"failed: {garbage.name}" in out
     cache = FeatureCache(cfg.cache.path)
     assert len(cache) == 30 and empty.name not in cache.names
@@ -151,7 +153,7 @@ def wait_for(proc: subprocess.Popen, path, count: int) -> int:
 
 
 def test_concurrent_embed_refused_and_kill_9_resume_equals_clean_run(tiny_dataset_root, tiny_dataset_config,
-                                                                     tmp_path, capsys):
+                                                                     tmp_path, caplog):
     """A real `actrec embed` subprocess: a second embed is refused; kill -9 mid-run; the resumed cache equals
     an uninterrupted run's bit for bit."""
     cfg = tiny_dataset_config
@@ -180,9 +182,9 @@ def test_concurrent_embed_refused_and_kill_9_resume_equals_clean_run(tiny_datase
     left = committed(killed)
     assert 2 < left < 32
 
-    capsys.readouterr()
+    caplog.clear()
     resumed = embed(cfg)
-    assert "stopped abruptly" in capsys.readouterr().err
+    assert "stopped abruptly" in caplog.text
     assert resumed["embedded"] == 32 - left and resumed["skipped"] == left
 
     cfg.cache.path = str(tmp_path / "clean.h5")

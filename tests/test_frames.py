@@ -4,12 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, read_video, tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.data.frames import FAILURES, extract_frames
 from pipeline.data.ucf101 import embed_items, frames_dir
-from pipeline.data.video import frame_paths, read_frames_dir, read_video
+from pipeline.data.video import frame_paths, read_frames_dir
 
 
 def frames_config(dataset_root: Path, frames: Path, *extra: str):

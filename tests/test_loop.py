@@ -10,13 +10,10 @@ from conftest import PROJECT_ROOT, tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCacheWriter, embed_fingerprint
-from pipeline.train.loop import (
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-    train,
-)
+from pipeline.features.cache_writer import FeatureCacheWriter
+from pipeline.features.fingerprint import embed_fingerprint
+from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.train.loop import train
 
 # Two time-reversed pairs, named like the synthetic dataset's so evaluation finds the pairs.
 CLASSES = ["BlockMoveRight", "BlockMoveLeft", "TriangleGrow", "TriangleShrink"]
@@ -161,13 +158,13 @@ def test_interrupted_run_continues_when_run_again(order_run, monkeypatch):
     assert summary["epochs"] == 2 and load_checkpoint(last)["epoch"] == 2
 
 
-def test_finished_run_is_skipped_and_a_changed_one_refused(order_run, capsys):
+def test_finished_run_is_skipped_and_a_changed_one_refused(order_run, caplog):
     train(order_run)
     last = Path(order_run.run.dir) / "checkpoints" / "last.pt"
     stamp = last.stat().st_mtime_ns
-    capsys.readouterr()
-    summary = train(order_run)
-    assert summary["skipped"] and "training already done" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="pipeline"):
+        summary = train(order_run)
+    assert summary["skipped"] and "training already done" in caplog.text
     assert last.stat().st_mtime_ns == stamp
 
     root = Path(order_run.run.dir).parent

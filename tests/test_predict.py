@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import read_video
 
 from pipeline.cli import cli
 from pipeline.data.ucf101 import load_split
-from pipeline.data.video import read_video
 from pipeline.errors import ActrecError
 from pipeline.features.cache import FeatureCache
 from pipeline.features.embed import embed

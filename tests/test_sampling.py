@@ -1,15 +1,11 @@
 import numpy as np
-import pytest
 
-from pipeline.data.ucf101 import VideoItem
-from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter
+from pipeline.features.cache import FeatureCache
+from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.train.sampling import (
     EvalClips,
     TrainClips,
-    cache_rows,
     eval_clip_indices,
-    load_features,
     pad_indices,
     train_clip_indices,
 )
@@ -111,22 +107,8 @@ def test_memory_and_disk_reads_agree(tmp_path):
     cache = write_cache(tmp_path / "c.h5", [9, 14], flip=True)
     disk = EvalClips(cache, [0, 1], [0, 1], length=4, clips=3)
     from_disk = [disk[k][0] for k in range(2)]
-    assert load_features(cache, "disk") == "disk"
-    assert load_features(cache, "auto") == "memory"  # a few KiB fit in a quarter of any machine's RAM
+    assert cache.place("disk") == "disk"
+    assert cache.place("auto") == "memory"  # a few KiB fit in a quarter of any machine's RAM
     from_memory = [disk[k][0] for k in range(2)]
     for a, b in zip(from_disk, from_memory):
         assert np.array_equal(a, b)
-
-
-def test_cache_rows_skip_failed_videos_and_refuse_missing_ones(tmp_path, capsys):
-    cache = write_cache(tmp_path / "c.h5", [4, 4])
-    item = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=1, group=2, clip=1)
-    failed = VideoItem(name="B/v_B_g99_c01", path=tmp_path / "y.avi", label=1, group=99, clip=1)
-    assert cache_rows(cache, [item, failed], "test") == ([1], [1])
-    assert "1 test videos failed to embed" in capsys.readouterr().err
-    missing = VideoItem(name="A/v_A_g07_c01", path=tmp_path / "z.avi", label=0, group=7, clip=1)
-    with pytest.raises(ActrecError, match="not in .*actrec embed"):
-        cache_rows(cache, [missing], "training")
-    wrong_label = VideoItem(name="A/v_A_g02_c01", path=tmp_path / "x.avi", label=0, group=2, clip=1)
-    with pytest.raises(ActrecError, match="label 1 in the cache but 0"):
-        cache_rows(cache, [wrong_label], "training")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, read_video, tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.data import synthetic
@@ -17,7 +17,7 @@ from pipeline.data.synthetic import (
     render_clip,
 )
 from pipeline.data.ucf101 import load_split
-from pipeline.data.video import read_video, video_fps
+from pipeline.data.video import video_fps
 from pipeline.errors import ActrecError
 
 
@@ -110,14 +110,15 @@ def test_same_config_gives_identical_videos(tmp_path, tiny_dataset_config):
     assert decoded_hashes(Path(other.data.videos)) != decoded_hashes(Path(cfg.data.videos))
 
 
-def test_existing_dataset_is_skipped_unless_forced_or_changed(tmp_path, capsys):
+def test_existing_dataset_is_skipped_unless_forced_or_changed(tmp_path, caplog):
     cfg = make_config(tmp_path)
     first = generate_dataset(cfg)
     assert not first["skipped"] and first["videos"] == 32 and first["frames"] == 32 * 12
     video = next(Path(cfg.data.videos).glob("*/*.avi"))
     mtime = video.stat().st_mtime_ns
-    assert generate_dataset(cfg)["skipped"] and video.stat().st_mtime_ns == mtime
-    assert "skipping" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert generate_dataset(cfg)["skipped"] and video.stat().st_mtime_ns == mtime
+    assert "skipping" in caplog.text
     assert not generate_dataset(cfg, force=True)["skipped"]
     changed = make_config(tmp_path, "synth.classes=2", "synth.frames=6")
     summary = generate_dataset(changed)

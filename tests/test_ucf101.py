@@ -92,7 +92,7 @@ def test_validation_is_whole_training_groups_and_seeded(tmp_path):
     assert again.val == split.val and other.val != split.val
 
 
-def test_random_split_warns_and_counts_leaked_groups(tmp_path, capsys):
+def test_random_split_warns_and_counts_leaked_groups(tmp_path, caplog):
     classes = ["Walk", "Run"]
     write_splits(tmp_path / "splits", classes, video_lines(classes, range(3, 11), range(1, 6)),
                  video_lines(classes, [1, 2], range(1, 6)))
@@ -100,11 +100,11 @@ def test_random_split_warns_and_counts_leaked_groups(tmp_path, capsys):
     assert len(split.test) == round(0.2 * 100) and len(split.train) == 80
     leaked = groups_of(split.test) & groups_of(split.train)
     assert split.leaked_groups == len(leaked) > 0
-    err = capsys.readouterr().err
-    assert "warning" in err and f"{split.leaked_groups} of {len(groups_of(split.test))} test groups" in err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{split.leaked_groups} of {len(groups_of(split.test))} test groups" in warnings[0]
 
 
-def test_random_groups_split_keeps_groups_on_one_side(tmp_path, capsys):
+def test_random_groups_split_keeps_groups_on_one_side(tmp_path, caplog):
     classes = ["Walk", "Run"]
     write_splits(tmp_path / "splits", classes, video_lines(classes, range(3, 11), range(1, 6)),
                  video_lines(classes, [1, 2], range(1, 6)))
@@ -113,7 +113,7 @@ def test_random_groups_split_keeps_groups_on_one_side(tmp_path, capsys):
     sides = [groups_of(split.train), groups_of(split.val), groups_of(split.test)]
     assert all(not (a & b) for i, a in enumerate(sides) for b in sides[i + 1:])
     assert len(split.test) == 2 * 2 * 5  # 20% of 10 groups per class, 5 clips each
-    assert "warning" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_synthetic_dataset_splits_load_with_videos(tiny_dataset_config):

@@ -1,8 +1,9 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import read_video
 
-from pipeline.data.video import DecodeError, read_frames_dir, read_video, video_fps
+from pipeline.data.video import DecodeError, read_frames_dir, video_fps
 
 
 def write_avi(path, frames=30, size=(32, 24), fps=10, fourcc="MJPG"):

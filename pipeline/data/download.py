@@ -15,6 +15,7 @@ folder in the archive (``UCF-101/``, ``ucfTrainTestlist/``) becomes the target.
 from __future__ import annotations
 
 import http.client
+import logging
 import re
 import shutil
 import stat
@@ -30,6 +31,8 @@ from tqdm import tqdm
 
 from pipeline.errors import ActrecError
 from pipeline.fileio import sha256_file, write_atomic
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 INSTALL_HINT = ("Install a RAR extractor: 'sudo apt-get install unar' (Debian/Ubuntu), 'brew install unar' (macOS), "
@@ -50,7 +53,7 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
     sidecar = dest.with_name(dest.name + ".sha256")
     if dest.exists():
         _check_existing(dest, sidecar)
-        print(f"{dest}: already downloaded and verified, skipping")
+        log.info(f"{dest}: already downloaded and verified, skipping")
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -67,7 +70,7 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
                 raise ActrecError(f"downloading {url} failed {failures} times in a row: {exc}. Run again to retry "
                                   f"(download.retries={retries}); a partial download resumes from {part.name}") from exc
             delay = min(backoff * 2 ** max(failures - 1, 0), 60.0)
-            tqdm.write(f"{dest.name}: {exc}; retrying in {delay:.1f}s")
+            log.info(f"{dest.name}: {exc}; retrying in {delay:.1f}s")
             time.sleep(delay)
     digest = sha256_file(part, progress=True)
     recorded = _recorded_sha256(sidecar)
@@ -78,7 +81,7 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
     if recorded is None:
         write_atomic(sidecar, f"{digest}  {dest.name}\n")
     part.replace(dest)
-    print(f"{dest}: downloaded {_size(dest):,} bytes, SHA-256 {digest}")
+    log.info(f"{dest}: downloaded {_size(dest):,} bytes, SHA-256 {digest}")
     return dest
 
 
@@ -194,7 +197,7 @@ def _extract_rar(archive: Path, into: Path) -> None:
             tool = find_rar_tool()
             # One extractor run for the whole archive: a run per member re-reads the archive each time,
             # which for UCF-101's 13,320 members costs far more than the unpacking itself.
-            print(f"unpacking {len(infos):,} entries of {archive.name} with {tool} (several minutes for UCF-101)")
+            log.info(f"unpacking {len(infos):,} entries of {archive.name} with {tool} (several minutes for UCF-101)")
             rf.extractall(into)
     except rarfile.Error as exc:
         raise ActrecError(f"{archive}: cannot unpack: {exc}. If the download is damaged, delete it and run "
@@ -227,7 +230,7 @@ def _check_entries(archive: Path, entries: list[tuple[str, bool]]) -> None:
 
 def _unpack(archive: Path, target: Path, extract) -> list[Path]:
     if _has_content(target):
-        print(f"{target}: already unpacked, skipping")
+        log.info(f"{target}: already unpacked, skipping")
         return _files(target)
     staging = target.with_name(f".{target.name}.unpacking")
     if staging.exists():
@@ -245,7 +248,7 @@ def _unpack(archive: Path, target: Path, extract) -> list[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files = _files(target)
-    print(f"{target}: unpacked {len(files):,} files from {archive.name}")
+    log.info(f"{target}: unpacked {len(files):,} files from {archive.name}")
     return files
 
 
@@ -273,11 +276,11 @@ def download_ucf101(cfg) -> None:
         find_rar_tool()  # fail before a 6.5 GB download, not after it
     for key, url, target, unpack in jobs:
         if _has_content(target):
-            print(f"{target}: already unpacked, skipping its download")
+            log.info(f"{target}: already unpacked, skipping its download")
             continue
         archive = download_file(url, Path(d.dest) / _archive_name(url, key), retries=d.retries, timeout=d.timeout)
         unpack(archive, target)
     videos = Path(cfg.data.videos)
     classes = [p for p in videos.iterdir() if p.is_dir()]
-    print(f"UCF-101 ready: {sum(len(list(c.glob('*.avi'))) for c in classes):,} videos in {len(classes)} class "
-          f"folders under {videos}; {len(_files(Path(cfg.data.splits)))} split files in {cfg.data.splits}")
+    log.info(f"UCF-101 ready: {sum(len(list(c.glob('*.avi'))) for c in classes):,} videos in {len(classes)} class "
+             f"folders under {videos}; {len(_files(Path(cfg.data.splits)))} split files in {cfg.data.splits}")

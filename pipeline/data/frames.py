@@ -10,12 +10,12 @@ removed on the next run. Videos that cannot be decoded are reported and listed i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-import click
 import cv2
 from joblib import Parallel, delayed
 from tqdm import tqdm
@@ -24,6 +24,8 @@ from pipeline.data.datasets import embed_items, frames_dir
 from pipeline.data.video import FRAME_PATTERN, DecodeError, iter_video_frames
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_json
+
+log = logging.getLogger(__name__)
 
 FAILURES = "failures.json"
 MANIFEST = "extract.json"
@@ -65,8 +67,8 @@ def extract_frames(cfg) -> dict:
     for stale in root.glob(f"*/.*{_PARTIAL}"):
         shutil.rmtree(stale)
     todo = [item for item in items if not frames_dir(cfg, item).is_dir()]
-    click.echo(f"extract: {len(items)} videos, {len(items) - len(todo)} already extracted, {len(todo)} to do "
-               f"-> {root}")
+    log.info(f"extract: {len(items)} videos, {len(items) - len(todo)} already extracted, {len(todo)} to do "
+             f"-> {root}")
     jobs = (delayed(extract_video)(item.path, frames_dir(cfg, item), cfg.extract.jpeg_quality) for item in todo)
     results = Parallel(n_jobs=cfg.extract.workers, return_as="generator")(jobs)
     frames, failures = 0, []
@@ -75,13 +77,13 @@ def extract_frames(cfg) -> dict:
         frames += count
         if reason is not None:
             failures.append({"name": item.name, "path": str(item.path), "reason": reason})
-            tqdm.write(f"failed: {item.name}: {reason}")
+            log.warning(f"failed: {item.name}: {reason}")
     write_json(root / FAILURES, {"failures": failures})
     summary = {"videos": len(items), "extracted": len(todo) - len(failures), "skipped": len(items) - len(todo),
                "frames": frames, "failures": len(failures), "seconds": round(time.perf_counter() - started, 2)}
-    click.echo(f"extract: {summary['extracted']} videos extracted ({frames} frames), {summary['skipped']} skipped, "
-               f"{summary['failures']} failed in {summary['seconds']:.1f}s"
-               + (f"; failures listed in {root / FAILURES}" if failures else ""))
+    log.info(f"extract: {summary['extracted']} videos extracted ({frames} frames), {summary['skipped']} skipped, "
+             f"{summary['failures']} failed in {summary['seconds']:.1f}s"
+             + (f"; failures listed in {root / FAILURES}" if failures else ""))
     return summary
 
 

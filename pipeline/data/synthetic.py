@@ -16,17 +16,18 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import json
-import os
+import logging
 import shutil
 import time
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 
 from pipeline.errors import ActrecError
-from pipeline.fileio import write_atomic, write_json
+from pipeline.fileio import atomic_path, write_atomic, write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "synth.json"
 GENERATOR_VERSION = 2  # bump when the rendering changes: a dataset made by another version is regenerated
@@ -107,8 +108,8 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     if (not force and previous and previous.get("complete") and previous.get("settings") == settings
             and previous.get("videos") == str(videos) and all(_video_path(videos, names[e[0]], *e[1:]).is_file()
                                                                   for e in entries)):
-        click.echo(f"synthetic dataset already in {videos} and {splits} (same synth settings); skipping "
-                   f"(use --force to regenerate)")
+        log.info(f"synthetic dataset already in {videos} and {splits} (same synth settings); skipping "
+                 f"(use --force to regenerate)")
         return {**summary, "skipped": True, "seconds": 0.0}
 
     # Mark the folder as ours and incomplete first: an interrupted run is never taken for a finished one.
@@ -128,9 +129,9 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     write_json(splits / MANIFEST, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
     summary.update(skipped=False, seconds=round(time.perf_counter() - started, 2))
-    click.echo(f"synthetic dataset: {summary['classes']} classes, {summary['videos']} videos, {summary['frames']} "
-               f"frames of {cfg.synth.width}x{cfg.synth.height} in {summary['seconds']:.1f}s -> {videos} "
-               f"(splits in {splits})")
+    log.info(f"synthetic dataset: {summary['classes']} classes, {summary['videos']} videos, {summary['frames']} "
+             f"frames of {cfg.synth.width}x{cfg.synth.height} in {summary['seconds']:.1f}s -> {videos} "
+             f"(splits in {splits})")
     return summary
 
 
@@ -262,19 +263,17 @@ def _video_path(videos: Path, name: str, group: int, clip: int) -> Path:
 
 def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     """Encode RGB frames into ``path`` through a temp file beside it, so a video is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.avi")
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
-    if not writer.isOpened():
-        raise ActrecError(f"{tmp}: OpenCV cannot write {FOURCC} .avi files here (check the folder and that "
-                          f"opencv-python-headless is installed with FFmpeg)")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
+        if not writer.isOpened():
+            raise ActrecError(f"{tmp}: OpenCV cannot write {FOURCC} .avi files here (check the folder and that "
+                              f"opencv-python-headless is installed with FFmpeg)")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
 
 
 def _read_manifest(splits: Path) -> dict | None:

@@ -12,10 +12,10 @@ training list by whole groups, so no stage ever selects on the test list.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
-import click
 import numpy as np
 
 from pipeline.data.splits import (  # noqa: F401  (VideoItem, Split, carve_validation, frames_dir: re-exported)
@@ -34,6 +34,8 @@ from pipeline.data.splits import (  # noqa: F401  (VideoItem, Split, carve_valid
 )
 from pipeline.errors import ActrecError
 
+log = logging.getLogger(__name__)
+
 OFFICIAL_SPLITS = (1, 2, 3)
 _VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 MISSING_HINT = "Check data.videos, or run `actrec download` (UCF-101) or `actrec synth` (synthetic dataset)"
@@ -51,10 +53,10 @@ def load_split(cfg, check_videos: bool = True) -> Split:
     result = finish_split(str(split), class_names, training, test, cfg)
     leaked = result.leaked_groups
     if split == "random":
-        click.echo(f"warning: split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
-                   f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
-                   f"{len(groups_of(test))} test groups also appear in train and test accuracy is inflated. "
-                   f"Use split 1, 2, 3 or 'random-groups' for honest numbers.", err=True)
+        log.warning(f"split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
+                    f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
+                    f"{len(groups_of(test))} test groups also appear in train and test accuracy is inflated. "
+                    f"Use split 1, 2, 3 or 'random-groups' for honest numbers.")
     return result
 
 

@@ -48,11 +48,6 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         raise DecodeError(f"{path}: truncated: decoded {count} of the {expected} frames its header lists")
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """All frames of a video file as one uint8 RGB array ``[T, H, W, 3]``."""
-    return np.stack(list(iter_video_frames(path)))
-
-
 def video_fps(path: str | Path, default: float = 25.0) -> float:
     """Frame rate from the container (UCF-101 is 25 fps); ``default`` when the container does not say."""
     capture = cv2.VideoCapture(str(path))

@@ -11,10 +11,10 @@ The embed stage, prediction and benchmarks all use these functions, so features 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ from torch import nn
 from pipeline.errors import ActrecError
 from pipeline.features.catalog import build_error, build_kwargs, find_head
 from pipeline.fileio import sha256_file
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,8 +108,8 @@ def load_backbone(name: str, weights: str, device: torch.device | str, img_dim: 
     """
     _check_name(name)
     if weights == "none":
-        click.echo(f"warning: embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); "
-                   f"its features are not ImageNet features", err=True)
+        log.warning(f"embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); "
+                    f"its features are not ImageNet features")
     model = _build(name, weights, img_dim)
     head, linear = find_head(model)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
@@ -149,11 +151,6 @@ def normalize(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def preprocess(frames: np.ndarray, img_dim: int, device: torch.device) -> torch.Tensor:
-    """uint8 frames ``[N, H, W, 3]`` -> the backbone's input on ``device``."""
-    return normalize(resize_frames(frames, img_dim), device)
-
-
 @torch.inference_mode()
 def forward(model: nn.Module, resized: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None = None,
             flip: bool = False) -> torch.Tensor:
@@ -165,8 +162,9 @@ def forward(model: nn.Module, resized: torch.Tensor, device: torch.device, amp_d
         return model(x).float().cpu()
 
 
-def embed_frames(model: nn.Module, frames: np.ndarray, img_dim: int, device: torch.device,
+def embed_frames(model: nn.Module, frames: Iterable[np.ndarray], img_dim: int, device: torch.device,
                  amp_dtype: torch.dtype | None = None, batch_size: int = 64, flip: bool = False) -> np.ndarray:
-    """Features ``[N, D]`` float32 of uint8 frames ``[N, H, W, 3]``, in batches."""
+    """Features ``[N, D]`` float32 of uint8 frames ``[H, W, 3]`` (an array or a stream), resized as they arrive
+    and run through the model ``batch_size`` at a time: what predict computes, frame for frame as embed does."""
     out = [forward(model, resized, device, amp_dtype, flip) for resized in resized_chunks(frames, img_dim, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.feature_dim), np.float32)

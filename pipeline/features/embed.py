@@ -10,13 +10,13 @@ writes exactly the features an uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -27,7 +27,11 @@ from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import forward, load_backbone, resized_chunks
-from pipeline.features.cache import FeatureCache, FeatureCacheWriter, embed_fingerprint
+from pipeline.features.cache import FeatureCache
+from pipeline.features.cache_writer import FeatureCacheWriter
+from pipeline.features.fingerprint import embed_fingerprint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,7 +120,7 @@ def embed(cfg) -> dict:
     path = Path(cfg.cache.path)
     fingerprint = embed_fingerprint(cfg)
     if _all_done(path, fingerprint, class_names, items):
-        click.echo(f"embed: all {len(items)} videos are already in {path}; nothing to do")
+        log.info(f"embed: all {len(items)} videos are already in {path}; nothing to do")
         return _summary(cfg, items, embedded=0, skipped=len(items), frames=0, failures={}, started=started,
                         embed_seconds=0.0)
     if cfg.embed.source == "frames" and not Path(cfg.data.frames).is_dir():
@@ -133,19 +137,19 @@ def embed(cfg) -> dict:
                             dtype=cfg.embed.dtype, config=cfg.to_dict()) as writer:
         todo = [item for item in items if item.name not in writer.done]
         retried = sum(item.name in writer.failures for item in todo)
-        click.echo(f"embed: {len(items)} videos, {len(items) - len(todo)} already in the cache, {len(todo)} to do"
-                   + (f" ({retried} failed before, retried)" if retried else "")
-                   + f" -> {path} [{cfg.embed.backbone}, {device}"
-                   + (f", {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "") + "]")
+        log.info(f"embed: {len(items)} videos, {len(items) - len(todo)} already in the cache, {len(todo)} to do"
+                 + (f" ({retried} failed before, retried)" if retried else "")
+                 + f" -> {path} [{cfg.embed.backbone}, {device}"
+                 + (f", {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "") + "]")
         embed_started = time.perf_counter()
-        counts = _run(cfg, model, device, amp_dtype, writer, todo)
+        counts = embed_and_commit(cfg, model, device, amp_dtype, writer, todo)
         embed_seconds = time.perf_counter() - embed_started
         failures = {name: writer.failures[name] for name in counts["failed"]}
     return _summary(cfg, items, embedded=counts["embedded"], skipped=len(items) - len(todo),
                     frames=counts["frames"], failures=failures, started=started, embed_seconds=embed_seconds)
 
 
-def _run(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem]) -> dict:
+def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem]) -> dict:
     """Decode, batch, forward and commit ``todo``; return what was embedded and what failed."""
     counts = {"embedded": 0, "frames": 0, "failed": []}
     bar = tqdm(total=len(todo), desc="embed", unit="video")
@@ -153,7 +157,7 @@ def _run(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[V
     def on_failure(video: _Decoded) -> None:
         writer.add_failure(video.item.name, video.reason)
         counts["failed"].append(video.item.name)
-        tqdm.write(f"failed: {video.item.name}: {video.reason}")
+        log.warning(f"failed: {video.item.name}: {video.reason}")
         bar.update(1)
 
     started = time.perf_counter()
@@ -188,12 +192,12 @@ def _summary(cfg, items, embedded: int, skipped: int, frames: int, failures: dic
                "frames_per_second": round(frames / embed_seconds, 1) if embed_seconds > 0 else 0.0,
                "cache": str(path), "cache_bytes": path.stat().st_size if path.exists() else 0}
     if embedded or failures:
-        click.echo(f"embed: {embedded} videos embedded ({frames} frames, {summary['frames_per_second']:.0f} "
-                   f"frames/s), {skipped} skipped, {len(failures)} failed in {seconds:.1f}s; {path} is "
-                   f"{summary['cache_bytes'] / 2**20:.1f} MiB")
+        log.info(f"embed: {embedded} videos embedded ({frames} frames, {summary['frames_per_second']:.0f} "
+                 f"frames/s), {skipped} skipped, {len(failures)} failed in {seconds:.1f}s; {path} is "
+                 f"{summary['cache_bytes'] / 2**20:.1f} MiB")
     for name, reason in sorted(failures.items()):
-        click.echo(f"  failed: {name}: {reason}")
+        log.info(f"  failed: {name}: {reason}")
     if failures:
-        click.echo(f"embed: failed videos are recorded in the cache (`actrec info {path}`) and retried on the next "
-                   f"run")
+        log.info(f"embed: failed videos are recorded in the cache (`actrec info {path}`) and retried on the next "
+                 f"run")
     return summary

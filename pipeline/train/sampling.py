@@ -18,9 +18,6 @@ samples the same clips whatever the number of DataLoader workers, and a resumed 
 
 from __future__ import annotations
 
-import os
-
-import click
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -53,52 +50,6 @@ def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
     offsets = (np.arange(clips)[:, None] + 0.5) / clips
     positions = (np.arange(length)[None, :] + offsets) * len(frames) / length
     return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
-
-
-def open_cache(cfg):
-    """The feature cache at cache.path; refused when it was made with other embed settings than ``cfg``."""
-    from pipeline.features.cache import FeatureCache, embed_fingerprint
-
-    return FeatureCache(cfg.cache.path, expected_fingerprint=embed_fingerprint(cfg))
-
-
-def cache_rows(cache, items, what: str) -> tuple[list[int], list[int]]:
-    """Cache rows and labels of ``items``; videos whose embedding failed are left out with a warning."""
-    rows, labels, failed = [], [], []
-    for item in items:
-        if item.name in cache.failures:
-            failed.append(item.name)
-            continue
-        row = cache.index_of(item.name)  # a video missing from the cache is an error that says to embed
-        if int(cache.labels[row]) != item.label:
-            raise ActrecError(f"{cache.path}: {item.name} has label {int(cache.labels[row])} in the cache but "
-                              f"{item.label} in the split files; the cache belongs to another dataset. Re-run "
-                              f"`actrec embed` or fix cache.path")
-        rows.append(row)
-        labels.append(item.label)
-    if failed:
-        click.echo(f"warning: {len(failed)} {what} videos failed to embed and are left out (e.g. {failed[0]}: "
-                   f"{cache.failures[failed[0]]})", err=True)
-    return rows, labels
-
-
-def load_features(cache, load: str) -> str:
-    """Read the cache into memory when ``load`` says so ('auto': when it fits in a quarter of RAM).
-
-    Returns 'memory' or 'disk'; on disk, each DataLoader worker reads clips through its own handle.
-    """
-    if load == "auto":
-        load = "memory" if cache.nbytes <= total_memory_bytes() // 4 else "disk"
-    if load == "memory":
-        cache.load_all()
-    return load
-
-
-def total_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 1024 ** 3  # unknown: assume a modest machine
 
 
 class TrainClips(Dataset):

@@ -1,0 +1,22 @@
+"""``make bench``: what the two-stage design buys, as ratios measured side by side in one run.
+
+Absolute times on a shared machine are noise; each row therefore compares two things measured in the
+same process, one right after the other, with the same thread count. Rows, one module per family:
+
+1. embed efficiency: whole ``embed`` frames/s over bare backbone forward frames/s (``embed``)
+2. embed vs the seed's loading path: PIL per frame, bicubic, fp32 NCHW, DataLoader (``embed``, ``seed_frames``)
+3. a training epoch on the cache vs the seed's loop with the frozen backbone inside, plus the FLOP ratio
+   (``stage_two``)
+4. disk: cache bytes per frame vs extracted-JPEG bytes per frame (``disk``)
+5. scaling: embed time and peak memory for N and 4N videos (``scaling``); stage-two data loading share of a
+   step (``stage_two``)
+6. GPU stage-one throughput, only where CUDA is present (``gpu``)
+
+``runner`` runs them and ``report`` writes results.json, results.md and the README table. Importing this
+package does not import torch; the row modules do, when the runner reaches them.
+"""
+
+from pipeline.bench.report import format_markdown, write_readme_section
+from pipeline.bench.runner import ROWS, run_benchmarks
+
+__all__ = ["ROWS", "format_markdown", "run_benchmarks", "write_readme_section"]

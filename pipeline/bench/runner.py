@@ -1,0 +1,65 @@
+"""Run the selected bench rows in one process, one after the other, and write their results."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from pipeline.bench.common import QUICK, Sizes, synthetic_dataset
+from pipeline.bench.report import check_markers, write_results
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu")
+
+
+def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench"), readme: Path | None = None,
+                   only: tuple[str, ...] = ()) -> dict:
+    """Run the rows (all, or ``only``), write results.json / results.md (and the README table); return the results.
+
+    The markdown table is ``pipeline.bench.format_markdown(result)``.
+    """
+    import torch
+
+    from pipeline.bench.gpu import device_name
+    from pipeline.device import set_threads
+
+    if readme is not None:
+        check_markers(readme)  # a README that cannot take the table fails before the long measurements
+    out_dir.mkdir(parents=True, exist_ok=True)  # likewise an out folder that cannot be made
+    sizes = QUICK if quick else Sizes()
+    set_threads(cfg.embed.threads)
+    selected = [name for name in ROWS if not only or name in only]
+    with tempfile.TemporaryDirectory(prefix="actrec-bench-") as tmp:
+        rows = _measure(cfg, sizes, selected, Path(tmp), "actrec bench" + (" --quick" if quick else ""))
+    result = {"quick": quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "device": device_name(), "sizes": sizes.__dict__, "rows": rows}
+    write_results(result, out_dir, readme)
+    log.info("bench: results written to %s", out_dir)
+    return result
+
+
+def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
+    """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
+    from pipeline.bench import disk, embed, gpu, scaling, stage_two
+
+    wanted = set(selected)
+    rows = []
+    if wanted & {"embed", "seed", "train", "disk"}:
+        dataset = synthetic_dataset(cfg, sizes, work / "embed", groups=sizes.videos // 2, clips=1)
+    if wanted & {"embed", "seed"}:
+        rows += embed.bench_embed(dataset, sizes, f"{cmd} --only embed", with_seed="seed" in wanted)
+    if wanted & {"train", "disk", "scaling"}:
+        cache_cfg = stage_two.feature_cache(sizes, work / "train")
+    if "train" in wanted:
+        rows.append(stage_two.bench_training(cache_cfg, dataset, sizes, f"{cmd} --only train"))
+    if "disk" in wanted:
+        rows.append(disk.bench_disk(cache_cfg, dataset, f"{cmd} --only disk"))
+    if "scaling" in wanted:
+        rows.append(scaling.bench_scaling(cfg, sizes, work / "scaling", f"{cmd} --only scaling"))
+        rows.append(stage_two.bench_loading_share(cache_cfg, sizes, f"{cmd} --only scaling"))
+    if "gpu" in wanted:
+        rows.append(gpu.bench_gpu(f"{cmd} --only gpu"))
+    return rows

@@ -1,0 +1,45 @@
+"""The command line: library messages reach the user through logging, which --quiet and --verbose control."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from conftest import PROJECT_ROOT, tiny_overrides
+
+from pipeline.cli import cli
+
+
+def synth_args(root) -> list[str]:
+    args = ["synth", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")]
+    for item in tiny_overrides(root):
+        args += ["--set", item]
+    return args
+
+
+def test_info_messages_show_by_default_and_quiet_hides_them(tmp_path):
+    first = CliRunner().invoke(cli, synth_args(tmp_path))
+    assert first.exit_code == 0, first.output
+    assert "synthetic dataset: 4 classes, 32 videos" in first.stderr
+    again = CliRunner().invoke(cli, ["--quiet"] + synth_args(tmp_path))
+    assert again.exit_code == 0 and again.stderr == "" and again.stdout == ""
+    verbose = CliRunner().invoke(cli, ["--verbose"] + synth_args(tmp_path))
+    assert "already in" in verbose.stderr and "skipping" in verbose.stderr
+
+
+def test_errors_are_one_line_with_status_2(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "-c", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: cannot read config")
+
+
+def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeypatch):
+    import torch
+
+    import pipeline.train.loop
+
+    def exhausted(cfg, resume=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 TiB")
+
+    monkeypatch.setattr(pipeline.train.loop, "train", exhausted)
+    result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "out of memory in `actrec train`" in result.stderr and "lower train.batch_size" in result.stderr
