@@ -242,12 +242,14 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, default=False,
               help="Also list models whose head cannot be removed generically.")
+@click.option("--every-weights", is_flag=True, default=False,
+              help="One row per model and torchvision weights (e.g. ViT's SWAG weights at 384), not only the default.")
 @reports_errors
-def backbones(show_all):
+def backbones(show_all, every_weights):
     """List torchvision's classification models: feature width, input size, GFLOPs, ImageNet top-1 (no download)."""
     from pipeline.features.catalog import format_catalog, list_backbones
 
-    click.echo(format_catalog(list_backbones(), show_all=show_all))
+    click.echo(format_catalog(list_backbones(every_weights=every_weights), show_all=show_all))
 
 
 @cli.command(name="config")

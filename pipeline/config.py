@@ -116,9 +116,12 @@ class ExtractConfig:
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
                        choices=["videos", "frames"], affects="features")
-    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True,
+    backbone: str = _key("resnet152", "any torchvision classification model (resnet152, vit_b_16, swin_t, ...; "
+                         "`actrec backbones` lists them)", nonempty=True,
                          affects="features")
-    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
+    weights: str = _key("imagenet", "'imagenet' (the model's default torchvision weights), another of its torchvision "
+                        "weights by name (e.g. IMAGENET1K_SWAG_E2E_V1; `actrec backbones --every-weights`), 'none' "
+                        "(random init) or a path to a state dict", nonempty=True,
                         affects="features")
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)

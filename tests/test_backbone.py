@@ -181,9 +181,12 @@ def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
 
 
 def test_fixed_size_models_refuse_other_sizes_with_the_sizes_they_take():
-    with pytest.raises(ActrecError, match=r"embed.img_dim=112: vit_b_16 with its ImageNet weights .* takes 224x224 "
-                                          r"input only; set embed.img_dim=224"):
+    with pytest.raises(ActrecError, match=r"embed.img_dim=112: vit_b_16 with weights ViT_B_16_Weights.IMAGENET1K_V1 "
+                                          r"takes 224x224 input only; set embed.img_dim=224, or .*: 224 \(imagenet\), "
+                                          r"384 \(IMAGENET1K_SWAG_E2E_V1\), 224 \(IMAGENET1K_SWAG_LINEAR_V1\)"):
         load_backbone("vit_b_16", "imagenet", CPU, img_dim=112)  # refused before any download
+    with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 takes 384x384 input only"):
+        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=224)
     with pytest.raises(ActrecError, match=r"vit_b_16 cannot take embed.img_dim=40 .*indivisible by patch size.*224"):
         load_backbone("vit_b_16", "none", CPU, img_dim=40)
     with pytest.raises(ActrecError, match=r"maxvit_t cannot take embed.img_dim=112 .*partition size.*try "
@@ -191,7 +194,29 @@ def test_fixed_size_models_refuse_other_sizes_with_the_sizes_they_take():
         load_backbone("maxvit_t", "none", CPU, img_dim=112)
 
 
+def test_torchvision_weights_by_name(tmp_path, monkeypatch):
+    assert weights_identity("vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"
+    assert weights_identity("vit_b_16", "imagenet") == "ViT_B_16_Weights.IMAGENET1K_V1"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # The size fits these weights: what stops it is the download, and the message names the file.
+    with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 .*place it at .*hub/checkpoints/"
+                                          r"vit_b_16_swag-9ac1b537\.pth"):
+        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=384)
+    with pytest.raises(ActrecError, match=r"IMAGENET2K_V9: no such file; use .* one of resnet18's torchvision "
+                                          r"weights \(IMAGENET1K_V1, DEFAULT\)"):
+        load_backbone("resnet18", "IMAGENET2K_V9", CPU)
+
+
 def test_backbones_table_comes_from_the_weights_metadata():
+    every = list_backbones(["vit_b_16"], every_weights=True)
+    assert [(r["weights"], r["trained_size"]) for r in every] == [
+        ("imagenet", 224), ("IMAGENET1K_SWAG_E2E_V1", 384), ("IMAGENET1K_SWAG_LINEAR_V1", 224)]
+    assert "IMAGENET1K_SWAG_E2E_V1     ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1" in format_catalog(every)
     rows = {row["name"]: row for row in list_backbones(["vit_b_16", "regnet_y_128gf", "resnet18", "squeezenet1_0"])}
     assert (rows["vit_b_16"]["dim"], rows["vit_b_16"]["fixed"], rows["vit_b_16"]["trained_size"]) == (768, True, 224)
     assert rows["vit_b_16"]["gflops"] == pytest.approx(17.564) and rows["vit_b_16"]["top1"] == pytest.approx(81.072)

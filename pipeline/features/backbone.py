@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ActrecError
-from pipeline.features.catalog import build_error, build_kwargs, find_head
+from pipeline.features.catalog import build_error, build_kwargs, find_head, pretrained_weights
 from pipeline.fileio import sha256_file
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def weights_identity(name: str, weights: str) -> str:
     """What the features' weights are: the torchvision enum, a seeded random init, or a file's SHA-256."""
-    if weights == "imagenet":
+    if weights != "none":
         _check_name(name)
-        return str(torchvision.models.get_model_weights(name).DEFAULT)
+        enum = pretrained_weights(name, weights)
+        if enum is not None:
+            return str(enum)
     if weights == "none":
         return f"none (random init, seed {RANDOM_INIT_SEED})"
     path = Path(weights)
@@ -63,8 +65,8 @@ def weights_identity(name: str, weights: str) -> str:
 
 def _build(name: str, weights: str, img_dim: int | None = None) -> nn.Module:
     kwargs = build_kwargs(name, weights, img_dim)
-    if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(name).DEFAULT
+    enum = pretrained_weights(name, weights)
+    if enum is not None:
         try:
             return torchvision.models.get_model(name, weights=enum)
         except Exception as exc:  # urllib/OSError/RuntimeError depending on how the download failed
@@ -80,9 +82,11 @@ def _build(name: str, weights: str, img_dim: int | None = None) -> nn.Module:
             raise build_error(name, img_dim, exc) from exc
 
 
-def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
+def _load_state_dict(model: nn.Module, head: str, path: Path, name: str) -> None:
     if not path.is_file():
-        raise ActrecError(f"embed.weights={path}: no such file; use 'imagenet', 'none' or a path to a state dict")
+        names = ", ".join(torchvision.models.get_model_weights(name).__members__)
+        raise ActrecError(f"embed.weights={path}: no such file; use 'imagenet', 'none', a path to a state dict or "
+                          f"one of {name}'s torchvision weights ({names})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -114,8 +118,8 @@ def load_backbone(name: str, weights: str, device: torch.device | str, img_dim: 
     head, linear = find_head(model)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
-    if weights not in ("imagenet", "none"):
-        _load_state_dict(model, head, Path(weights))
+    if weights != "none" and pretrained_weights(name, weights) is None:
+        _load_state_dict(model, head, Path(weights), name)
     model.feature_dim = linear.in_features
     model.requires_grad_(False)
     return model.eval().to(device, memory_format=torch.channels_last)

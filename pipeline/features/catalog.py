@@ -51,32 +51,49 @@ def default_weights(name: str):
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
-def build_kwargs(name: str, weights: str, img_dim: int | None) -> dict:
-    """Builder keywords for a fixed-size model at ``img_dim``; refuses a size its ImageNet weights cannot take.
+def pretrained_weights(name: str, weights: str):
+    """The torchvision weights ``embed.weights`` names for model ``name``: 'imagenet' is the model's default, a
+    member name (``IMAGENET1K_SWAG_E2E_V1``) that one; None for 'none' (random init) or a state dict path."""
+    enum_type = torchvision.models.get_model_weights(name)
+    if weights == "imagenet":
+        return enum_type.DEFAULT
+    return enum_type[weights] if weights in enum_type.__members__ else None
 
-    With ImageNet weights the size is the one they were trained at (their ``min_size`` metadata). A random
+
+def weights_sizes(name: str) -> str:
+    """The input size each of the model's weights takes, e.g. '224 (imagenet), 384 (IMAGENET1K_SWAG_E2E_V1)'."""
+    default = default_weights(name)
+    return ", ".join(f"{w.meta['min_size'][0]} ({'imagenet' if w == default else w.name})"
+                     for w in torchvision.models.get_model_weights(name))
+
+
+def build_kwargs(name: str, weights: str, img_dim: int | None) -> dict:
+    """Builder keywords for a fixed-size model at ``img_dim``; refuses a size its pretrained weights cannot take.
+
+    With pretrained weights the size is the one they were trained at (their ``min_size`` metadata). A random
     init or a state dict is built for ``img_dim`` itself (ViT: any multiple of its patch size).
     """
     kwarg = fixed_size_kwarg(name)
     if kwarg is None:
         return {}
-    enum = default_weights(name)
-    size = enum.meta["min_size"][0]
-    if weights == "imagenet":
+    enum = pretrained_weights(name, weights)
+    if enum is not None:
+        size = enum.meta["min_size"][0]
         if img_dim not in (None, size):
-            raise ActrecError(f"embed.img_dim={img_dim}: {name} with its ImageNet weights ({enum}) takes "
-                              f"{size}x{size} input only; set embed.img_dim={size}")
+            raise ActrecError(f"embed.img_dim={img_dim}: {name} with weights {enum} takes {size}x{size} input only; "
+                              f"set embed.img_dim={size}, or pick weights for another size (embed.weights): "
+                              f"{weights_sizes(name)}")
         return {}
-    dim = img_dim or size
+    dim = img_dim or default_weights(name).meta["min_size"][0]
     return {kwarg: dim if kwarg == "image_size" else (dim, dim)}
 
 
 def build_error(name: str, img_dim: int | None, exc: Exception) -> ActrecError:
-    """The one-line refusal of a model that cannot be built for ``img_dim``, with the size it was trained at."""
+    """The one-line refusal of a model that cannot be built for ``img_dim``, with the sizes its weights take."""
     size = default_weights(name).meta["min_size"][0]
     reason = " ".join(str(exc).split())[:200]
-    return ActrecError(f"embed.backbone={name} cannot take embed.img_dim={img_dim} ({reason}); its ImageNet weights "
-                       f"take {size}; try embed.img_dim={size}")
+    return ActrecError(f"embed.backbone={name} cannot take embed.img_dim={img_dim} ({reason}); its pretrained "
+                       f"weights take {weights_sizes(name)}; try embed.img_dim={size}")
 
 
 @contextlib.contextmanager
@@ -109,23 +126,25 @@ def feature_width(name: str) -> int | None:
         return None
 
 
-def list_backbones(names: list[str] | None = None) -> list[dict]:
-    """One row per torchvision classification model (or per name of ``names``), from its default weights' metadata."""
+def list_backbones(names: list[str] | None = None, every_weights: bool = False) -> list[dict]:
+    """One row per torchvision classification model (or per name of ``names``), from its default weights'
+    metadata; with ``every_weights``, one row per model and weights."""
     rows = []
     for name in names or torchvision.models.list_models(module=torchvision.models):
-        enum = default_weights(name)
-        meta = enum.meta
-        crop = getattr(enum.transforms(), "crop_size", [None])[0]
-        rows.append({"name": name, "dim": feature_width(name), "fixed": fixed_size_kwarg(name) is not None,
-                     "min_size": meta["min_size"][0], "trained_size": crop, "gflops": meta.get("_ops"),
-                     "top1": meta["_metrics"]["ImageNet-1K"]["acc@1"], "weights": str(enum)})
+        default, dim, fixed = default_weights(name), feature_width(name), fixed_size_kwarg(name) is not None
+        for enum in torchvision.models.get_model_weights(name) if every_weights else [default]:
+            meta = enum.meta
+            rows.append({"name": name, "dim": dim, "fixed": fixed, "min_size": meta["min_size"][0],
+                         "trained_size": getattr(enum.transforms(), "crop_size", [None])[0],
+                         "gflops": meta.get("_ops"), "top1": meta["_metrics"]["ImageNet-1K"]["acc@1"],
+                         "weights": "imagenet" if enum == default else enum.name, "enum": str(enum)})
     return rows
 
 
 def format_catalog(rows: list[dict], show_all: bool = False) -> str:
     """A table sorted by ImageNet top-1, best first."""
     lines = [f"{'embed.backbone':<20} {'dim':>5} {'img_dim':<16} {'GFLOPs':>8} {'top1':>6}  "
-             f"weights (embed.weights=imagenet)"]
+             f"{'embed.weights':<26} torchvision weights"]
     lines.append("-" * len(lines[0]))
     for row in sorted(rows, key=lambda r: -r["top1"]):
         if row["dim"] is None and not show_all:
@@ -134,8 +153,8 @@ def format_catalog(rows: list[dict], show_all: bool = False) -> str:
                 else f">={row['min_size']} ({row['trained_size']})")
         dim = "-" if row["dim"] is None else str(row["dim"])
         lines.append(f"{row['name']:<20} {dim:>5} {size:<16} {row['gflops']:>8.2f} {row['top1']:>6.2f}  "
-                     f"{row['weights']}")
-    lines.append("img_dim: the input size with ImageNet weights ('only': fixed; else the minimum and, in brackets, "
+                     f"{row['weights']:<26} {row['enum']}")
+    lines.append("img_dim: the input size with these weights ('only': fixed; else the minimum and, in brackets, "
                  "the size the weights were trained at). GFLOPs at the trained size. With embed.weights=none, ViT "
-                 "takes any multiple of its patch size.")
+                 "takes any multiple of its patch size. `actrec backbones --every-weights` lists every weights.")
     return "\n".join(lines)
