@@ -185,6 +185,7 @@ def test_folder_without_groups_draws_videos_and_reads_your_own_lists(tmp_path):
     (lambda v: touch(v / "clip.avi"), r"videos/clip.avi: a file directly in data.videos"),
     (lambda v: touch(v / "run" / "more" / "x.avi"), r"run/more: a folder inside class folder 'run'"),
     (lambda v: touch(v / "run" / "run take 2.avi"), r"'run/run take 2' contains whitespace"),
+    (lambda v: touch(v / "sit down" / "sit_g01_c1.avi"), r"videos/sit down: class folder name contains whitespace"),
     (lambda v: touch(v / "run" / "run_take2.avi"), r"run_take2.avi: 'run/run_take2' does not match "
                                                    r"data.group_pattern"),
 ])

@@ -73,7 +73,9 @@ def scan_videos(videos: Path, regex: re.Pattern | None) -> tuple[list[str], list
         if not entry.is_dir():
             raise ActrecError(f"{entry}: a file directly in data.videos; videos go into a folder per class "
                               f"({videos}/<class>/<video>), move it into one")
-        check_entry_name(entry.name + "/x", str(entry))
+        if re.search(r"\s", entry.name):
+            raise ActrecError(f"{entry}: class folder name contains whitespace, which classInd.txt cannot hold; "
+                              f"rename the folder")
         found = _class_videos(entry, len(classes), regex)
         classes.append(entry.name)
         items += found

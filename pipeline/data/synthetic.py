@@ -120,12 +120,7 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     for label, group, clip in entries:
         _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], group, clip),
                      cfg.synth.fps)
-    for stale in split_files(splits):  # ours (the manifest says so), maybe of another format or an older split
-        stale.unlink()
-    if cfg.data.format == "ucf101":
-        write_split_files(splits, names, entries, cfg.synth.groups)
-    elif cfg.data.format == "hmdb51":
-        write_hmdb51_split_files(splits, names, entries, cfg.synth.groups)
+    _write_format_splits(cfg, splits, names, entries)
     write_json(splits / MANIFEST, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
     summary.update(skipped=False, seconds=round(time.perf_counter() - started, 2))
@@ -145,6 +140,16 @@ def write_split_files(splits: Path, names: list[str], entries: list[tuple[int, i
         train_lines = [f"{path} {label + 1}" for path, label, test in rows if not test]
         write_atomic(splits / f"trainlist{k:02d}.txt", _crlf(train_lines))
         write_atomic(splits / f"testlist{k:02d}.txt", _crlf([path for path, _, test in rows if test]))
+
+
+def _write_format_splits(cfg, splits: Path, names: list[str], entries: list[tuple[int, int, int]]) -> None:
+    """The split files of data.format (none for 'folder': data.split=auto draws them on first use)."""
+    for stale in split_files(splits):  # ours (the manifest says so), maybe of another format or an older split
+        stale.unlink()
+    if cfg.data.format == "ucf101":
+        write_split_files(splits, names, entries, cfg.synth.groups)
+    elif cfg.data.format == "hmdb51":
+        write_hmdb51_split_files(splits, names, entries, cfg.synth.groups)
 
 
 def write_hmdb51_split_files(splits: Path, names: list[str], entries: list[tuple[int, int, int]], groups: int) -> None:
