@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pipeline.config import UCF101_SPLITS_URL, UCF101_URL
 from pipeline.data.download import (
-    _archive_name,
-    _has_content,
+    archive_name,
     download_file,
     download_ucf101,
     find_rar_tool,
+    has_content,
     unpack_rar,
 )
 from pipeline.errors import ActrecError
@@ -50,10 +50,10 @@ def download_hmdb51(cfg) -> None:
                           f"archives; set them to {HMDB51_VIDEOS_URL} and {HMDB51_SPLITS_URL} "
                           f"(configs/hmdb51.yaml does)")
     splits, videos, dest = Path(cfg.data.splits), Path(cfg.data.videos), Path(d.dest)
-    done = dest / f"{_archive_name(d.videos_url, 'download.videos_url')}.unpacked"
-    if not (_has_content(splits) and done.exists()):
+    done = dest / f"{archive_name(d.videos_url, 'download.videos_url')}.unpacked"
+    if not (has_content(splits) and done.exists()):
         find_rar_tool()  # fail before a 2 GB download, not after it
-    if _has_content(splits):
+    if has_content(splits):
         log.info("%s: already unpacked, skipping its download", splits)
     else:
         unpack_rar(_fetch(cfg, d.splits_url, "download.splits_url"), splits)
@@ -69,7 +69,7 @@ def download_hmdb51(cfg) -> None:
 
 def _fetch(cfg, url: str, key: str) -> Path:
     d = cfg.download
-    return download_file(url, Path(d.dest) / _archive_name(url, key), retries=d.retries, timeout=d.timeout)
+    return download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout)
 
 
 def _unpack_classes(archive: Path, videos: Path, dest: Path) -> None:
