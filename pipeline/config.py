@@ -124,6 +124,9 @@ class EmbedConfig:
                         "(random init) or a path to a state dict", nonempty=True,
                         affects="features")
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
+    resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "
+                       "the ImageNet weights were trained; 'squash': the whole frame to img_dim x img_dim (the "
+                       "seed's way: aspect distorted)", choices=["crop", "squash"], affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
@@ -135,6 +138,11 @@ class EmbedConfig:
     dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"], affects="features")
 
     @property
+    def resize_tag(self) -> str:
+        """'' for crop, 'sq' for squash: the default cache path tells the two preprocessings apart."""
+        return "sq" if self.resize == "squash" else ""
+
+    @property
     def weights_tag(self) -> str:
         """Short file-name-safe name for the weights (a path becomes its stem)."""
         if self.weights in ("imagenet", "none"):
@@ -144,8 +152,9 @@ class EmbedConfig:
 
 @dataclass
 class CacheConfig:
-    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}_{embed.source}.h5",
-                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/source")
+    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
+                     "{embed.source}.h5",
+                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/resize/source")
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
                      "or in memory when they fit in a quarter of RAM ('auto')", choices=["auto", "memory", "disk"])
 
@@ -175,6 +184,12 @@ class TrainConfig:
     grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, max=1e6, affects="training")
     seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
                      affects="training")
+    sampler: str = _key("segments", "training clips: a random frame of each of sequence_length equal segments "
+                         "(one time scale with evaluation and prediction), or the seed's random stride and start",
+                         choices=["segments", "stride"], affects="training")
+    flip: Union[bool, str] = _key("auto", "train on mirrored features half the time; 'auto' = when the cache has "
+                                  "them (embed.flip). Switch it off where left and right matter (MoveLeft vs "
+                                  "MoveRight)", choices=["auto", True, False], affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)

@@ -25,6 +25,7 @@ from pipeline.train.metrics import (
     pair_accuracy,
     per_class_accuracy,
     topk_accuracy,
+    topk_hits,
     video_scores,
 )
 
@@ -42,10 +43,10 @@ def evaluate(cfg) -> dict:
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
     check_same_test_list(cfg, ckpt, path)
-    dataset, split = test_data(cfg, ckpt, path)
+    dataset, split, unscored_labels = test_data(cfg, ckpt, path)
     logits, labels = score_test_clips(cfg, ckpt, dataset)
-    metrics = compute_metrics(logits, labels, split.class_names)
-    metrics.update(describe_evaluation(cfg, ckpt, path, split, len(labels)))
+    metrics = compute_metrics(logits, labels, split.class_names, unscored_labels)
+    metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
     return metrics
@@ -64,12 +65,19 @@ def test_data(cfg, ckpt: dict, path: Path):
     split = load_split(cfg, check_videos=False)
     if split.class_names != ckpt["class_names"]:
         raise ActrecError(f"{path} was trained on other classes than {cfg.data.splits}/classInd.txt lists")
-    rows, labels = cache_rows(cache, split.test, "test")
+    # The protocol: a test video without features is a wrong answer, not a smaller test set.
+    unscored = [item for item in split.test if item.name not in cache or item.name in cache.failures]
+    missing = {item.name for item in unscored}
+    rows, labels = cache_rows(cache, [item for item in split.test if item.name not in missing], "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    cache.place(cfg.cache.load)
+    if unscored:
+        log.warning(f"{len(unscored)} of {len(split.test)} test videos have no features in {cfg.cache.path} "
+                    f"(e.g. {unscored[0].name}); they count as wrong answers. `actrec info {cfg.cache.path}` "
+                    f"lists failures; `actrec embed` adds missing videos")
+    cache.place(cfg.cache.load, flip=False)  # evaluation never reads mirrored features
     length = ckpt["config"]["train"]["sequence_length"]
-    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split
+    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split, [item.label for item in unscored]
 
 
 def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +93,11 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
                          desc="evaluate")
 
 
-def describe_evaluation(cfg, ckpt: dict, path: Path, split, num_videos: int) -> dict:
+def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
     """The metrics.json fields that say what was evaluated: split, model, checkpoint, clips, leaks."""
     return {
         "split": split.name,
         "model": ckpt["config"]["model"]["name"],
-        "num_videos": num_videos,
         "eval_clips": cfg.eval.clips,
         "sequence_length": ckpt["config"]["train"]["sequence_length"],
         "checkpoint": str(path),
@@ -134,17 +141,29 @@ def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
                           f"trained with, or train a run for this split")
 
 
-def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``."""
+def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    unscored_labels=()) -> dict:
+    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``.
+
+    ``unscored_labels`` are the labels of test videos with no features (missing from the cache or failed to
+    embed): wrong answers in top-1, top-5 and the per-class numbers, as the UCF-101 protocol counts them.
+    ``top1_embedded`` is top-1 over the scored videos alone; the confusion matrix holds scored videos only.
+    """
     n, k, c = clip_logits.shape
     scores = video_scores(clip_logits)
     matrix = confusion_matrix(labels, scores.argmax(axis=1), c)
+    unscored = np.bincount(np.asarray(unscored_labels, dtype=np.int64), minlength=c)
+    total = n + len(unscored_labels)
     metrics = {
-        "top1": topk_accuracy(scores, labels, 1),  # video level: the mean of a video's clip probabilities
-        "top5": topk_accuracy(scores, labels, 5),
-        "mean_class_accuracy": mean_class_accuracy(matrix),
+        # Video level: a video's score is the mean of its clips' probabilities.
+        "top1": float(topk_hits(scores, labels, 1).sum() / total),
+        "top5": float(topk_hits(scores, labels, 5).sum() / total),
+        "top1_embedded": topk_accuracy(scores, labels, 1),
+        "mean_class_accuracy": mean_class_accuracy(matrix, unscored),
         "clip_top1": topk_accuracy(clip_logits.reshape(n * k, c), np.repeat(labels, k), 1),
-        "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix))},
+        "num_videos": total,
+        "num_failed": len(unscored_labels),
+        "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix, unscored))},
         "confusion_matrix": matrix.tolist(),
     }
     pairs = reversed_pairs(class_names)

@@ -21,7 +21,7 @@ from pipeline.config import config_from_dict
 from pipeline.data.video import iter_video_frames, video_fps
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import embed_frames, load_backbone, weights_identity
+from pipeline.features.backbone import embed_frames, frame_resize, load_backbone, weights_identity
 from pipeline.fileio import atomic_path, write_json
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax
@@ -70,8 +70,8 @@ class Predictor:
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
         embed = self.cfg.embed
-        features = embed_frames(self.backbone, iter_video_frames(path), embed.img_dim, self.device, self.amp_dtype,
-                                embed.batch_size)
+        features = embed_frames(self.backbone, iter_video_frames(path), frame_resize(embed), self.device,
+                                self.amp_dtype, embed.batch_size)
         # The model was trained on features stored in the cache dtype; round the same way.
         return features.astype(self.storage_dtype).astype(np.float32)
 

@@ -227,3 +227,14 @@ def test_backbones_table_comes_from_the_weights_metadata():
     assert table.index("regnet_y_128gf") < table.index("vit_b_16") < table.index("resnet18")  # best top-1 first
     assert "224 only" in table and "squeezenet" not in table
     assert "squeezenet1_0" in format_catalog(list(rows.values()), show_all=True)
+
+
+def test_the_crop_follows_the_named_weights_own_transforms():
+    from pipeline.config import load_config
+    from pipeline.features.backbone import frame_resize
+
+    swag = load_config(None, ["embed.backbone=vit_b_16", "embed.weights=IMAGENET1K_SWAG_E2E_V1", "embed.img_dim=384",
+                              "embed.resize=crop"])
+    assert frame_resize(swag.embed).short_side == 384  # SWAG E2E: resize 384, crop 384
+    default = load_config(None, ["embed.backbone=vit_b_16", "embed.img_dim=224", "embed.resize=crop"])
+    assert frame_resize(default.embed).short_side == 256  # IMAGENET1K_V1: resize 256, crop 224

@@ -18,9 +18,10 @@ def test_shipped_configs_load(name):
     assert "{" not in cfg.run.dir
 
 
-def test_ucf101_config_has_seed_hyperparameters():
+def test_ucf101_config_has_seed_hyperparameters_and_the_weights_preprocessing():
     cfg = load_config(ROOT / "configs" / "ucf101.yaml")
-    assert (cfg.embed.backbone, cfg.embed.weights, cfg.embed.img_dim) == ("resnet152", "imagenet", 112)
+    assert (cfg.embed.backbone, cfg.embed.weights, cfg.embed.img_dim, cfg.embed.resize) == ("resnet152", "imagenet",
+                                                                                          224, "crop")
     assert (cfg.train.sequence_length, cfg.model.latent_dim, cfg.model.hidden_dim) == (40, 512, 1024)
     assert cfg.model.bidirectional and cfg.model.attention and cfg.train.batch_size == 16
 

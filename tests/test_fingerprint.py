@@ -85,7 +85,8 @@ def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(t
                                      f.read_text())
     changed = {"data.splits": str(splits), "embed.weights": str(weights), "extract.jpeg_quality": 50,
                "data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": 64, "embed.source": "videos",
-               "embed.flip": True, "embed.dtype": "float32"}
+               "embed.flip": True, "embed.dtype": "float32",
+               "embed.resize": "crop"}
     assert DERIVED <= set(keys_affecting("features"))
     before = embed_fingerprint(cfg)
     for name in keys_affecting("features"):

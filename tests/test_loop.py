@@ -26,11 +26,14 @@ def order_config(root: Path, *overrides: str):
     return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root) + base + list(overrides))
 
 
-def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True) -> None:
+def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True,
+                        failed: tuple = (), missing: tuple = ()) -> None:
     """Split files and a feature cache where a pair's two classes have the same frames in opposite order.
 
     Each frame is a point moving along the pair's direction; the reversed class moves the other way. The
     mean over time is the same for both classes of a pair, so an order-blind model is at chance within a pair.
+    Videos named in ``failed`` are recorded as failed to embed, those in ``missing`` left out; the others get
+    the same features whatever these two hold.
     """
     splits = Path(cfg.data.splits)
     splits.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,11 @@ def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with
             n = int(rng.integers(14, 26))
             t = np.linspace(-1.0, 1.0, n)[:: -1 if label % 2 else 1]
             features = 2.0 * np.outer(t, directions[label // 2]) + rng.normal(0, 0.3, (n, dim))
-            writer.add(path(label, g, c)[:-4], label, features.astype(np.float32))
+            name = path(label, g, c)[:-4]
+            if name in failed:
+                writer.add_failure(name, "DecodeError: corrupt")
+            elif name not in missing:
+                writer.add(name, label, features.astype(np.float32))
 
 
 @pytest.fixture

@@ -139,6 +139,9 @@ class FeatureCache:
         self._file = None
         self._file_pid = None
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -186,28 +189,34 @@ class FeatureCache:
         block = data[start + unique]
         return block[np.searchsorted(unique, frame_indices)].astype(np.float32)
 
-    def load_all(self) -> None:
-        """Read the whole feature array(s) into memory; later reads touch no disk."""
-        for flip in (False, True) if self.has_flip else (False,):
-            if flip not in self._memory:
-                self._memory[flip] = self._dataset(flip)[: self.total_frames]
+    def load_all(self, flip: bool = True) -> None:
+        """Read the feature array (and with ``flip`` the mirrored one) into memory; later reads touch no disk."""
+        for mirrored in (False, True) if flip and self.has_flip else (False,):
+            if mirrored not in self._memory:
+                self._memory[mirrored] = self._dataset(mirrored)[: self.total_frames]
         self.close()
 
-    def place(self, load: str) -> str:
-        """Read the features into memory when ``load`` says so ('auto': when they fit in a quarter of RAM).
+    def place(self, load: str, flip: bool = True) -> str:
+        """Read the features into memory when ``load`` says so ('auto': when they fit in a quarter of RAM);
+        the mirrored ones too unless ``flip`` is False (a reader that never asks for them).
 
         Returns where they are now, 'memory' or 'disk'; on disk, each DataLoader worker reads through its own handle.
         """
         if load == "auto":
-            load = "memory" if self.nbytes <= _total_memory_bytes() // 4 else "disk"
+            load = "memory" if self.nbytes_to_load(flip) <= _total_memory_bytes() // 4 else "disk"
         if load == "memory":
-            self.load_all()
+            self.load_all(flip)
         return load
+
+    def nbytes_to_load(self, flip: bool = True) -> int:
+        """Size of the committed feature array (with ``flip``, plus the mirrored one) in memory."""
+        copies = 2 if flip and self.has_flip else 1
+        return self.total_frames * self.dim * np.dtype(self.dtype).itemsize * copies
 
     @property
     def nbytes(self) -> int:
-        """Size of the committed feature array(s) in memory."""
-        return self.total_frames * self.dim * np.dtype(self.dtype).itemsize * (2 if self.has_flip else 1)
+        """Size of all committed feature arrays in memory."""
+        return self.nbytes_to_load(flip=True)
 
     def close(self) -> None:
         if self._file is not None and self._file_pid == os.getpid():

@@ -26,7 +26,7 @@ from pipeline.data.frames import check_frames_manifest
 from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import forward, load_backbone, resized_chunks
+from pipeline.features.backbone import forward, frame_resize, load_backbone, resized_chunks
 from pipeline.features.cache import FeatureCache
 from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.fingerprint import embed_fingerprint
@@ -51,7 +51,7 @@ def decode_resized(cfg, item: VideoItem) -> _Decoded:
     try:
         frames = (read_frames_dir(frames_dir(cfg, item)) if cfg.embed.source == "frames"
                   else iter_video_frames(item.path))
-        parts = list(resized_chunks(frames, cfg.embed.img_dim, cfg.embed.batch_size))
+        parts = list(resized_chunks(frames, frame_resize(cfg.embed), cfg.embed.batch_size))
     except DecodeError as exc:
         return _Decoded(item, reason=str(exc))
     frames = torch.cat(parts)

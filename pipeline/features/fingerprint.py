@@ -17,7 +17,7 @@ from pipeline.errors import ActrecError
 
 # The config keys that change the features are marked `affects="features"` in the schema (pipeline/config.py).
 # Most are recorded as is under their own name; these are recorded otherwise (see _derived_entries):
-DERIVED = {"data.splits", "embed.weights", "extract.jpeg_quality"}
+DERIVED = {"data.splits", "embed.weights", "embed.resize", "extract.jpeg_quality"}
 RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 
 # Fingerprint key -> config key, for the keys copied as is.
@@ -47,7 +47,7 @@ def _derived_entries(cfg) -> dict:
     import torchvision
 
     from pipeline.data.datasets import split_files_signature
-    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD, RESIZE, weights_identity
+    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD, frame_resize, weights_identity
 
     derived = {
         # The lists decide which videos and labels a cache holds; a hash, since data.splits is only a folder.
@@ -57,7 +57,7 @@ def _derived_entries(cfg) -> dict:
         # Preprocessing and frame sampling are fixed in code; recorded so a change there invalidates caches.
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "resize": RESIZE,
+        "resize": frame_resize(cfg.embed).description,  # squash keeps format 1's text: those caches stay valid
         "frames": "every frame",
         # Kernels change across releases; major.minor is the granularity that changes numbers.
         "torch": _major_minor(torch.__version__),

@@ -78,6 +78,8 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ActrecError(f"{path} is not an actrec checkpoint (missing {', '.join(missing)})")
+    # Keys added since: what runs made before them did (the features were squashed then).
+    ckpt["config"].setdefault("embed", {}).setdefault("resize", "squash")
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise ActrecError(f"{path}: checkpoint format {ckpt['format']} is not the supported {CHECKPOINT_FORMAT}; "
                           f"train again with this version")

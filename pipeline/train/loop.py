@@ -163,13 +163,22 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
-    where = cache.place(cfg.cache.load)
-    log.info(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
+    flip = use_flip(cfg, cache)
+    where = cache.place(cfg.cache.load, flip=flip)
+    log.info(f"features: {cache.nbytes_to_load(flip) / 2**20:.1f} MiB for {len(cache)} videos, "
              f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
     train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
-                           flip=cache.has_flip)
+                           flip=flip, sampler=cfg.train.sampler)
     val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
     return train_set, val_set, split.name
+
+
+def use_flip(cfg, cache) -> bool:
+    """train.flip resolved against the cache: 'auto' uses mirrored features where the cache has them."""
+    if cfg.train.flip is True and not cache.has_flip:
+        raise ActrecError(f"train.flip=true but {cfg.cache.path} has no mirrored features; embed them with "
+                          f"--set embed.flip=true (a new cache), or set train.flip to auto or false")
+    return cache.has_flip if cfg.train.flip == "auto" else cfg.train.flip
 
 
 def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> None:
