@@ -57,15 +57,28 @@ def _key(default, help, choices=None, min=None, max=None, nonempty=False, affect
 @dataclass
 class DataConfig:
     name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
-    videos: str = _key("data/ucf101/UCF-101", "UCF-101-style video root: Class/v_Class_gXX_cYY.avi")
+    # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
+    # (pipeline/data/datasets.py), which UCF-101 caches made before these keys existed keep matching.
+    format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
+                       "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
+                       choices=["ucf101", "hmdb51", "folder"])
+    synthetic: bool = _key(False, "the dataset is the generated one: `actrec download` (and `make all`) runs "
+                                  "`actrec synth` instead of downloading")
+    videos: str = _key("data/ucf101/UCF-101", "video root: a folder per class (UCF-101: Class/v_Class_gXX_cYY.avi)")
     frames: str = _key("data/ucf101/frames", "extracted frames root: Class/v_Class_gXX_cYY/000001.jpg")
-    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with classInd.txt, trainlistNN.txt, testlistNN.txt",
-                       affects="features")
+    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with the split files (classInd.txt, trainlistNN.txt, "
+                       "testlistNN.txt; HMDB-51: Class_test_splitN.txt)", affects="features")
     split: Union[int, str] = _key(
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
-        "'random-groups' (random but no group on both sides)",
-        choices=[1, 2, 3, "random", "random-groups"], affects="test list")
+        "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
+        "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
+        choices=[1, 2, 3, "random", "random-groups", "auto"], affects="test list")
     random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
+    test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
+                                     "test list", min=0.01, max=0.9)
+    group_pattern: str = _key("", "data.split=auto: regex with one group that names a video's group (same actor or "
+                                  "scene), e.g. '_g(\\d+)_'; a group stays on one side. Empty: every video is "
+                                  "its own group")
     val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9,
                                affects="training")
     seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0, affects="test list")
@@ -85,8 +98,9 @@ class SynthConfig:
 
 @dataclass
 class DownloadConfig:
-    videos_url: str = _key(UCF101_URL, "URL of UCF101.rar")
-    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the train/test split zip")
+    videos_url: str = _key(UCF101_URL, "URL of the video archive (UCF101.rar; hmdb51_org.rar for data.format=hmdb51)")
+    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the split archive (a zip for UCF-101; test_train_splits.rar "
+                                              "for HMDB-51)")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
     timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)
@@ -102,9 +116,12 @@ class ExtractConfig:
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
                        choices=["videos", "frames"], affects="features")
-    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True,
+    backbone: str = _key("resnet152", "any torchvision classification model (resnet152, vit_b_16, swin_t, ...; "
+                         "`actrec backbones` lists them)", nonempty=True,
                          affects="features")
-    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
+    weights: str = _key("imagenet", "'imagenet' (the model's default torchvision weights), another of its torchvision "
+                        "weights by name (e.g. IMAGENET1K_SWAG_E2E_V1; `actrec backbones --every-weights`), 'none' "
+                        "(random init) or a path to a state dict", nonempty=True,
                         affects="features")
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
     resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "

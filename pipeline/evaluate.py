@@ -54,7 +54,7 @@ def evaluate(cfg) -> dict:
 
 def test_data(cfg, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
-    from pipeline.data.ucf101 import load_split
+    from pipeline.data.datasets import load_split
     from pipeline.features.cache import cache_rows, open_cache
     from pipeline.train.sampling import EvalClips
 
@@ -104,6 +104,8 @@ def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
         "checkpoint_epoch": int(ckpt["epoch"]),
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
+        "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
+        "cache": str(cfg.cache.path),
     }
 
 
@@ -224,25 +226,27 @@ def summarize_runs(run_dirs) -> dict:
                               f"and top1); run `actrec evaluate` for {run_dir} again")
         metrics.pop("confusion_matrix", None)
         runs.append({"run_dir": str(run_dir), **metrics})
-    by_model = {}
-    for model in dict.fromkeys(run["model"] for run in runs):
-        mine = [run for run in runs if run["model"] == model]
-        by_model[model] = {"splits": [run["split"] for run in mine], **{
+    by_model = {}  # one mean per model and backbone: runs on other features are not averaged together
+    for model, backbone in dict.fromkeys((run["model"], run.get("backbone")) for run in runs):
+        mine = [run for run in runs if (run["model"], run.get("backbone")) == (model, backbone)]
+        key = model if backbone is None else f"{model} {backbone}"
+        by_model[key] = {"model": model, "backbone": backbone, "splits": [run["split"] for run in mine], **{
             f"mean_{key}": _mean(run.get(key) for run in mine) for key in REPORT_COLUMNS}}
     return {"runs": runs, "by_model": by_model, "mean_top1": _mean(run["top1"] for run in runs)}
 
 
 def format_report(summary: dict) -> str:
     """A table of the runs' metrics and, for models run on several splits, their means."""
-    header = f"{'run':<36} {'model':<9} {'split':<13} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values())
+    header = (f"{'run':<36} {'model':<9} {'backbone/weights/img_dim':<28} {'split':<13} "
+              + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values()))
     lines = [header, "-" * len(header)]
     for run in summary["runs"]:
-        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run['split']!s:<13} "
-                     + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
-    for model, stats in summary["by_model"].items():
+        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run.get('backbone') or '-':<28} "
+                     f"{run['split']!s:<13} " + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
+    for stats in summary["by_model"].values():
         if len(stats["splits"]) > 1:
             splits = ",".join(map(str, stats["splits"]))
-            lines.append(f"{'mean':<36} {model:<9} {splits:<13} "
+            lines.append(f"{'mean':<36} {stats['model']:<9} {stats['backbone'] or '-':<28} {splits:<13} "
                          + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
     if any(run.get("leaks_groups") for run in summary["runs"]):
         lines.append("note: runs on split 'random' share groups between train and test; their numbers are inflated")

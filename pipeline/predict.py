@@ -53,7 +53,7 @@ class Predictor:
             raise ActrecError(f"{checkpoint} was trained on features of {embed.backbone} with weights {trained_on}, "
                               f"but {embed.weights} is now {weights_identity(embed.backbone, embed.weights)}; "
                               f"restore that weights file or train again")
-        self.backbone = load_backbone(embed.backbone, embed.weights, self.device)
+        self.backbone = load_backbone(embed.backbone, embed.weights, self.device, embed.img_dim)
         self.amp_dtype = self._forward_dtype(ckpt["fingerprint"], embed.precision)
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length

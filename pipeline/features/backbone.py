@@ -1,5 +1,8 @@
 """The frozen backbone: a torchvision classifier with its head removed, and the preprocessing it expects.
 
+Any torchvision classification model works: its last Linear (under ``fc``, ``classifier``, ``head`` or
+``heads``) becomes Identity, and the feature width is that Linear's input width.
+
 Frames go uint8 ``[N, H, W, 3]`` -> ``resize_frames`` (CPU, uint8, bilinear with antialias) ->
 ``normalize`` (on the device: float, ImageNet mean/std, channels_last) -> the model -> ``[N, D]``.
 The embed stage, prediction and benchmarks all use these functions, so features agree bit for bit.
@@ -20,6 +23,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ActrecError
+from pipeline.features.catalog import build_error, build_kwargs, find_head, pretrained_weights
 from pipeline.fileio import sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,9 +50,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def weights_identity(name: str, weights: str) -> str:
     """What the features' weights are: the torchvision enum, a seeded random init, or a file's SHA-256."""
-    if weights == "imagenet":
+    if weights != "none":
         _check_name(name)
-        return str(torchvision.models.get_model_weights(name).DEFAULT)
+        enum = pretrained_weights(name, weights)
+        if enum is not None:
+            return str(enum)
     if weights == "none":
         return f"none (random init, seed {RANDOM_INIT_SEED})"
     path = Path(weights)
@@ -58,24 +64,10 @@ def weights_identity(name: str, weights: str) -> str:
     return "sha256:" + _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Dotted name and module of the final classification layer (``fc``, or the last Linear of ``classifier``)."""
-    if isinstance(getattr(model, "fc", None), nn.Linear):
-        return "fc", model.fc
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Linear):
-        return "classifier", classifier
-    if isinstance(classifier, nn.Sequential):
-        for index in reversed(range(len(classifier))):
-            if isinstance(classifier[index], nn.Linear):
-                return f"classifier.{index}", classifier[index]
-    raise ActrecError(f"{type(model).__name__}: no `fc` or `classifier` head to remove; pick a backbone such as "
-                      f"resnet*, efficientnet_*, mobilenet_*, convnext_* or vgg*")
-
-
-def _build(name: str, weights: str) -> nn.Module:
-    if weights == "imagenet":
-        enum = torchvision.models.get_model_weights(name).DEFAULT
+def _build(name: str, weights: str, img_dim: int | None = None) -> nn.Module:
+    kwargs = build_kwargs(name, weights, img_dim)
+    enum = pretrained_weights(name, weights)
+    if enum is not None:
         try:
             return torchvision.models.get_model(name, weights=enum)
         except Exception as exc:  # urllib/OSError/RuntimeError depending on how the download failed
@@ -85,12 +77,17 @@ def _build(name: str, weights: str) -> nn.Module:
                               f"'none' or a state dict path") from exc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        return torchvision.models.get_model(name, weights=None)
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except (AssertionError, ValueError) as exc:  # a size ViT / MaxViT cannot be built for
+            raise build_error(name, img_dim, exc) from exc
 
 
-def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
+def _load_state_dict(model: nn.Module, head: str, path: Path, name: str) -> None:
     if not path.is_file():
-        raise ActrecError(f"embed.weights={path}: no such file; use 'imagenet', 'none' or a path to a state dict")
+        names = ", ".join(torchvision.models.get_model_weights(name).__members__)
+        raise ActrecError(f"embed.weights={path}: no such file; use 'imagenet', 'none', a path to a state dict or "
+                          f"one of {name}'s torchvision weights ({names})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -109,18 +106,21 @@ def _load_state_dict(model: nn.Module, head: str, path: Path) -> None:
                           f"torchvision model named in embed.backbone (head keys {head}.* are ignored)") from exc
 
 
-def load_backbone(name: str, weights: str, device: torch.device | str) -> nn.Module:
-    """A frozen, eval-mode, channels_last torchvision model whose head is Identity; ``model.feature_dim`` is D."""
+def load_backbone(name: str, weights: str, device: torch.device | str, img_dim: int | None = None) -> nn.Module:
+    """A frozen, eval-mode, channels_last torchvision model whose head is Identity; ``model.feature_dim`` is D.
+
+    ``img_dim`` matters to models with a fixed input size (ViT, MaxViT): refused unless they can take it.
+    """
     _check_name(name)
     if weights == "none":
         log.warning(f"embed.weights=none: {name} is randomly initialised (seed {RANDOM_INIT_SEED}); "
                     f"its features are not ImageNet features")
-    model = _build(name, weights)
-    head, linear = _head(model)
+    model = _build(name, weights, img_dim)
+    head, linear = find_head(model)
     parent = model.get_submodule(head.rpartition(".")[0]) if "." in head else model
     setattr(parent, head.rpartition(".")[2], nn.Identity())
-    if weights not in ("imagenet", "none"):
-        _load_state_dict(model, head, Path(weights))
+    if weights != "none" and pretrained_weights(name, weights) is None:
+        _load_state_dict(model, head, Path(weights), name)
     model.feature_dim = linear.in_features
     model.requires_grad_(False)
     return model.eval().to(device, memory_format=torch.channels_last)
@@ -163,14 +163,17 @@ def frame_resize(embed_cfg) -> FrameResize:
     (ResNet-152 IMAGENET1K_V2: 232/224), so ``img_dim`` 224 gives exactly the weights' own preprocessing."""
     if embed_cfg.resize == "squash":
         return FrameResize(embed_cfg.img_dim)
-    return FrameResize(embed_cfg.img_dim, round(embed_cfg.img_dim * _resize_to_crop(embed_cfg.backbone)))
+    ratio = _resize_to_crop(embed_cfg.backbone, embed_cfg.weights)
+    return FrameResize(embed_cfg.img_dim, round(embed_cfg.img_dim * ratio))
 
 
 @functools.lru_cache(maxsize=None)
-def _resize_to_crop(name: str) -> float:
-    """resize_size / crop_size of the backbone's default ImageNet weights (metadata only: nothing downloads)."""
+def _resize_to_crop(name: str, weights: str = "imagenet") -> float:
+    """resize_size / crop_size of the backbone's torchvision weights named by ``weights`` (the default ImageNet
+    weights for 'none' or a state dict; metadata only: nothing downloads)."""
     _check_name(name)
-    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    enum = pretrained_weights(name, weights) or torchvision.models.get_model_weights(name).DEFAULT
+    transforms = enum.transforms()
     return transforms.resize_size[0] / transforms.crop_size[0]
 
 

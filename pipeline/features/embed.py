@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.datasets import VideoItem, embed_items, frames_dir
 from pipeline.data.frames import check_frames_manifest
-from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
 from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir, typical_fps
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
@@ -131,7 +131,7 @@ def embed(cfg) -> dict:
 
     device = resolve_device(cfg.embed.device)
     amp_dtype = autocast_dtype(device, cfg.embed.precision)
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
+    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
     fingerprint["forward_dtype"] = dtype_name(amp_dtype)
     with FeatureCacheWriter(path, fingerprint, class_names, model.feature_dim, flip=cfg.embed.flip,
                             dtype=cfg.embed.dtype, config=cfg.to_dict(),

@@ -49,7 +49,7 @@ def _derived_entries(cfg) -> dict:
     import torch
     import torchvision
 
-    from pipeline.data.ucf101 import split_files_signature
+    from pipeline.data.datasets import split_files_signature
     from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD, frame_resize, weights_identity
 
     derived = {

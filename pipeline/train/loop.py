@@ -154,7 +154,7 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
 
 def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     """Training clips and validation videos of the configured split (the test list is not read)."""
-    from pipeline.data.ucf101 import load_split
+    from pipeline.data.datasets import load_split
 
     split = load_split(cfg, check_videos=False)
     if split.class_names != cache.class_names:
