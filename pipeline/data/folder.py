@@ -20,9 +20,9 @@ from pipeline.data.splits import (
     VideoItem,
     check_disjoint,
     check_entry_name,
-    draw_groups,
     files_signature,
     finish_split,
+    hold_out,
     read_class_index,
     read_split_list,
     sorted_unique,
@@ -107,11 +107,10 @@ def _class_videos(folder: Path, label: int, regex: re.Pattern | None) -> list[Vi
 
 
 def draw_split(cfg, items: list[VideoItem]) -> tuple[list[VideoItem], list[VideoItem]]:
-    """A seeded, stratified (training, test) split: ``data.test_fraction`` of each class's groups go to test."""
-    test_groups = draw_groups(items, cfg.data.test_fraction, np.random.default_rng([cfg.data.seed, 3]), keep_one=True)
-    training = [item for item in items if (item.label, item.group) not in test_groups]
-    test = [item for item in items if (item.label, item.group) in test_groups]
-    return training, test
+    """A seeded (training, test) split with ``hold_out``: ``data.test_fraction`` of the group numbers (or, without
+    ``data.group_pattern``, of each class's videos) go to test."""
+    held_out = hold_out(items, cfg.data.test_fraction, np.random.default_rng([cfg.data.seed, 3]))
+    return [item for item in items if item.name not in held_out], [item for item in items if item.name in held_out]
 
 
 def write_auto_split(cfg) -> None:

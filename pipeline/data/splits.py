@@ -35,7 +35,7 @@ class Split:
     train: list[VideoItem]    # training list minus the validation groups
     val: list[VideoItem]      # whole groups carved from the training list
     test: list[VideoItem]
-    leaked_groups: int        # test (class, group) pairs that also appear in train; > 0 only for 'random'
+    leaked_groups: int        # group numbers with videos in test and train; > 0 only for 'random'
 
 
 ParseEntry = Callable[[str, str], VideoItem]  # (entry as written, "file:line") -> VideoItem
@@ -45,7 +45,7 @@ def finish_split(name: str, class_names: list[str], training: list[VideoItem], t
                  cfg) -> Split:
     """The Split of a training and a test list: validation carved from training by whole groups."""
     train, val = carve_validation(training, cfg.data.val_fraction, cfg.data.seed)
-    leaked = len(groups_of(test) & groups_of(train))
+    leaked = leaked_groups(test, train)
     return Split(name=name, class_names=class_names, train=train, val=val, test=test, leaked_groups=leaked)
 
 
@@ -147,15 +147,32 @@ def files_signature(splits: Path, names: list[str], extra: dict | None = None) -
 
 
 def carve_validation(training: list[VideoItem], fraction: float, seed: int) -> tuple[list[VideoItem], list[VideoItem]]:
-    """Split a training list into (train, val) by whole groups, per class, so both keep every class.
+    """Split a training list into (train, val) with ``hold_out``: no group on both sides."""
+    val = hold_out(training, fraction, np.random.default_rng([seed, 1]))
+    return [item for item in training if item.name not in val], [item for item in training if item.name in val]
 
-    Each class gives ``round(fraction * its groups)`` groups (at least one when fraction > 0), always
-    keeping one group for training. Formats without groups have one group per video: a random share.
+
+def hold_out(items: list[VideoItem], fraction: float, rng: np.random.Generator) -> set[str]:
+    """Names of a held-out ``fraction`` of ``items`` that keeps every group on one side.
+
+    Whole group *numbers* are drawn across all classes, as the official UCF-101 splits draw their test
+    groups: clips of one group number share actors and scenes, and the synthetic dataset's time-reversed
+    twins share their frames, so drawing per class would put a clip's twin on the other side. At least one
+    group number stays behind. Formats without groups (every video its own group) get a per-class random
+    share instead, so each class keeps videos on both sides.
     """
-    val_groups = draw_groups(training, fraction, np.random.default_rng([seed, 1]), keep_one=True)
-    train = [item for item in training if (item.label, item.group) not in val_groups]
-    val = [item for item in training if (item.label, item.group) in val_groups]
-    return train, val
+    numbers = sorted({item.group for item in items})
+    if len(numbers) == len(items):
+        drawn = draw_groups(items, fraction, rng, keep_one=True)
+        return {item.name for item in items if (item.label, item.group) in drawn}
+    count = min(max(1, round(fraction * len(numbers))) if fraction > 0 else 0, len(numbers) - 1)
+    chosen = {int(g) for g in rng.permutation(numbers)[:count]}
+    return {item.name for item in items if item.group in chosen}
+
+
+def leaked_groups(test: list[VideoItem], train: list[VideoItem]) -> int:
+    """Group numbers with videos on both sides (for the synthetic twins, a shared group number is shared frames)."""
+    return len({item.group for item in test} & {item.group for item in train})
 
 
 def draw_groups(items: list[VideoItem], fraction: float, rng: np.random.Generator, keep_one: bool) -> set:

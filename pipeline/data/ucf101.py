@@ -28,6 +28,7 @@ from pipeline.data.splits import (  # noqa: F401  (VideoItem, Split, carve_valid
     finish_split,
     frames_dir,
     groups_of,
+    hold_out,
     read_class_index,
     read_split_list,
     sorted_unique,
@@ -55,7 +56,8 @@ def load_split(cfg, check_videos: bool = True) -> Split:
     if split == "random":
         log.warning(f"split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
                     f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
-                    f"{len(groups_of(test))} test groups also appear in train and test accuracy is inflated. "
+                    f"{len({item.group for item in test})} test group numbers also appear in train and test "
+                    f"accuracy is inflated. "
                     f"Use split 1, 2, 3 or 'random-groups' for honest numbers.")
     return result
 
@@ -110,8 +112,8 @@ def _random_split(cfg, class_names: list[str], check_videos: bool, by_group: boo
     rng = np.random.default_rng([cfg.data.seed, 2])
     fraction = cfg.data.random_test_fraction
     if by_group:
-        test_groups = draw_groups(pool, fraction, rng, keep_one=True)
-        is_test = [(item.label, item.group) in test_groups for item in pool]
+        held_out = hold_out(pool, fraction, rng)
+        is_test = [item.name in held_out for item in pool]
     else:
         chosen = set(rng.permutation(len(pool))[:round(fraction * len(pool))].tolist())
         is_test = [i in chosen for i in range(len(pool))]
