@@ -196,6 +196,9 @@ def format_summary(metrics: dict) -> str:
              f"  top-5 (video)         {metrics['top5']:.4f}",
              f"  mean class accuracy   {metrics['mean_class_accuracy']:.4f}",
              f"  clip top-1            {metrics['clip_top1']:.4f}"]
+    if metrics.get("num_failed"):
+        lines.append(f"  {metrics['num_failed']} test videos have no features and count as wrong; top-1 over the "
+                     f"{metrics['num_videos'] - metrics['num_failed']} embedded ones: {metrics['top1_embedded']:.4f}")
     if "pair_accuracy" in metrics:
         lines.append(f"  pair accuracy         {metrics['pair_accuracy']:.4f}   (within time-reversed class pairs; "
                      f"0.5 = blind to order)")
@@ -237,17 +240,21 @@ def summarize_runs(run_dirs) -> dict:
 
 def format_report(summary: dict) -> str:
     """A table of the runs' metrics and, for models run on several splits, their means."""
-    header = (f"{'run':<36} {'model':<9} {'backbone/weights/img_dim':<28} {'split':<13} "
-              + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values()))
+    header = (f"{'run':<36} {'model':<9} {'backbone/weights/img_dim':<28} {'split':<13} {'videos':>7} "
+              f"{'failed':>6} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values()))
     lines = [header, "-" * len(header)]
     for run in summary["runs"]:
         lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run.get('backbone') or '-':<28} "
-                     f"{run['split']!s:<13} " + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
+                     f"{run['split']!s:<13} {run.get('num_videos', '-'):>7} {run.get('num_failed', '-'):>6} "
+                     + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
     for stats in summary["by_model"].values():
         if len(stats["splits"]) > 1:
             splits = ",".join(map(str, stats["splits"]))
             lines.append(f"{'mean':<36} {stats['model']:<9} {stats['backbone'] or '-':<28} {splits:<13} "
-                         + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
+                         f"{'':>7} {'':>6} " + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
+    if any(run.get("num_failed") for run in summary["runs"]):
+        lines.append("note: failed = test videos without features (failed to embed or missing from the cache); "
+                     "top1 counts them as wrong answers")
     if any(run.get("leaks_groups") for run in summary["runs"]):
         lines.append("note: runs on split 'random' share groups between train and test; their numbers are inflated")
     return "\n".join(lines)

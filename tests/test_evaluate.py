@@ -174,3 +174,15 @@ def test_unscored_videos_lower_every_video_level_number():
     assert metrics["per_class"] == {"A": 1.0, "B": pytest.approx(1 / 3)}
     assert metrics["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
     assert metrics["num_videos"] == 4 and metrics["num_failed"] == 2
+
+
+def test_report_shows_how_many_test_videos_had_no_features(tmp_path):
+    write_metrics(tmp_path / "a", "bilstm", "1", 0.5)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics.update(num_videos=3783, num_failed=2)
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    header, _, row = result.output.splitlines()[:3]
+    assert "videos" in header and "failed" in header
+    assert row.split()[4:6] == ["3783", "2"] and "counts them as wrong answers" in result.output
