@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import keys_affecting, save_config
+from pipeline.config import config_from_dict, keys_affecting, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.cache import cache_rows, open_cache
@@ -104,6 +104,7 @@ def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
         return None
     previous = load_checkpoint(last_path)
     check_continues(cfg, previous, cache.fingerprint, resume, last_path)
+    warn_if_schedule_stretches(cfg, previous)
     return previous
 
 
@@ -123,7 +124,33 @@ def build_run(cfg, cache, previous: dict | None) -> Run:
         restore_rng(previous["rng"], device)
         run.state = {key: previous[key] for key in run.state}
         log.info(f"resuming {run.dir}/checkpoints/last.pt after epoch {run.state['epoch']} of {cfg.train.epochs}")
+        warn_if_resumed_elsewhere(run)
     return run
+
+
+def warn_if_resumed_elsewhere(run: Run) -> None:
+    """A run resumed on another device or precision goes on, but is no longer bit-exact: say so (history.csv
+    records each epoch's device and precision)."""
+    last = run.state["history"][-1] if run.state["history"] else {}
+    before = (last.get("device"), last.get("precision"))
+    now = (str(run.device), dtype_name(run.amp_dtype))
+    if before[0] is not None and before != now:
+        log.warning(f"{run.dir} ran its first {run.state['epoch']} epochs on {before[0]} in {before[1]} and "
+                    f"continues on {now[0]} in {now[1]} (train.device, train.precision): the result will differ "
+                    f"from an uninterrupted run's in the last digits")
+
+
+def warn_if_schedule_stretches(cfg, previous: dict) -> None:
+    """Extending a cosine run with --resume re-stretches the cosine over the new epoch count: say how the rate
+    jumps, so a longer run is a choice and not a surprise."""
+    old_epochs, done = previous["config"]["train"]["epochs"], previous["epoch"]
+    if cfg.train.schedule != "cosine" or old_epochs == cfg.train.epochs:
+        return
+    old_cfg = config_from_dict(previous["config"], source="checkpoint")
+    log.warning(f"train.epochs {old_epochs} -> {cfg.train.epochs} with the cosine schedule: the rate now follows "
+                f"a cosine over {cfg.train.epochs} epochs, so at epoch {done} it goes from "
+                f"{learning_rate(old_cfg, done):.3g} to {learning_rate(cfg, done):.3g} and decays to 0 by epoch "
+                f"{cfg.train.epochs}")
 
 
 def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch: int) -> None:
@@ -140,7 +167,8 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
     state["epoch"] = epoch + 1
     state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                              "val_loss": val_loss, "val_acc": val_acc,
-                             "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started})
+                             "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started,
+                             "device": str(run.device), "precision": dtype_name(run.amp_dtype)})
     checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device,
                                  clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS))
     if improved:
