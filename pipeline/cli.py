@@ -223,7 +223,8 @@ def info(cache_path):
               help="Folder for results.json and results.md.")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
-@click.option("--only", multiple=True, type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu"]),
+@click.option("--only", multiple=True,
+              type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu", "chunks"]),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def bench(config_path, overrides, quick, out_dir, readme, only):

@@ -99,11 +99,14 @@ def committed_frames(meta: dict) -> int:
     return int(meta["offsets"][-1] + meta["lengths"][-1])
 
 
-def open_for_reading(path) -> h5py.File:
-    """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed."""
+def open_for_reading(path, chunk_cache_bytes: int | None = None) -> h5py.File:
+    """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed.
+
+    ``chunk_cache_bytes`` sizes HDF5's per-dataset chunk cache (None: HDF5's default, 1 MiB).
+    """
     try:
         # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
-        return h5py.File(path, "r", swmr=True, locking=False)
+        return h5py.File(path, "r", swmr=True, locking=False, rdcc_nbytes=chunk_cache_bytes)
     except (OSError, RuntimeError) as exc:
         raise open_error(path, exc) from exc
 
@@ -112,8 +115,9 @@ class FeatureCache:
     """Read side of the cache. Index and attributes load at construction; the feature arrays are opened
     lazily in each process that reads them, so the object pickles into DataLoader workers."""
 
-    def __init__(self, path, expected_fingerprint: dict | None = None):
+    def __init__(self, path, expected_fingerprint: dict | None = None, chunk_cache_bytes: int | None = None):
         self.path = Path(path)
+        self.chunk_cache_bytes = chunk_cache_bytes
         if not self.path.exists():
             raise ActrecError(f"no feature cache at {self.path}; run `actrec embed` with the same config first")
         with open_for_reading(self.path) as f:
@@ -162,7 +166,7 @@ class FeatureCache:
             return self._memory[flip]
         if self._file is None or self._file_pid != os.getpid():
             # A handle inherited through fork is not safe to use; each process opens its own.
-            self._file = open_for_reading(self.path)
+            self._file = open_for_reading(self.path, self.chunk_cache_bytes)
             self._file_pid = os.getpid()
         return self._file["features_flip" if flip else "features"]
 

@@ -65,7 +65,8 @@ class FeatureCacheWriter:
     """
 
     def __init__(self, path, fingerprint: dict, class_names: list[str], dim: int, flip: bool = False,
-                 dtype: str = "float16", config: dict | None = None, fps: float | None = None):
+                 dtype: str = "float16", config: dict | None = None, fps: float | None = None,
+                 chunk_rows: int | None = None):
         self.path = Path(path)
         self.fingerprint = dict(fingerprint)
         self.class_names = list(class_names)
@@ -74,6 +75,7 @@ class FeatureCacheWriter:
         self.dtype = np.dtype(dtype)
         self.config = config or {}
         self.fps = fps
+        self.chunk_rows = chunk_rows  # rows per HDF5 chunk of the feature arrays (None: about 1 MiB)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -135,7 +137,7 @@ class FeatureCacheWriter:
             f.attrs["dtype"] = self.dtype.name
             if self.fps:
                 f.attrs["fps"] = float(self.fps)
-            rows = _chunk_rows(self.dim, self.dtype.itemsize)
+            rows = self.chunk_rows or _chunk_rows(self.dim, self.dtype.itemsize)
             for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
                                  dtype=self.dtype)
