@@ -1,4 +1,4 @@
-"""Predict stage: any video -> sliding windows of ``sequence_length`` frames -> labels.
+"""Predict stage: any video -> windows on the training clips' time scale -> labels, annotated video, JSON.
 
 The checkpoint carries everything needed (backbone, weights, img_dim, sequence length, class names), so
 prediction runs the backbone exactly as stage one did and feeds the sequence model clips shaped like the
