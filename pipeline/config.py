@@ -255,25 +255,6 @@ def keys_affecting(*what: str) -> list[str]:
             if f.metadata["affects"] in what]
 
 
-def describe_keys() -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every key: the source of the docs table and ``--help``."""
-    rows = []
-    for section, factory in SECTIONS.items():
-        for f in fields(factory()):
-            rows.append((f"{section}.{f.name}", getattr(factory(), f.name), _allowed_text(f)))
-    return rows
-
-
-def _allowed_text(f: dataclasses.Field) -> str:
-    meta = f.metadata
-    text = meta["help"]
-    if meta["choices"]:
-        text += f" (one of: {', '.join(map(str, meta['choices']))})"
-    elif meta["min"] is not None or meta["max"] is not None:
-        text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']})"
-    return text
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate, resolve."""
     raw: dict = {}
