@@ -250,7 +250,8 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
 
 def format_prediction(result: dict) -> str:
     """What ``actrec predict`` prints for one video: its windows, video-level top-5 and the files written."""
-    lines = [f"{result['video']}: {result['frames']} frames, {len(result['windows'])} windows of "
+    count = len(result["windows"])
+    lines = [f"{result['video']}: {result['frames']} frames, {count} window{'s' if count != 1 else ''} of "
              f"{result['window_seconds']:g} s ({result['window_frames']} frames, sampled to "
              f"{result['sequence_length']}) every {result['hop_seconds']:g} s"]
     lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"
