@@ -22,13 +22,13 @@ def test_quick_bench_has_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
-    gpu_rows = [] if data["device"].startswith("CPU") else ["7-cuda"]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6", "7-cpu", *gpu_rows, "8"]
+    gpu_rows = [] if data["device"].startswith("CPU") else ["8-cuda"]
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6", "7", "8-cpu", *gpu_rows, "9"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
         if row["id"] != "6" or data["device"].startswith("CPU"):
-            assert (row["ratio"] is None) == (row["id"] in ("6", "7-cuda"))
-    epoch = next(row for row in data["rows"] if row["id"] == "7-cpu")
+            assert (row["ratio"] is None) == (row["id"] in ("6", "8-cuda"))
+    epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
     assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
     text = readme.read_text()
@@ -36,7 +36,7 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 7
+    assert len(ROWS) == 8
 
 
 def test_readme_section_needs_markers(tmp_path):

@@ -1,9 +1,9 @@
-"""Rows 7 and 8: seconds per UCF-101-sized training epoch on device-resident features, and the seed's own
+"""Rows 8 and 9: seconds per UCF-101-sized training epoch on device-resident features, and the seed's own
 training step (its BiLSTM + attention with the ResNet-152 inside, batch 4, train-mode BatchNorm) next to ours.
 
-Row 7 runs the real ``train_epoch_resident`` (cache.load=device) on a UCF-101-shaped cache of random 2048-d
+Row 8 runs the real ``train_epoch_resident`` (cache.load=device) on a UCF-101-shaped cache of random 2048-d
 features with the UCF-101 model (BiLSTM 1024, attention, L = 40, batch 16): on the CPU over ``train_steps``
-batches scaled to 9,537 clips, and on a GPU, when there is one, over a whole epoch of 9,537 clips. Row 8 times
+batches scaled to 9,537 clips, and on a GPU, when there is one, over a whole epoch of 9,537 clips. Row 9 times
 the seed's step and ours in the same process on the same device, so the ratio is against the seed's real cost.
 """
 
@@ -41,7 +41,8 @@ def resident_run(cfg: Config, clips: int, device: torch.device):
               torch.amp.GradScaler("cuda", enabled=amp == torch.float16), device, amp)
     # Positions cycle over the cache's videos: an epoch of ``clips`` clips costs the same whichever videos they are.
     rows = [k % len(cache) for k in range(clips)]
-    train_set = TrainClips(cache, rows, [int(cache.labels[r]) for r in rows], cfg.train.sequence_length, 0, False)
+    train_set = TrainClips(cache, rows, [int(cache.labels[r]) for r in rows], cfg.train.sequence_length, 0, False,
+                           sampler=cfg.train.sampler)
     run.resident = resident_features(cfg, cache, train_set, EvalClips(cache, [], [], 1, 1), device)
     return run, train_set
 
@@ -95,20 +96,20 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
-    """Rows 7 (CPU, and GPU when present) and 8 (the seed's step vs ours on the fastest device here)."""
+    """Rows 8 (CPU, and GPU when present) and 9 (the seed's step vs ours on the fastest device here)."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows, per_clip = [], {}
     what = (f"L={cfg.train.sequence_length}, {cfg.model.name} {cfg.model.hidden_dim}"
             f"{' + attention' if cfg.model.attention else ''}, batch {cfg.train.batch_size}")
     for device in devices:
-        log.info("bench row 7: a UCF-101-sized epoch on device-resident features (%s)", device.type)
+        log.info("bench row 8: a UCF-101-sized epoch on device-resident features (%s)", device.type)
         gpu = device.type == "cuda"
         clips = UCF101_VIDEOS_TRAIN if gpu else sizes.train_steps * cfg.train.batch_size
         per_clip[device.type] = resident_epoch_seconds(derive(cfg, {"train.device": device.type}), device, clips)
         epoch = per_clip[device.type] * UCF101_VIDEOS_TRAIN
         # On the CPU, the DataLoader path (row 3's measurement) next to it: what the resident path changes there.
         loader = None if gpu else cache_epoch_seconds_per_clip(cfg, sizes.train_steps)[0]
-        rows.append(row(f"7-{device.type}", f"seconds per UCF-101 epoch ({UCF101_VIDEOS_TRAIN} clips, {what}), "
+        rows.append(row(f"8-{device.type}", f"seconds per UCF-101 epoch ({UCF101_VIDEOS_TRAIN} clips, {what}), "
                                             f"cache.load=device, {device.type}",
                         f"{epoch:.1f} s per epoch" + ("" if gpu else f" (from {clips} clips; DataLoader path "
                                                                      f"{loader * UCF101_VIDEOS_TRAIN:.1f} s)"),
@@ -117,12 +118,12 @@ def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
                         epoch < GPU_EPOCH_TARGET_S if gpu else None, command, seconds_per_clip=per_clip[device.type],
                         clips_timed=clips, dataloader_seconds_per_clip=loader))
     device = devices[-1]
-    log.info("bench row 8: the seed's training step (%s inside, batch %d) vs ours (%s)", sizes.seed_backbone,
+    log.info("bench row 9: the seed's training step (%s inside, batch %d) vs ours (%s)", sizes.seed_backbone,
              SEED_BATCH, device.type)
     seed = seed_step_seconds(derive(cfg, {"train.device": device.type}), sizes.seed_backbone, device,
                              max(1, sizes.seed_clips // 2))
     ratio = seed / per_clip[device.type]
-    rows.append(row("8", f"the seed's training step ({sizes.seed_backbone} inside in train mode, batch {SEED_BATCH}) "
+    rows.append(row("9", f"the seed's training step ({sizes.seed_backbone} inside in train mode, batch {SEED_BATCH}) "
                          f"vs ours on device-resident features, {device.type}",
                     f"{seed * UCF101_VIDEOS_TRAIN / 60:.1f} vs {per_clip[device.type] * UCF101_VIDEOS_TRAIN / 60:.2f} "
                     f"min per UCF-101 epoch", ratio, "report", None, command, seconds_per_clip_seed=seed,
