@@ -95,6 +95,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def alternating_cpu_rounds(cfg: Config, sizes: Sizes, clips: int) -> tuple[float, float]:
+    """Median seconds per clip of the resident path and of the DataLoader path (row 3's measurement) on the CPU,
+    in ``sizes.repeats`` alternating rounds: on a shared machine, one round of each says little."""
+    import statistics
+
+    resident, loader = [], []
+    for _ in range(sizes.repeats):
+        resident.append(resident_epoch_seconds(derive(cfg, {"train.device": "cpu"}), torch.device("cpu"), clips))
+        loader.append(cache_epoch_seconds_per_clip(cfg, sizes.train_steps)[0])
+    return statistics.median(resident), statistics.median(loader)
+
+
+def seed_next_to_ours(cfg: Config, sizes: Sizes, device: torch.device, clips: int) -> tuple[float, float]:
+    """Median seconds per clip of the seed's step and of our resident epoch, measured in alternating rounds so
+    that both see the same machine."""
+    import statistics
+
+    seed, ours = [], []
+    for _ in range(sizes.repeats):
+        ours.append(resident_epoch_seconds(derive(cfg, {"cache.load": "device"}), device, clips))
+        seed.append(seed_step_seconds(cfg, sizes.seed_backbone, device, max(1, sizes.seed_clips // 2)))
+    return statistics.median(seed), statistics.median(ours)
+
+
 def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
     """Rows 8 (CPU, and GPU when present) and 9 (the seed's step vs ours on the fastest device here)."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -105,10 +129,12 @@ def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
         log.info("bench row 8: a UCF-101-sized epoch on device-resident features (%s)", device.type)
         gpu = device.type == "cuda"
         clips = UCF101_VIDEOS_TRAIN if gpu else sizes.train_steps * cfg.train.batch_size
-        per_clip[device.type] = resident_epoch_seconds(derive(cfg, {"train.device": device.type}), device, clips)
+        if gpu:
+            per_clip[device.type], loader = resident_epoch_seconds(derive(cfg, {"train.device": "cuda"}), device,
+                                                                   clips), None
+        else:
+            per_clip[device.type], loader = alternating_cpu_rounds(cfg, sizes, clips)
         epoch = per_clip[device.type] * UCF101_VIDEOS_TRAIN
-        # On the CPU, the DataLoader path (row 3's measurement) next to it: what the resident path changes there.
-        loader = None if gpu else cache_epoch_seconds_per_clip(cfg, sizes.train_steps)[0]
         rows.append(row(f"8-{device.type}", f"seconds per UCF-101 epoch ({UCF101_VIDEOS_TRAIN} clips, {what}), "
                                             f"cache.load=device, {device.type}",
                         f"{epoch:.1f} s per epoch" + ("" if gpu else f" (from {clips} clips; DataLoader path "
@@ -120,8 +146,10 @@ def bench_epoch(cfg: Config, sizes: Sizes, command: str) -> list[dict]:
     device = devices[-1]
     log.info("bench row 9: the seed's training step (%s inside, batch %d) vs ours (%s)", sizes.seed_backbone,
              SEED_BATCH, device.type)
-    seed = seed_step_seconds(derive(cfg, {"train.device": device.type}), sizes.seed_backbone, device,
-                             max(1, sizes.seed_clips // 2))
+    seed, ours = seed_next_to_ours(derive(cfg, {"train.device": device.type}), sizes, device,
+                                   UCF101_VIDEOS_TRAIN if device.type == "cuda" else sizes.train_steps
+                                   * cfg.train.batch_size)
+    per_clip[device.type] = ours
     ratio = seed / per_clip[device.type]
     rows.append(row("9", f"the seed's training step ({sizes.seed_backbone} inside in train mode, batch {SEED_BATCH}) "
                          f"vs ours on device-resident features, {device.type}",
