@@ -136,8 +136,7 @@ def _short_keys(keys) -> dict[str, str]:
 def run_sweep(config_path, sets=(), variants=None, name=None, jobs=None, backend="loky", scheduler=None,
               root="runs/sweeps") -> dict:
     """Plan, run the runs not finished yet, and write the leaderboard (also when interrupted or a run fails)."""
-    if backend not in BACKENDS:
-        raise ActrecError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
+    check_backend(backend, scheduler)
     folder, runs = plan_sweep(config_path, sets, variants or [{}], name, root)
     todo = [run for run in runs if not finished(run)]
     log.info(f"sweep {folder}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
@@ -194,6 +193,24 @@ def execute(todo: list[SweepRun], folder: Path, jobs: int | None, backend: str, 
                                 f"on): {record['error']}")
 
 
+def check_backend(backend: str, scheduler: str | None) -> None:
+    """Refuse a backend that cannot run here (unknown, not installed, no scheduler) before anything is written."""
+    if backend not in BACKENDS:
+        raise ActrecError(f"--backend {backend}: unknown; use one of {', '.join(BACKENDS)}")
+    if backend == "dask" and not scheduler:
+        raise ActrecError("--backend dask needs --scheduler tcp://HOST:8786 (a running dask scheduler)")
+    module = {"dask": "dask.distributed", "ray": "ray.util.joblib"}.get(backend)
+    if module:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ActrecError(f"--backend {backend} needs {module.split('.')[0]}: pip install -e '.[cluster]'")
+
+
 def local_gpus(todo: list[SweepRun]) -> int:
     """GPUs the runs will use on this machine (0 when they train on the CPU)."""
     if all(run.config["train"]["device"] == "cpu" for run in todo):
@@ -217,23 +234,17 @@ class cluster_backend:
 
     def __enter__(self):
         if self.backend == "dask":
-            if not self.scheduler:
-                raise ActrecError("--backend dask needs --scheduler tcp://HOST:8786 (a running dask scheduler)")
-            try:
-                from dask.distributed import Client
-            except ImportError as exc:
-                raise ActrecError("--backend dask needs dask.distributed: pip install -e '.[cluster]'") from exc
+            from dask.distributed import Client
+
             try:
                 self.client = Client(self.scheduler, timeout=30)
             except OSError as exc:
                 raise ActrecError(f"--scheduler {self.scheduler}: cannot connect ({exc}); start `dask scheduler` "
                                   f"there or fix the address") from exc
         elif self.backend == "ray":
-            try:
-                import ray
-                from ray.util.joblib import register_ray
-            except ImportError as exc:
-                raise ActrecError("--backend ray needs Ray: pip install -e '.[cluster]'") from exc
+            import ray
+            from ray.util.joblib import register_ray
+
             register_ray()
             ray.init(address=self.scheduler, ignore_reinit_error=True)
         return self

@@ -51,6 +51,9 @@ def test_bad_grid_is_refused_before_any_run_naming_the_key_or_value(tmp_path, sw
     with pytest.raises(ActrecError, match="embed.backbone cannot vary in a sweep"):
         plan_sweep(CONFIG, sweep_sets, parse_grid(["embed.backbone=resnet18,resnet50"]), "bad",
                    root=tmp_path / "sweeps")
+    with pytest.raises(ActrecError, match="--backend dask needs --scheduler"):
+        run_sweep(CONFIG, sweep_sets, parse_grid(["model.name=meanpool"]), "bad", backend="dask",
+                  root=tmp_path / "sweeps")
     assert not (tmp_path / "sweeps").exists()
     result = CliRunner().invoke(cli, ["sweep", "-c", str(CONFIG), "--grid", "train.lr=0.1,fast"]
                                 + [a for s in sweep_sets for a in ("--set", s)])
@@ -147,3 +150,15 @@ def test_leaderboard_ranks_by_validation_accuracy_then_loss_never_by_test(tmp_pa
     text = (folder / "leaderboard.md").read_text()
     assert text.index("| 1 | 0.001 |") < text.index("| 2 | 0.01 |") < text.index("| 3 | 0.1 |")
     assert "| - | 0.0001 |" in text and (folder / "leaderboard.png").stat().st_size > 0
+
+
+def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
+    ray = pytest.importorskip("ray")  # optional: `pip install -e '.[cluster]'`
+    try:
+        run_sweep(CONFIG, sweep_sets, parse_grid(["model.name=meanpool,tcn"]), "ray", jobs=2, backend="ray",
+                  root=tmp_path / "sweeps")
+    finally:
+        ray.shutdown()
+    rows = read_leaderboard(tmp_path / "sweeps" / "ray")
+    assert sorted(row["model.name"] for row in rows) == ["meanpool", "tcn"]
+    assert all(row["error"] == "" and 0 <= float(row["test_top1"]) <= 1 for row in rows)
