@@ -71,6 +71,12 @@ def write_error(path: str | Path, exc: BaseException) -> ActrecError | None:
     return None
 
 
+def incomplete_write(path: str | Path, detail: str) -> ActrecError:
+    """The error for a writer that only says it failed (OpenCV): a full disk if the disk is full, else ``detail``."""
+    return write_error(path, OSError(errno.ENOSPC, detail)) if _disk_full(Path(path)) else ActrecError(
+        f"writing {path} failed: {detail}; check the disk and the folder, then run the command again")
+
+
 @contextlib.contextmanager
 def reporting_write_errors(path: str | Path) -> Iterator[None]:
     """Turn a write failure inside the block into ``write_error(path, ...)``; anything else passes through."""

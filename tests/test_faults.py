@@ -7,11 +7,15 @@ and let the next run (with space) go on to the result an uninterrupted run gives
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import cv2
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, fill_disk, tiny_overrides
+from conftest import PROJECT_ROOT, fill_disk, read_video, remount_read_only, tiny_overrides
 
 import pipeline.features.cache_writer as cache_writer
 from pipeline.cli import cli
@@ -139,3 +143,165 @@ def test_embed_on_a_disk_that_fills_stops_with_one_line_and_resumes_to_the_same_
     assert clean.exit_code == 0, clean.output
     assert_same_cache(cache, tmp_path / "clean.h5")
     assert len(FeatureCache(cache).names) == 32
+
+
+# -- synth, extract: videos and frames ------------------------------------------------------------------------
+
+def test_synth_on_a_full_disk_stops_and_never_marks_the_dataset_complete(small_disk, tmp_path):
+    disk = small_disk(4)
+    filler = fill_disk(disk, leave=40_000)  # room for a few of the 32 tiny videos
+    args = cli_args("synth", tmp_path, f"data.videos={disk}/videos")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line.startswith(f"error: no space left on device writing {disk}/videos/") and line.endswith(
+        ".avi; free space and run the command again to resume")
+    manifest = json.loads((tmp_path / "splits" / "synth.json").read_text())
+    assert manifest["complete"] is False
+    assert not list(disk.rglob(".*.tmp.avi"))  # no half-written video left behind
+
+    filler.unlink()
+    again = CliRunner().invoke(cli, args[1:])  # not --quiet: it must say it generates, not skip
+    assert again.exit_code == 0, again.output
+    assert "skipping" not in again.stderr
+    videos = sorted((disk / "videos").rglob("*.avi"))
+    assert len(videos) == 32 and all(len(read_video(v)) == 12 for v in videos)
+
+
+def test_extract_on_a_full_disk_stops_and_resumes(small_disk, tiny_dataset_root, tmp_path):
+    disk = small_disk(4)
+    filler = fill_disk(disk, leave=60_000)
+    args = cli_args("extract", tiny_dataset_root, f"data.frames={disk}/frames", "extract.workers=1")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line.startswith(f"error: no space left on device writing {disk}/frames/"), line
+    assert not list((disk / "frames").rglob("*.partial"))  # only whole videos' folders stay
+
+    filler.unlink()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    folders = [p for p in (disk / "frames").glob("*/*") if p.is_dir()]
+    assert len(folders) == 32 and all(len(list(p.glob("*.jpg"))) == 12 for p in folders)
+
+
+# -- train, evaluate, predict: checkpoints, metrics, plots, predictions -----------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset_root, tmp_path_factory):
+    """A cache and a trained run of the tiny dataset, on an ordinary disk (built once for this module)."""
+    from pipeline.config import load_config
+    from pipeline.features.embed import embed
+    from pipeline.train.loop import train
+
+    work = tmp_path_factory.mktemp("trained")
+    overrides = [f"cache.path={work}/tiny.h5", f"run.dir={work}/run", "train.epochs=1"]
+    cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(tiny_dataset_root) + overrides)
+    embed(cfg)
+    train(cfg)
+    return tiny_dataset_root, work
+
+
+def no_hidden_leftovers(folder) -> bool:
+    return not [p for p in folder.rglob(".*") if p.is_file()]
+
+
+def test_train_on_a_full_or_read_only_disk_is_one_line(trained, small_disk):
+    root, work = trained
+    disk = small_disk(4)
+    fill_disk(disk)
+    args = cli_args("train", root, f"cache.path={work}/tiny.h5", f"run.dir={disk}/run", "train.epochs=1")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line.startswith(f"error: no space left on device writing {disk}/run"), line
+    assert no_hidden_leftovers(disk)
+
+    read_only = small_disk(4)
+    remount_read_only(read_only)
+    args = cli_args("train", root, f"cache.path={work}/tiny.h5", f"run.dir={read_only}/run", "train.epochs=1")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line.startswith(f"error: cannot write {read_only}/run") and "read-only" in line, line
+
+
+def test_checkpoint_save_on_a_full_disk_keeps_the_old_one(small_disk):
+    import torch
+
+    from pipeline.train.checkpoint import save_checkpoint
+
+    disk = small_disk(4)
+    path = disk / "last.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(4)}, path)
+    fill_disk(disk)
+    with pytest.raises(ActrecError) as err:  # torch.save wraps the OSError in a RuntimeError
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(300_000)}, path)
+    assert str(err.value) == FULL.format(path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1 and no_hidden_leftovers(disk)
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_writes_no_metrics(trained, small_disk):
+    root, work = trained
+    disk = small_disk(8)
+    shutil.copytree(work / "run", disk / "run")
+    fill_disk(disk)
+    args = cli_args("evaluate", root, f"cache.path={work}/tiny.h5", f"run.dir={disk}/run")
+    line = one_line(CliRunner().invoke(cli, args))
+    assert line.startswith(f"error: no space left on device writing {disk}/run/"), line
+    assert not (disk / "run" / "metrics.json").exists() and no_hidden_leftovers(disk)
+
+
+def test_predict_refuses_its_input_as_output_and_checks_outputs_first(trained, tmp_path, small_disk):
+    root, work = trained
+    best = str(work / "run" / "checkpoints" / "best.pt")
+    video = tmp_path / "clip.mp4"
+    frames = read_video(next((root / "videos").rglob("*.avi")))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, frames.shape[2:0:-1])
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    original = video.read_bytes()
+    link = tmp_path / "link.mp4"
+    link.symlink_to(video)
+    for out in (video, link, tmp_path / "." / "clip.mp4"):
+        line = one_line(CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", best, "--out", str(out)]))
+        assert "is the input video" in line
+    assert video.read_bytes() == original
+
+    read_only = small_disk(4)
+    remount_read_only(read_only)
+    json_path = tmp_path / "timeline.json"
+    result = CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", best, "--json", str(json_path),
+                                      "--out", str(read_only / "annotated.mp4")])
+    assert "read-only" in one_line(result)
+    assert not json_path.exists()  # nothing written before every output was known to be writable
+
+    full = small_disk(4)
+    probe = full / "annotated.mp4"
+    fill_disk(full, leave=8_000)  # the output can be created, but its frames do not fit
+    result = CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", best, "--out", str(probe)])
+    assert one_line(result) == "error: " + FULL.format(probe)
+    assert not probe.exists() and no_hidden_leftovers(full)
+
+
+# -- a damaged cache: one diagnosis everywhere -------------------------------------------------------------------
+
+def test_a_cache_with_attributes_but_no_datasets_names_what_is_missing(tmp_path):
+    path = tmp_path / "cache.h5"
+    with FeatureCacheWriter(path, FINGERPRINT, CLASSES, DIM) as writer:
+        add_videos(writer, range(2))
+    with h5py.File(path, "r+") as f:
+        del f["index/lengths"], f["features"]
+    for open_it in (lambda: FeatureCache(path), lambda: FeatureCacheWriter(path, FINGERPRINT, CLASSES, DIM)):
+        with pytest.raises(ActrecError) as err:
+            open_it()
+        assert str(err.value) == (f"{path}: the feature cache is damaged (missing features, index/lengths). Delete "
+                                  f"it and run `actrec embed` again")
+    assert one_line(CliRunner().invoke(cli, ["info", str(path)])) == f"error: {err.value}"
+
+
+def test_a_truncated_cache_gets_the_same_diagnosis_from_every_command(trained, tmp_path):
+    root, work = trained
+    cache = tmp_path / "cut.h5"
+    data = (work / "tiny.h5").read_bytes()
+    cache.write_bytes(data[: len(data) // 2])
+    expected = (f"error: {cache}: the feature cache is damaged (the file is shorter than HDF5 recorded: it was cut "
+                f"off). Delete it and run `actrec embed` again")
+    runs = {"info": ["info", str(cache)]}
+    for command in ("embed", "train", "evaluate"):
+        runs[command] = cli_args(command, root, f"cache.path={cache}", f"run.dir={work}/run")
+    for command, args in runs.items():
+        assert one_line(CliRunner().invoke(cli, args)) == expected, command
