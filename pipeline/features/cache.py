@@ -82,13 +82,21 @@ def _check_committed(meta: dict, f: h5py.File, path) -> None:
     """The committed index must point into the stored feature rows with names: else the file lost data."""
     count = len(meta["names"])
     short = [name for name in ("index/names", "index/labels", "index/offsets", "index/lengths")
-             if f[name].shape[0] < count]
+             if _rows(f, name) < count]
     if short:
         raise damaged_error(path, f"index/count is {count} but {', '.join(short)} hold fewer rows")
     ends = meta["offsets"] + meta["lengths"]
-    rows = min(f[name].shape[0] for name in ("features", "features_flip") if name in f)
+    rows = min(_rows(f, name) for name in ("features", "features_flip") if name in f)
     if count and (ends.max() > rows or (meta["lengths"] <= 0).any() or not all(meta["names"])):
         raise damaged_error(path, f"its index lists {count} videos but their rows are not all stored")
+
+
+def _rows(f: h5py.File, name: str) -> int:
+    """Rows of a dataset now: a SWMR reader refreshes it, as a writer may have grown it since it was first read."""
+    dataset = f[name]
+    if f.swmr_mode:
+        dataset.refresh()
+    return dataset.shape[0]
 
 
 def read_meta(f: h5py.File, path) -> dict:
