@@ -22,7 +22,7 @@ def test_quick_bench_has_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6"]
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6", "7"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
         if row["id"] != "6" or data["device"].startswith("CPU"):
@@ -33,7 +33,7 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 6
+    assert len(ROWS) == 7
 
 
 def test_readme_section_needs_markers(tmp_path):

@@ -65,7 +65,7 @@ def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 
 def decode_fps(cfg: Config) -> float:
     """Frames/s of decoding plus resizing alone, in one thread (where the time outside the forward goes)."""
-    from pipeline.data.ucf101 import embed_items
+    from pipeline.data.datasets import embed_items
     from pipeline.features.embed import decode_resized
 
     _, items = embed_items(cfg, check_videos=False)
@@ -77,7 +77,7 @@ def bench_embed(cfg: Config, sizes: Sizes, command: str, with_seed: bool) -> lis
     """Rows 1 (per source) and, ``with_seed``, 2, on the synthetic dataset of ``cfg``."""
     from pipeline.features.backbone import load_backbone
 
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"))
+    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"), cfg.embed.img_dim)
     frames = sizes.videos * sizes.frames
     rows, ours = [], {}
     for source in ("videos", "frames"):

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.datasets import VideoItem, embed_items, frames_dir
 from pipeline.data.frames import check_frames_manifest
-from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
-from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir
+from pipeline.data.video import DecodeError, iter_video_frames, read_frames_dir, typical_fps
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import forward, load_backbone, resized_chunks
+from pipeline.features.backbone import forward, frame_resize, load_backbone, resized_chunks
 from pipeline.features.cache import FeatureCache
 from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.fingerprint import embed_fingerprint
@@ -51,7 +51,7 @@ def decode_resized(cfg, item: VideoItem) -> _Decoded:
     try:
         frames = (read_frames_dir(frames_dir(cfg, item)) if cfg.embed.source == "frames"
                   else iter_video_frames(item.path))
-        parts = list(resized_chunks(frames, cfg.embed.img_dim, cfg.embed.batch_size))
+        parts = list(resized_chunks(frames, frame_resize(cfg.embed), cfg.embed.batch_size))
     except DecodeError as exc:
         return _Decoded(item, reason=str(exc))
     frames = torch.cat(parts)
@@ -131,10 +131,11 @@ def embed(cfg) -> dict:
 
     device = resolve_device(cfg.embed.device)
     amp_dtype = autocast_dtype(device, cfg.embed.precision)
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
+    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
     fingerprint["forward_dtype"] = dtype_name(amp_dtype)
     with FeatureCacheWriter(path, fingerprint, class_names, model.feature_dim, flip=cfg.embed.flip,
-                            dtype=cfg.embed.dtype, config=cfg.to_dict()) as writer:
+                            dtype=cfg.embed.dtype, config=cfg.to_dict(),
+                            fps=typical_fps([item.path for item in items])) as writer:
         todo = [item for item in items if item.name not in writer.done]
         retried = sum(item.name in writer.failures for item in todo)
         log.info(f"embed: {len(items)} videos, {len(items) - len(todo)} already in the cache, {len(todo)} to do"
