@@ -413,3 +413,22 @@ def test_rar_entries_that_are_not_plain_files_or_folders_are_refused(tmp_path, m
         unpack_rar(archive, target)
     assert not target.exists() and not list(tmp_path.glob(".out*"))
 
+
+
+def test_download_onto_a_full_disk_stops_at_once_and_resumes(server, small_disk):
+    from tests.conftest import fill_disk
+
+    disk = small_disk(4)
+    filler = fill_disk(disk, leave=4096)
+    server.no_length = True  # no size to check ahead: the disk fills mid-write
+    dest = disk / "data.bin"
+    with pytest.raises(ActrecError) as err:
+        fetch(server, dest)
+    part = disk / "data.bin.part"
+    assert str(err.value) == (f"no space left on device writing {part}; free space and run the command again to "
+                              f"resume")
+    assert len(server.ranges) == 1  # a full disk is not a network fault: no retries
+    assert not dest.exists() and not (disk / "data.bin.sha256").exists()
+    filler.unlink()
+    server.no_length = False
+    assert fetch(server, dest).read_bytes() == PAYLOAD
