@@ -236,7 +236,7 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
         raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
     if video.is_dir() and out is None:
         out = video / "predictions.csv"
-    check_outputs(video, {"--out": out, "--json": json_path})
+    check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path})
     predictor = Predictor(Path(checkpoint), device)
     hop = hop or predictor.cfg.predict.hop
     topk = predictor.cfg.predict.topk
@@ -253,14 +253,14 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     return result
 
 
-def check_outputs(video: Path, outputs: dict) -> None:
-    """Before any work: no output may be the input (after links) or another output, and each must be writable."""
+def check_outputs(inputs: dict, outputs: dict) -> None:
+    """Before any work: no output may be an input (after links) or another output, and each must be writable."""
     given = {option: Path(path) for option, path in outputs.items() if path is not None}
     seen = {}
     for option, path in given.items():
-        if _same_file(path, video):
-            raise ActrecError(f"{option} {path} is the input video; writing it would destroy the input. Choose "
-                              f"another name")
+        for what, source in inputs.items():
+            if _same_file(path, source):
+                raise ActrecError(f"{option} {path} is {what}; writing it would destroy it. Choose another name")
         key = path.resolve()
         if key in seen:
             raise ActrecError(f"{option} {path} is also {seen[key]}; give each output its own name")

@@ -8,7 +8,12 @@ and let the next run (with space) go on to the result an uninterrupted run gives
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import cv2
 import h5py
@@ -258,8 +263,11 @@ def test_predict_refuses_its_input_as_output_and_checks_outputs_first(trained, t
     link.symlink_to(video)
     for out in (video, link, tmp_path / "." / "clip.mp4"):
         line = one_line(CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", best, "--out", str(out)]))
-        assert "is the input video" in line
+        assert "is the input video; writing it would destroy it" in line
     assert video.read_bytes() == original
+    checkpoint = Path(best).read_bytes()
+    line = one_line(CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", best, "--json", best]))
+    assert "is the checkpoint" in line and Path(best).read_bytes() == checkpoint
 
     read_only = small_disk(4)
     remount_read_only(read_only)
@@ -305,3 +313,37 @@ def test_a_truncated_cache_gets_the_same_diagnosis_from_every_command(trained, t
         runs[command] = cli_args(command, root, f"cache.path={cache}", f"run.dir={work}/run")
     for command, args in runs.items():
         assert one_line(CliRunner().invoke(cli, args)) == expected, command
+
+
+FAILING_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import pipeline.features.cache_writer as cache_writer
+    from pipeline.errors import ActrecError
+    cache_writer.SPARE_BYTES = -(1 << 40)  # no check ahead: HDF5 itself meets the full disk
+    disk = cache_writer.Path(sys.argv[1])
+    try:
+        with cache_writer.FeatureCacheWriter(disk / "cache.h5", {fingerprint!r}, {classes!r}, {dim}) as writer:
+            for i in range(8):
+                writer.add(f"Apply/v_{{i}}", 0, np.ones((600, {dim}), np.float32))
+                if i == 2:
+                    with open(disk / "filler", "wb") as filler:
+                        try:
+                            while True:
+                                filler.write(bytes(1 << 16))
+                        except OSError:
+                            pass
+    except ActrecError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+""").format(fingerprint=FINGERPRINT, classes=CLASSES, dim=DIM)
+
+
+def test_a_process_whose_cache_write_failed_exits_cleanly(small_disk):
+    """HDF5 may crash a process at exit if its file could not be closed; the reserve lets it close."""
+    disk = small_disk(24)
+    result = subprocess.run([sys.executable, "-c", FAILING_WRITER, str(disk)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == FULL.format(disk / "cache.h5") + "\n"
+    assert FeatureCache(disk / "cache.h5").names == [f"Apply/v_{i}" for i in range(3)]
