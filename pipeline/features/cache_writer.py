@@ -75,12 +75,14 @@ def _copy_prefix(source: h5py.Dataset, target: h5py.Dataset, rows: int) -> None:
 def _allocate(path: Path, size: int) -> None:
     """A file of ``size`` bytes whose blocks are really allocated (a sparse file would free nothing)."""
     with open(path, "wb") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            f.write(bytes(size))
+        if hasattr(os, "posix_fallocate"):  # not on macOS
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        f.write(bytes(size))
 
 
 def _close_quietly(writer, f: h5py.File) -> None:
