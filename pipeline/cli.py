@@ -16,7 +16,6 @@ import traceback
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
@@ -30,6 +29,9 @@ class _LogHandler(logging.Handler):
     """Log records as plain lines on stderr, written between progress bars rather than through them."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Imported here: tqdm reads its TQDM_* settings from the environment when first imported, after main().
+        from tqdm import tqdm
+
         try:
             message = self.format(record)
             if record.levelno >= logging.WARNING:

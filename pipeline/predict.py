@@ -277,7 +277,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def format_prediction(result: dict) -> str:
     """What ``actrec predict`` prints for one video: its windows, video-level top-5 and the files written."""
-    lines = [f"{result['video']}: {result['frames']} frames, {len(result['windows'])} windows of "
+    count = len(result["windows"])
+    lines = [f"{result['video']}: {result['frames']} frames, {count} window{'s' if count != 1 else ''} of "
              f"{result['window_seconds']:g} s ({result['window_frames']} frames, sampled to "
              f"{result['sequence_length']}) every {result['hop_seconds']:g} s"]
     lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"

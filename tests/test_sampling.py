@@ -164,3 +164,12 @@ def test_train_flip_on_a_cache_without_mirrored_features_is_refused(tmp_path, ti
     tiny_config.train.flip = True
     with pytest.raises(ActrecError, match="train.flip=true but .* has no mirrored features"):
         use_flip(tiny_config, write_cache(tmp_path / "c.h5", [6]))
+
+
+def test_placing_features_in_memory_can_leave_the_mirrored_ones_on_disk(tmp_path):
+    """Evaluation never reads mirrored features: it loads (and counts) only the plain ones."""
+    cache = write_cache(tmp_path / "c.h5", [6, 4], flip=True)
+    assert cache.nbytes_to_load(flip=False) * 2 == cache.nbytes_to_load(flip=True) == cache.nbytes
+    assert cache.place("memory", flip=False) == "memory"
+    assert set(cache._memory) == {False}
+    assert cache.frames(1, np.array([0, 3]))[:, 0].tolist() == [1000.0, 1003.0]
