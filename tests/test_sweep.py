@@ -162,3 +162,18 @@ def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
     rows = read_leaderboard(tmp_path / "sweeps" / "ray")
     assert sorted(row["model.name"] for row in rows) == ["meanpool", "tcn"]
     assert all(row["error"] == "" and 0 <= float(row["test_top1"]) <= 1 for row in rows)
+
+
+def test_gpu_slots_give_concurrent_runs_different_gpus(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.sweep import gpu_slot
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)  # no GPU here: record the pinning instead
+    with gpu_slot(tmp_path, 2) as first, gpu_slot(tmp_path, 2) as second:
+        assert {first, second} == {0, 1} and current == [first, second]
+    with gpu_slot(tmp_path, 2) as again:  # released on exit: the first GPU is free again
+        assert again == 0
+    with gpu_slot(tmp_path, 0) as none:
+        assert none is None
