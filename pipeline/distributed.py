@@ -77,11 +77,17 @@ def init(rank: Rank, device: torch.device) -> None:
     if not rank.launched or torch.distributed.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    store, _, _ = next(torch.distributed.rendezvous("env://", rank.rank, rank.world_size, timeout=BARRIER_TIMEOUT))
+    # Keys per restart: after torchrun restarts the ranks (--max-restarts), the store still holds the dead
+    # ranks' addresses, and gloo would try to connect to them.
+    store = torch.distributed.PrefixStore(f"actrec/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     kwargs = {"device_id": device} if device.type == "cuda" else {}
     try:
-        torch.distributed.init_process_group(backend, timeout=BARRIER_TIMEOUT, **kwargs)
+        torch.distributed.init_process_group(backend, store=store, rank=rank.rank, world_size=rank.world_size,
+                                             timeout=BARRIER_TIMEOUT, **kwargs)
     except TypeError:  # torch without device_id
-        torch.distributed.init_process_group(backend, timeout=BARRIER_TIMEOUT)
+        torch.distributed.init_process_group(backend, store=store, rank=rank.rank, world_size=rank.world_size,
+                                             timeout=BARRIER_TIMEOUT)
     log.info("%s: process group up (%s, %s)", rank, backend, device)
 
 

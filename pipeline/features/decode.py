@@ -92,16 +92,33 @@ def pieces(jobs: list[tuple[str, Path]], img_dim: int, chunk: int, workers: int)
 
 def _work(jobs, first: int, step: int, img_dim: int, chunk: int, out, stop) -> None:
     """A worker process: decode its jobs in order into ``out``, then stay until ``stop``: the consumer fetches
-    each chunk's shared memory from this process, so it must outlive the last chunk's reception."""
+    each chunk's shared memory from this process, so it must outlive the last chunk's reception. A worker
+    whose parent died (``kill -9``, torchrun stopping a rank) exits instead of waiting forever."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    parent = os.getppid()
     try:
         for k, (source, path) in enumerate(jobs):
             for piece in video_pieces(first + k * step, source, path, img_dim, chunk):
-                out.put(piece)
+                _put(out, piece, parent)
     except BaseException:
-        out.put(_Crash(first, traceback.format_exc()))
-    stop.wait()
+        _put(out, _Crash(first, traceback.format_exc()), parent)
+    while not stop.wait(POLL_SECONDS / 5):
+        _exit_if_orphaned(parent)
+
+
+def _put(out, item, parent: int) -> None:
+    while True:
+        try:
+            out.put(item, timeout=POLL_SECONDS / 5)
+            return
+        except queue_module.Full:
+            _exit_if_orphaned(parent)
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _context():

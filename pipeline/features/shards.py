@@ -120,6 +120,7 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
         lock.acquire()
     try:
         sources = _sources(cache_path, mode)
+        shard_paths = [source.path for source in sources if source.path != cache_path]
         _check_same(sources)
         where = {}
         for source in sources:
@@ -142,8 +143,9 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
         if lock:
             lock.release()
     frames = int(sum(where[name][0].lengths[where[name][1]] for name in names))
-    log.info("joined %d shards into %s (%s): %d videos, %d frames, %d failed", len(sources), cache_path, mode,
-             len(names), frames, len(failures))
+    log.info("joined %d shards%s into %s (%s): %d videos, %d frames, %d failed", len(shard_paths),
+             " and what the cache held" if len(sources) > len(shard_paths) else "", cache_path, mode, len(names),
+             frames, len(failures))
     return {"videos": len(names), "frames": frames, "failed": len(failures), "mode": mode, "cache": str(cache_path)}
 
 
