@@ -22,11 +22,10 @@ def test_quick_bench_has_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6"]
+    gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids]
     for row in data["rows"]:
-        assert row["command"].startswith("actrec bench") and row["value"]
-        if row["id"] != "6" or data["device"].startswith("CPU"):
-            assert (row["ratio"] is None) == (row["id"] == "6")
+        assert row["command"].startswith("actrec bench") and row["value"] and row["ratio"] is not None
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
@@ -98,3 +97,19 @@ def test_failed_scaling_embed_is_one_line(tmp_path):
     with pytest.raises(ActrecError, match="scaling embed .* failed: ") as caught:
         embed_in_subprocess(cfg)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
+def test_gpu_rows_say_no_gpu_in_the_real_run_and_run_on_cpu_in_the_smoke_test(tmp_path):
+    from pipeline.bench.gpu import bench_gpu
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.threads=1"])
+    real = bench_gpu(cfg, quick=False, work=tmp_path / "real", command="actrec bench --only gpu")
+    assert [r["value"] for r in real] == ["no GPU", "no GPU"] and [r["id"] for r in real] == ["6-112", "6-224"]
+    assert not (tmp_path / "real").exists()  # nothing measured, nothing generated
+    smoke = bench_gpu(cfg, quick=True, work=tmp_path / "smoke", command="actrec bench --quick --only gpu")
+    for r in smoke:
+        assert r["value"].startswith("no GPU; CPU smoke run: bare ") and r["ratio"] > 0
+        assert set(r["details"]["embed"]) == {"1", "2", "all"}
+        timing = r["details"]["where_the_time_went"]
+        assert set(timing) == {"decode_wait", "pack", "submit", "wait", "write"} and timing["submit"] > 0
