@@ -196,3 +196,13 @@ def test_rank_from_environment(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ActrecError, match="RANK=4 does not fit WORLD_SIZE=4"):
         distributed.current()
+
+
+def test_a_shard_of_other_settings_is_refused_before_embedding(reference, tmp_path):
+    names = FeatureCache(reference.cache.path).names
+    cache = tmp_path / "other" / "cache.h5"
+    fake_shard(reference, cache, 0, 2, names[:2])
+    reference.cache.path, reference.embed.img_dim = str(cache), 64
+    with pytest.raises(ActrecError, match=r"rank0000-of-0002.h5 was made with other settings \(img_dim"):
+        embed(reference)
+    assert len(FeatureCache(shard_path(cache, 0, 2))) == 2 and not cache.exists()

@@ -157,7 +157,7 @@ def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]
     if lock:
         lock.acquire()
     try:
-        done = committed_names(path) & {item.name for item in items}
+        done = committed_names(path, run.fingerprint) & {item.name for item in items}
         others = world_sizes(path) - {rank.world_size}
         if others and rank.rank == 0:
             log.info("embed: keeping the finished videos of shards written with %s rank(s); the remaining videos "
@@ -246,10 +246,11 @@ def _summary(cfg, items, embedded: int, skipped: int, frames: int, failures: dic
                "frames_per_second": round(frames / embed_seconds, 1) if embed_seconds > 0 else 0.0,
                "cache": str(path), "cache_bytes": path.stat().st_size if path.exists() else 0,
                "timing": {key: round(value, 3) for key, value in (timing or {}).items()}}
+    rank = distributed.current()
     if embedded or failures:
-        log.info(f"embed: {embedded} videos embedded ({frames} frames, {summary['frames_per_second']:.0f} "
-                 f"frames/s), {skipped} skipped, {len(failures)} failed in {seconds:.1f}s; {path} is "
-                 f"{summary['cache_bytes'] / 2**20:.1f} MiB")
+        log.info(f"embed{f' ({rank})' if rank.launched else ''}: {embedded} videos embedded ({frames} frames, "
+                 f"{summary['frames_per_second']:.0f} frames/s), {skipped} skipped, {len(failures)} failed in "
+                 f"{seconds:.1f}s; {path} is {summary['cache_bytes'] / 2**20:.1f} MiB")
     for name, reason in sorted(failures.items()):
         log.info(f"  failed: {name}: {reason}")
     if failures:

@@ -64,11 +64,13 @@ def is_virtual(cache_path) -> bool:
         return False
 
 
-def committed_names(cache_path) -> set[str]:
-    """Names committed in the cache and in every shard (of any world size): what no rank has to embed again."""
+def committed_names(cache_path, fingerprint: dict | None = None) -> set[str]:
+    """Names committed in the cache and in every shard (of any world size): what no rank has to embed again.
+
+    With ``fingerprint``, a cache or shard made with other settings is refused, naming it."""
     names = set()
     for path in ([Path(cache_path)] if Path(cache_path).exists() else []) + shard_files(cache_path):
-        names.update(FeatureCache(path).names)
+        names.update(FeatureCache(path, expected_fingerprint=fingerprint).names)
     return names
 
 
