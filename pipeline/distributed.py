@@ -7,9 +7,11 @@ group uses gloo on the CPU and nccl on CUDA, where each rank drives ``cuda:LOCAL
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import logging
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 # A barrier waits for the slowest rank's whole share of stage one, which can take hours; torchrun's agent,
 # not this timeout, is what notices a dead rank (it stops the others and restarts or gives up).
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ def init(rank: Rank, device: torch.device) -> None:
     """Join the process group (gloo on the CPU, nccl on CUDA); nothing to do for a single process."""
     if not rank.launched or torch.distributed.is_initialized():
         return
+    _die_with_launcher()
     backend = "nccl" if device.type == "cuda" else "gloo"
     store, _, _ = next(torch.distributed.rendezvous("env://", rank.rank, rank.world_size, timeout=BARRIER_TIMEOUT))
     # Keys per restart: after torchrun restarts the ranks (--max-restarts), the store still holds the dead
@@ -89,6 +93,18 @@ def init(rank: Rank, device: torch.device) -> None:
         torch.distributed.init_process_group(backend, store=store, rank=rank.rank, world_size=rank.world_size,
                                              timeout=BARRIER_TIMEOUT)
     log.info("%s: process group up (%s, %s)", rank, backend, device)
+
+
+def _die_with_launcher() -> None:
+    """Ask Linux to SIGTERM this rank when torchrun's agent dies: an agent killed with ``kill -9`` would
+    otherwise leave its ranks waiting in a barrier for days."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not Linux
+        return
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the agent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def barrier(rank: Rank) -> None:

@@ -17,6 +17,7 @@ so); that GPU results are row-independent is not checked here (no GPU where the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -230,7 +231,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
     workers = resolve_workers(cfg.embed.workers, local)
     stream = pieces(decode_jobs(cfg, todo), cfg.embed.img_dim, cfg.embed.batch_size, workers)
     pin = device.type == "cuda"
-    with bar:
+    with bar, contextlib.closing(stream):  # closing: an error or Ctrl-C stops the decode workers at once
         batches = feed.batches(counted(stream), cfg.embed.batch_size, cfg.embed.img_dim, pin, on_end,
                                counts["timing"])
         feed.run(feed.Forward(model, device, amp_dtype, flip), batches, deliver, counts["timing"])
