@@ -43,7 +43,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the package with its test extras
 
-download: $(STAMP) ## Download and unpack UCF-101 and its split files (resumable)
+download: $(STAMP) ## Get the dataset: download UCF-101 / HMDB-51 (resumable), generate the synthetic one; folder: nothing
 	$(ACTREC) download $(ARGS)
 
 extract: $(STAMP) ## Decode every video into JPEG frames (only needed for embed.source=frames)

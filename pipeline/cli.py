@@ -121,11 +121,14 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command()
 @config_options
 @click.option("--force", is_flag=True, default=False, help="Regenerate even if the dataset exists.")
+@click.option("--format", "data_format", type=click.Choice(["ucf101", "hmdb51", "folder"]), default=None,
+              help="Write it in this layout (same as --set data.format=...)  [default: data.format]")
 @reports_errors
-def synth(config_path, overrides, force):
+def synth(config_path, overrides, force, data_format):
     """Write the synthetic UCF-101-shaped dataset (videos + split files) to data.videos / data.splits."""
     from pipeline.data.synthetic import generate_dataset
 
+    overrides = overrides + ((f"data.format={data_format}",) if data_format else ())
     generate_dataset(load_config(config_path, overrides), force=force)
 
 
@@ -133,10 +136,11 @@ def synth(config_path, overrides, force):
 @config_options
 @reports_errors
 def download(config_path, overrides):
-    """Download UCF101.rar and the split zip (resumable, verified), then unpack them safely."""
-    from pipeline.data.download import download_ucf101
+    """Get the dataset of data.format: UCF-101 or HMDB-51 downloaded (resumable, verified) and unpacked safely;
+    the synthetic dataset (data.synthetic) generated; a folder of your videos needs nothing."""
+    from pipeline.data.acquire import acquire
 
-    download_ucf101(load_config(config_path, overrides))
+    acquire(load_config(config_path, overrides))
 
 
 @cli.command()
@@ -188,15 +192,16 @@ def evaluate(config_path, overrides):
               help="Annotated output video (.mp4 or .gif); for a folder of videos, the CSV (default: "
                    "FOLDER/predictions.csv).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Per-window predictions as JSON.")
-@click.option("--stride", type=int, default=None, help="Frames between windows [default: predict.stride].")
+@click.option("--hop", type=float, default=None, metavar="SECONDS",
+              help="Seconds between window starts [default: predict.hop of the run's config].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Backbone device.")
 @reports_errors
-def predict(video, checkpoint, out, json_path, stride, device):
+def predict(video, checkpoint, out, json_path, hop, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
     from pipeline.predict import format_prediction
     from pipeline.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, stride=stride, device=device)
+    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
     if "video_top5" in result:  # one video; a folder's results are in its CSV
         click.echo(format_prediction(result))
 
@@ -237,7 +242,8 @@ def merge_cache(cache_path, mode):
               help="Folder for results.json and results.md.")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
-@click.option("--only", multiple=True, type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu"]),
+@click.option("--only", multiple=True,
+              type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu", "chunks"]),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def bench(config_path, overrides, quick, out_dir, readme, only):
@@ -252,6 +258,19 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
     result = run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
                             readme=Path(readme) if readme else None, only=tuple(only))
     click.echo(format_markdown(result))
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, default=False,
+              help="Also list models whose head cannot be removed generically.")
+@click.option("--every-weights", is_flag=True, default=False,
+              help="One row per model and torchvision weights (e.g. ViT's SWAG weights at 384), not only the default.")
+@reports_errors
+def backbones(show_all, every_weights):
+    """List torchvision's classification models: feature width, input size, GFLOPs, ImageNet top-1 (no download)."""
+    from pipeline.features.catalog import format_catalog, list_backbones
+
+    click.echo(format_catalog(list_backbones(every_weights=every_weights), show_all=show_all))
 
 
 @cli.command(name="config")

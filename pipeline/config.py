@@ -60,15 +60,28 @@ def _key(default, help, choices=None, min=None, max=None, nonempty=False, affect
 @dataclass
 class DataConfig:
     name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
-    videos: str = _key("data/ucf101/UCF-101", "UCF-101-style video root: Class/v_Class_gXX_cYY.avi")
+    # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
+    # (pipeline/data/datasets.py), which UCF-101 caches made before these keys existed keep matching.
+    format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
+                       "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
+                       choices=["ucf101", "hmdb51", "folder"])
+    synthetic: bool = _key(False, "the dataset is the generated one: `actrec download` (and `make all`) runs "
+                                  "`actrec synth` instead of downloading")
+    videos: str = _key("data/ucf101/UCF-101", "video root: a folder per class (UCF-101: Class/v_Class_gXX_cYY.avi)")
     frames: str = _key("data/ucf101/frames", "extracted frames root: Class/v_Class_gXX_cYY/000001.jpg")
-    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with classInd.txt, trainlistNN.txt, testlistNN.txt",
-                       affects="features")
+    splits: str = _key("data/ucf101/ucfTrainTestlist", "folder with the split files (classInd.txt, trainlistNN.txt, "
+                       "testlistNN.txt; HMDB-51: Class_test_splitN.txt)", affects="features")
     split: Union[int, str] = _key(
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
-        "'random-groups' (random but no group on both sides)",
-        choices=[1, 2, 3, "random", "random-groups"], affects="test list")
+        "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
+        "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
+        choices=[1, 2, 3, "random", "random-groups", "auto"], affects="test list")
     random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
+    test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
+                                     "test list", min=0.01, max=0.9)
+    group_pattern: str = _key("", "data.split=auto: regex with one group that names a video's group (same actor or "
+                                  "scene), e.g. '_g(\\d+)_'; a group stays on one side. Empty: every video is "
+                                  "its own group")
     val_fraction: float = _key(0.2, "share of training groups held out for validation", min=0.0, max=0.9,
                                affects="training")
     seed: int = _key(0, "seed for the random splits and the validation carve-out", min=0, affects="test list")
@@ -88,8 +101,9 @@ class SynthConfig:
 
 @dataclass
 class DownloadConfig:
-    videos_url: str = _key(UCF101_URL, "URL of UCF101.rar")
-    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the train/test split zip")
+    videos_url: str = _key(UCF101_URL, "URL of the video archive (UCF101.rar; hmdb51_org.rar for data.format=hmdb51)")
+    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the split archive (a zip for UCF-101; test_train_splits.rar "
+                                              "for HMDB-51)")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
     timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)
@@ -105,12 +119,20 @@ class ExtractConfig:
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
                        choices=["videos", "frames"], affects="features")
-    backbone: str = _key("resnet152", "torchvision model name (resnet18, resnet50, resnet152, ...)", nonempty=True,
+    backbone: str = _key("resnet152", "any torchvision classification model (resnet152, vit_b_16, swin_t, ...; "
+                         "`actrec backbones` lists them)", nonempty=True,
                          affects="features")
-    weights: str = _key("imagenet", "'imagenet', 'none' (random init) or a path to a state dict", nonempty=True,
+    weights: str = _key("imagenet", "'imagenet' (the model's default torchvision weights), another of its torchvision "
+                        "weights by name (e.g. IMAGENET1K_SWAG_E2E_V1; `actrec backbones --every-weights`), 'none' "
+                        "(random init) or a path to a state dict", nonempty=True,
                         affects="features")
     img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
-    batch_size: int = _key(64, "frames per forward pass (batches span video boundaries)", min=1, max=8192)
+    resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "
+                       "the ImageNet weights were trained; 'squash': the whole frame to img_dim x img_dim (the "
+                       "seed's way: aspect distorted)", choices=["crop", "squash"], affects="features")
+    batch_size: int = _key(64, "frames per forward pass (batches span video boundaries; kernels may round "
+                           "differently at another batch shape, so it is part of the cache fingerprint)", min=1,
+                           max=8192, affects="features")
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     workers: Union[int, str] = _key("auto", "decode/resize worker processes running ahead of the forward pass (0 = "
@@ -123,6 +145,11 @@ class EmbedConfig:
     dtype: str = _key("float16", "storage dtype of cached features", choices=["float16", "float32"], affects="features")
 
     @property
+    def resize_tag(self) -> str:
+        """'' for crop, 'sq' for squash: the default cache path tells the two preprocessings apart."""
+        return "sq" if self.resize == "squash" else ""
+
+    @property
     def weights_tag(self) -> str:
         """Short file-name-safe name for the weights (a path becomes its stem)."""
         if self.weights in ("imagenet", "none"):
@@ -132,8 +159,9 @@ class EmbedConfig:
 
 @dataclass
 class CacheConfig:
-    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}_{embed.source}.h5",
-                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/source")
+    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
+                     "{embed.source}.h5",
+                     "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/resize/source")
     join: str = _key("copy", "how an embed under torchrun joins the ranks' shards into cache.path: a copy, or an "
                      "HDF5 virtual dataset over the shards (no copy; keep the shards)", choices=["copy", "virtual"])
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
@@ -165,6 +193,12 @@ class TrainConfig:
     grad_clip: float = _key(1.0, "max gradient norm (0 = no clipping)", min=0.0, max=1e6, affects="training")
     seed: int = _key(0, "seed for sampling and initialisation (CPU runs are bit-reproducible)", min=0,
                      affects="training")
+    sampler: str = _key("segments", "training clips: a random frame of each of sequence_length equal segments "
+                         "(one time scale with evaluation and prediction), or the seed's random stride and start",
+                         choices=["segments", "stride"], affects="training")
+    flip: Union[bool, str] = _key("auto", "train on mirrored features half the time; 'auto' = when the cache has "
+                                  "them (embed.flip). Switch it off where left and right matter (MoveLeft vs "
+                                  "MoveRight)", choices=["auto", True, False], affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
@@ -185,7 +219,8 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig:
-    stride: int = _key(8, "frames between the starts of consecutive windows", min=1, max=100000)
+    hop: float = _key(0.5, "seconds between the starts of consecutive windows (a window spans as long as a "
+                      "training clip did on average, at the video's own frame rate)", min=0.01, max=3600.0)
     topk: int = _key(3, "labels shown per window", min=1, max=20)
     gif_max_frames: int = _key(150, "GIF output keeps at most this many frames (evenly spaced)", min=1,
                               max=10000)
@@ -225,26 +260,6 @@ def keys_affecting(*what: str) -> list[str]:
     """Dotted names of the keys whose ``affects`` is one of ``what`` (e.g. 'features'), in schema order."""
     return [f"{section}.{f.name}" for section, factory in SECTIONS.items() for f in fields(factory())
             if f.metadata["affects"] in what]
-
-
-def describe_keys() -> list[tuple[str, Any, str]]:
-    """(dotted key, default, help) for every key: the source of the docs table and ``--help``."""
-    rows = []
-    for section, factory in SECTIONS.items():
-        for f in fields(factory()):
-            rows.append((f"{section}.{f.name}", getattr(factory(), f.name), _allowed_text(f)))
-    return rows
-
-
-def _allowed_text(f: dataclasses.Field) -> str:
-    meta = f.metadata
-    text = meta["help"]
-    if meta["choices"]:
-        text += f" (one of: {', '.join(map(str, meta['choices']))})"
-    elif meta["min"] is not None or meta["max"] is not None:
-        text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']}"
-        text += ", or auto)" if meta.get("auto") else ")"
-    return text
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:

@@ -25,6 +25,7 @@ from pipeline.train.metrics import (
     pair_accuracy,
     per_class_accuracy,
     topk_accuracy,
+    topk_hits,
     video_scores,
 )
 
@@ -42,10 +43,10 @@ def evaluate(cfg) -> dict:
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
     check_same_test_list(cfg, ckpt, path)
-    dataset, split = test_data(cfg, ckpt, path)
+    dataset, split, unscored_labels = test_data(cfg, ckpt, path)
     logits, labels = score_test_clips(cfg, ckpt, dataset)
-    metrics = compute_metrics(logits, labels, split.class_names)
-    metrics.update(describe_evaluation(cfg, ckpt, path, split, len(labels)))
+    metrics = compute_metrics(logits, labels, split.class_names, unscored_labels)
+    metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
     return metrics
@@ -53,7 +54,7 @@ def evaluate(cfg) -> dict:
 
 def test_data(cfg, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
-    from pipeline.data.ucf101 import load_split
+    from pipeline.data.datasets import load_split
     from pipeline.features.cache import cache_rows, open_cache
     from pipeline.train.sampling import EvalClips
 
@@ -64,12 +65,19 @@ def test_data(cfg, ckpt: dict, path: Path):
     split = load_split(cfg, check_videos=False)
     if split.class_names != ckpt["class_names"]:
         raise ActrecError(f"{path} was trained on other classes than {cfg.data.splits}/classInd.txt lists")
-    rows, labels = cache_rows(cache, split.test, "test")
+    # The protocol: a test video without features is a wrong answer, not a smaller test set.
+    unscored = [item for item in split.test if item.name not in cache or item.name in cache.failures]
+    missing = {item.name for item in unscored}
+    rows, labels = cache_rows(cache, [item for item in split.test if item.name not in missing], "test")
     if not rows:
         raise ActrecError(f"the test list of split {split.name} has no videos in {cfg.cache.path}")
-    cache.place(cfg.cache.load)
+    if unscored:
+        log.warning(f"{len(unscored)} of {len(split.test)} test videos have no features in {cfg.cache.path} "
+                    f"(e.g. {unscored[0].name}); they count as wrong answers. `actrec info {cfg.cache.path}` "
+                    f"lists failures; `actrec embed` adds missing videos")
+    cache.place(cfg.cache.load, flip=False)  # evaluation never reads mirrored features
     length = ckpt["config"]["train"]["sequence_length"]
-    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split
+    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split, [item.label for item in unscored]
 
 
 def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -85,18 +93,19 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
                          desc="evaluate")
 
 
-def describe_evaluation(cfg, ckpt: dict, path: Path, split, num_videos: int) -> dict:
+def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
     """The metrics.json fields that say what was evaluated: split, model, checkpoint, clips, leaks."""
     return {
         "split": split.name,
         "model": ckpt["config"]["model"]["name"],
-        "num_videos": num_videos,
         "eval_clips": cfg.eval.clips,
         "sequence_length": ckpt["config"]["train"]["sequence_length"],
         "checkpoint": str(path),
         "checkpoint_epoch": int(ckpt["epoch"]),
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
+        "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
+        "cache": str(cfg.cache.path),
     }
 
 
@@ -132,17 +141,29 @@ def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
                           f"trained with, or train a run for this split")
 
 
-def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
-    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``."""
+def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    unscored_labels=()) -> dict:
+    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``.
+
+    ``unscored_labels`` are the labels of test videos with no features (missing from the cache or failed to
+    embed): wrong answers in top-1, top-5 and the per-class numbers, as the UCF-101 protocol counts them.
+    ``top1_embedded`` is top-1 over the scored videos alone; the confusion matrix holds scored videos only.
+    """
     n, k, c = clip_logits.shape
     scores = video_scores(clip_logits)
     matrix = confusion_matrix(labels, scores.argmax(axis=1), c)
+    unscored = np.bincount(np.asarray(unscored_labels, dtype=np.int64), minlength=c)
+    total = n + len(unscored_labels)
     metrics = {
-        "top1": topk_accuracy(scores, labels, 1),  # video level: the mean of a video's clip probabilities
-        "top5": topk_accuracy(scores, labels, 5),
-        "mean_class_accuracy": mean_class_accuracy(matrix),
+        # Video level: a video's score is the mean of its clips' probabilities.
+        "top1": float(topk_hits(scores, labels, 1).sum() / total),
+        "top5": float(topk_hits(scores, labels, 5).sum() / total),
+        "top1_embedded": topk_accuracy(scores, labels, 1),
+        "mean_class_accuracy": mean_class_accuracy(matrix, unscored),
         "clip_top1": topk_accuracy(clip_logits.reshape(n * k, c), np.repeat(labels, k), 1),
-        "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix))},
+        "num_videos": total,
+        "num_failed": len(unscored_labels),
+        "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix, unscored))},
         "confusion_matrix": matrix.tolist(),
     }
     pairs = reversed_pairs(class_names)
@@ -175,6 +196,9 @@ def format_summary(metrics: dict) -> str:
              f"  top-5 (video)         {metrics['top5']:.4f}",
              f"  mean class accuracy   {metrics['mean_class_accuracy']:.4f}",
              f"  clip top-1            {metrics['clip_top1']:.4f}"]
+    if metrics.get("num_failed"):
+        lines.append(f"  {metrics['num_failed']} test videos have no features and count as wrong; top-1 over the "
+                     f"{metrics['num_videos'] - metrics['num_failed']} embedded ones: {metrics['top1_embedded']:.4f}")
     if "pair_accuracy" in metrics:
         lines.append(f"  pair accuracy         {metrics['pair_accuracy']:.4f}   (within time-reversed class pairs; "
                      f"0.5 = blind to order)")
@@ -205,26 +229,32 @@ def summarize_runs(run_dirs) -> dict:
                               f"and top1); run `actrec evaluate` for {run_dir} again")
         metrics.pop("confusion_matrix", None)
         runs.append({"run_dir": str(run_dir), **metrics})
-    by_model = {}
-    for model in dict.fromkeys(run["model"] for run in runs):
-        mine = [run for run in runs if run["model"] == model]
-        by_model[model] = {"splits": [run["split"] for run in mine], **{
+    by_model = {}  # one mean per model and backbone: runs on other features are not averaged together
+    for model, backbone in dict.fromkeys((run["model"], run.get("backbone")) for run in runs):
+        mine = [run for run in runs if (run["model"], run.get("backbone")) == (model, backbone)]
+        key = model if backbone is None else f"{model} {backbone}"
+        by_model[key] = {"model": model, "backbone": backbone, "splits": [run["split"] for run in mine], **{
             f"mean_{key}": _mean(run.get(key) for run in mine) for key in REPORT_COLUMNS}}
     return {"runs": runs, "by_model": by_model, "mean_top1": _mean(run["top1"] for run in runs)}
 
 
 def format_report(summary: dict) -> str:
     """A table of the runs' metrics and, for models run on several splits, their means."""
-    header = f"{'run':<36} {'model':<9} {'split':<13} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values())
+    header = (f"{'run':<36} {'model':<9} {'backbone/weights/img_dim':<28} {'split':<13} {'videos':>7} "
+              f"{'failed':>6} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values()))
     lines = [header, "-" * len(header)]
     for run in summary["runs"]:
-        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run['split']!s:<13} "
+        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run.get('backbone') or '-':<28} "
+                     f"{run['split']!s:<13} {run.get('num_videos', '-'):>7} {run.get('num_failed', '-'):>6} "
                      + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
-    for model, stats in summary["by_model"].items():
+    for stats in summary["by_model"].values():
         if len(stats["splits"]) > 1:
             splits = ",".join(map(str, stats["splits"]))
-            lines.append(f"{'mean':<36} {model:<9} {splits:<13} "
-                         + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
+            lines.append(f"{'mean':<36} {stats['model']:<9} {stats['backbone'] or '-':<28} {splits:<13} "
+                         f"{'':>7} {'':>6} " + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
+    if any(run.get("num_failed") for run in summary["runs"]):
+        lines.append("note: failed = test videos without features (failed to embed or missing from the cache); "
+                     "top1 counts them as wrong answers")
     if any(run.get("leaks_groups") for run in summary["runs"]):
         lines.append("note: runs on split 'random' share groups between train and test; their numbers are inflated")
     return "\n".join(lines)

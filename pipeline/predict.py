@@ -1,4 +1,4 @@
-"""Predict stage: any video -> sliding windows of ``sequence_length`` frames -> labels.
+"""Predict stage: any video -> windows on the training clips' time scale -> labels, annotated video, JSON.
 
 The checkpoint carries everything needed (backbone, weights, img_dim, sequence length, class names), so
 prediction runs the backbone exactly as stage one did and feeds the sequence model clips shaped like the
@@ -21,15 +21,16 @@ from pipeline.config import config_from_dict
 from pipeline.data.video import iter_video_frames, video_fps
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.errors import ActrecError
-from pipeline.features.backbone import embed_frames, load_backbone, weights_identity
+from pipeline.features.backbone import embed_frames, frame_resize, load_backbone, weights_identity
 from pipeline.fileio import atomic_path, write_json
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax
-from pipeline.train.sampling import pad_indices
+from pipeline.train.sampling import eval_clip_indices
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
+WINDOW_BATCH = 256  # windows per forward pass in prediction
 MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
 
 
@@ -52,10 +53,11 @@ class Predictor:
             raise ActrecError(f"{checkpoint} was trained on features of {embed.backbone} with weights {trained_on}, "
                               f"but {embed.weights} is now {weights_identity(embed.backbone, embed.weights)}; "
                               f"restore that weights file or train again")
-        self.backbone = load_backbone(embed.backbone, embed.weights, self.device)
+        self.backbone = load_backbone(embed.backbone, embed.weights, self.device, embed.img_dim)
         self.amp_dtype = self._forward_dtype(ckpt["fingerprint"], embed.precision)
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length
+        self.clip_seconds = ckpt.get("clip_seconds")  # None in checkpoints written before it was recorded
 
     def _forward_dtype(self, fingerprint: dict, precision: str):
         """The autocast dtype the cache's features were computed in (bf16 on a GPU, fp32 on a CPU), so that
@@ -70,8 +72,8 @@ class Predictor:
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
         embed = self.cfg.embed
-        features = embed_frames(self.backbone, iter_video_frames(path), embed.img_dim, self.device, self.amp_dtype,
-                                embed.batch_size)
+        features = embed_frames(self.backbone, iter_video_frames(path), frame_resize(embed), self.device,
+                                self.amp_dtype, embed.batch_size)
         # The model was trained on features stored in the cache dtype; round the same way.
         return features.astype(self.storage_dtype).astype(np.float32)
 
@@ -81,24 +83,40 @@ class Predictor:
         batch = torch.from_numpy(features[clips]).to(self.device)
         return softmax(self.model(batch).float().cpu().numpy().astype(np.float64))
 
+    def window_probabilities(self, features: np.ndarray, window: int, starts: list[int]) -> np.ndarray:
+        """Softmax scores ``[K, C]`` of the windows starting at ``starts``, ``WINDOW_BATCH`` windows per forward
+        (a long video's clips never sit in memory all at once)."""
+        parts = [self.clip_probabilities(features, window_indices(len(features), window, starts[i:i + WINDOW_BATCH],
+                                                                  self.sequence_length))
+                 for i in range(0, len(starts), WINDOW_BATCH)]
+        return np.concatenate(parts)
 
-def window_starts(num_frames: int, length: int, stride: int) -> list[int]:
-    """First frames of the windows: every ``stride`` frames, plus one ending on the last frame.
 
-    A video shorter than one window gets a single window (padded as in training).
+def window_length(clip_seconds: float | None, fps: float, sequence_length: int) -> int:
+    """Frames a window spans: the time a training clip covered on average, at this video's frame rate (a
+    checkpoint from before that was recorded: ``sequence_length`` consecutive frames)."""
+    if not clip_seconds:
+        return sequence_length
+    return max(1, round(clip_seconds * fps))
+
+
+def window_starts(num_frames: int, window: int, step: int) -> list[int]:
+    """First frames of the windows: every ``step`` frames, plus one ending on the last frame.
+
+    A video shorter than one window gets a single window over all of it.
     """
-    if num_frames <= length:
+    if num_frames <= window:
         return [0]
-    starts = list(range(0, num_frames - length + 1, stride))
-    if starts[-1] != num_frames - length:
-        starts.append(num_frames - length)
+    starts = list(range(0, num_frames - window + 1, step))
+    if starts[-1] != num_frames - window:
+        starts.append(num_frames - window)
     return starts
 
 
-def window_indices(num_frames: int, length: int, starts: list[int]) -> np.ndarray:
-    """Frame indices ``[K, L]`` of the windows: consecutive frames, the last one repeated past the end."""
-    padded = pad_indices(num_frames, length)
-    return np.stack([padded[s:s + length] for s in starts])
+def window_indices(num_frames: int, window: int, starts: list[int], length: int) -> np.ndarray:
+    """Frame indices ``[K, length]`` of the windows' clips: each window sampled as an evaluation clip (the centres
+    of ``length`` equal segments), so a window is seen on the time scale training and evaluation use."""
+    return np.stack([start + eval_clip_indices(min(window, num_frames - start), length, 1)[0] for start in starts])
 
 
 def top_labels(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict]:
@@ -106,29 +124,42 @@ def top_labels(probabilities: np.ndarray, class_names: list[str], k: int) -> lis
     return [{"label": class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
 
 
-def predict_video(predictor: Predictor, path: Path, stride: int, topk: int) -> dict:
-    """Per-window top-k labels and the video-level top-5 (mean of the windows' probabilities)."""
+def predict_video(predictor: Predictor, path: Path, hop: float, topk: int) -> dict:
+    """Per-window top-k labels and the video-level top-5 (mean of the windows' probabilities).
+
+    Windows span ``predictor.clip_seconds`` and start every ``hop`` seconds, whatever the video's frame rate.
+    """
     features = predictor.video_features(path)
-    length = predictor.sequence_length
-    starts = window_starts(len(features), length, stride)
-    probabilities = predictor.clip_probabilities(features, window_indices(len(features), length, starts))
     fps = video_fps(path)
+    window = window_length(predictor.clip_seconds, fps, predictor.sequence_length)
+    starts = window_starts(len(features), window, max(1, round(hop * fps)))
+    probabilities = predictor.window_probabilities(features, window, starts)
     windows = []
     for start, probs in zip(starts, probabilities):
-        end = min(start + length, len(features)) - 1
+        end = min(start + window, len(features)) - 1
         windows.append({"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3),
                         "end_s": round((end + 1) / fps, 3), "top": top_labels(probs, predictor.class_names, topk)})
     return {
-        "video": str(path), "frames": len(features), "fps": fps, "sequence_length": length, "stride": stride,
+        "video": str(path), "frames": len(features), "fps": fps, "sequence_length": predictor.sequence_length,
+        "window_frames": window, "window_seconds": round(window / fps, 3), "hop_seconds": hop,
         "windows": windows, "video_top5": top_labels(probabilities.mean(axis=0), predictor.class_names, 5),
         "_window_probabilities": probabilities,
     }
 
 
-def frame_windows(num_frames: int, starts: list[int], length: int) -> np.ndarray:
-    """For each frame, the window whose centre is nearest (the label shown on that frame)."""
-    centres = np.asarray(starts) + min(length, num_frames) / 2
-    return np.abs(np.arange(num_frames)[:, None] + 0.5 - centres[None, :]).argmin(axis=1)
+def frame_windows(num_frames: int, starts: list[int], window: int) -> np.ndarray:
+    """For each frame, the window whose centre is nearest (the label shown on that frame): ``[num_frames]``.
+
+    A binary search over the (sorted) centres, so memory grows with the frames, not frames x windows.
+    """
+    if len(starts) == 1:
+        return np.zeros(num_frames, dtype=np.int64)
+    centres = np.asarray(starts, dtype=np.float64) + min(window, num_frames) / 2
+    times = np.arange(num_frames) + 0.5
+    after = np.clip(np.searchsorted(centres, times), 1, len(centres) - 1)
+    before = after - 1
+    # Ties go to the earlier window, as argmin over distances did.
+    return np.where(times - centres[before] <= centres[after] - times, before, after)
 
 
 def annotate(frame: np.ndarray, top: list[dict]) -> np.ndarray:
@@ -154,7 +185,7 @@ def annotate(frame: np.ndarray, top: list[dict]) -> np.ndarray:
 def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_frames: int) -> int:
     """Write the annotated copy of ``video`` (MP4 or GIF) atomically; returns the number of frames written."""
     starts = [w["start_frame"] for w in result["windows"]]
-    nearest = frame_windows(result["frames"], starts, result["sequence_length"])
+    nearest = frame_windows(result["frames"], starts, result["window_frames"])
     is_gif = out.suffix.lower() == ".gif"
     step = max(1, -(-result["frames"] // gif_max_frames)) if is_gif else 1
     written, writer, gif_frames = 0, None, []
@@ -190,24 +221,24 @@ def _videos_in(folder: Path) -> list[Path]:
 
 
 def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: str | None = None,
-            stride: int | None = None, device: str = "auto") -> dict:
+            hop: float | None = None, device: str = "auto") -> dict:
     """Label one video (annotated video + JSON timeline) or a folder of videos (CSV of video-level top-5)."""
     video = Path(video)
     if not video.exists():
         raise ActrecError(f"{video}: no such video file or folder")
-    if stride is not None and stride < 1:
-        raise ActrecError(f"--stride {stride}: must be at least 1")
+    if hop is not None and not hop > 0:
+        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0")
     allowed = (".csv",) if video.is_dir() else (".mp4", ".gif")
     if out is not None and Path(out).suffix.lower() not in allowed:
         what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
         raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
     predictor = Predictor(Path(checkpoint), device)
-    stride = stride or predictor.cfg.predict.stride
+    hop = hop or predictor.cfg.predict.hop
     topk = predictor.cfg.predict.topk
     if video.is_dir():
-        return predict_folder(predictor, video, Path(out) if out else video / "predictions.csv", stride)
+        return predict_folder(predictor, video, Path(out) if out else video / "predictions.csv", hop)
 
-    result = predict_video(predictor, video, stride, max(topk, 5))
+    result = predict_video(predictor, video, hop, max(topk, 5))
     result.pop("_window_probabilities")
     if json_path:
         write_json(json_path, result)
@@ -219,20 +250,22 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
 
 def format_prediction(result: dict) -> str:
     """What ``actrec predict`` prints for one video: its windows, video-level top-5 and the files written."""
-    lines = [f"{result['video']}: {result['frames']} frames, {len(result['windows'])} windows of "
-             f"{result['sequence_length']} (stride {result['stride']})"]
+    count = len(result["windows"])
+    lines = [f"{result['video']}: {result['frames']} frames, {count} window{'s' if count != 1 else ''} of "
+             f"{result['window_seconds']:g} s ({result['window_frames']} frames, sampled to "
+             f"{result['sequence_length']}) every {result['hop_seconds']:g} s"]
     lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"
               for rank, entry in enumerate(result["video_top5"], 1)]
     lines += [f"  {what}: {path}" for what, path in result.get("outputs", {}).items() if path]
     return "\n".join(lines)
 
 
-def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, stride: int) -> dict:
+def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, hop: float) -> dict:
     """Video-level top-5 for every video under ``folder``; unreadable videos are listed with the reason."""
     rows = []
     for path in _videos_in(folder):
         try:
-            top = predict_video(predictor, path, stride, 5)["video_top5"]
+            top = predict_video(predictor, path, hop, 5)["video_top5"]
             rows.append([str(path.relative_to(folder)), ""] + [x for e in top for x in (e["label"], e["probability"])])
         except ActrecError as exc:
             rows.append([str(path.relative_to(folder)), str(exc)])

@@ -20,6 +20,7 @@ from pipeline.features.backbone import (
     resize_frames,
     weights_identity,
 )
+from pipeline.features.catalog import find_head, format_catalog, list_backbones, skeleton
 
 CPU = torch.device("cpu")
 
@@ -57,7 +58,7 @@ def test_classifier_heads_and_unsupported_models():
     mobilenet = load_backbone("mobilenet_v3_small", "none", CPU)
     assert mobilenet.feature_dim == 1024 and isinstance(mobilenet.classifier[-1], torch.nn.Identity)
     assert embed_frames(mobilenet, random_frames(2), 32, CPU).shape == (2, 1024)
-    with pytest.raises(ActrecError, match="no `fc` or `classifier` head"):
+    with pytest.raises(ActrecError, match="no nn.Linear in its head"):
         load_backbone("squeezenet1_0", "none", CPU)  # its classifier ends in a conv, not a Linear
     with pytest.raises(ActrecError, match="not a torchvision classification model.*resnet18"):
         load_backbone("resnet_nonexistent", "none", CPU)
@@ -144,3 +145,96 @@ def test_flip_features_are_features_of_mirrored_frames(resnet18):
     np.testing.assert_allclose(flipped, embed_frames(resnet18, frames[:, :, ::-1], 32, CPU), rtol=1e-4, atol=1e-5)
     assert not np.allclose(flipped, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
 
+
+
+@pytest.mark.parametrize("name, head, dim", [
+    ("vit_b_16", "heads.head", 768), ("swin_t", "head", 768), ("maxvit_t", "classifier.5", 512),
+    ("regnet_y_16gf", "fc", 3024), ("convnext_tiny", "classifier.2", 768), ("efficientnet_v2_s", "classifier.1", 1280),
+    ("vgg11", "classifier.6", 4096), ("resnet152", "fc", 2048),
+])
+def test_the_head_is_the_last_linear_of_the_models_own_head_attribute(name, head, dim):
+    found, linear = find_head(skeleton(name))  # shapes only: no memory, no initialisation time
+    assert (found, linear.in_features, linear.out_features) == (head, dim, 1000)
+
+
+def test_random_vit_and_swin_embed_at_small_sizes():
+    vit = load_backbone("vit_b_16", "none", CPU, img_dim=32)  # a random init is built for the asked size
+    assert vit.feature_dim == 768 and isinstance(vit.heads.head, torch.nn.Identity)
+    features = embed_frames(vit, random_frames(2), 32, CPU)
+    assert features.shape == (2, 768) and np.isfinite(features).all() and features.std() > 0
+    swin = load_backbone("swin_t", "none", CPU, img_dim=32)
+    assert swin.feature_dim == 768 and isinstance(swin.head, torch.nn.Identity)
+    assert embed_frames(swin, random_frames(2), 32, CPU).shape == (2, 768)
+
+
+def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
+    vit = load_backbone("vit_b_16", "none", CPU, img_dim=224)
+    frames = random_frames(2, 64, 64)
+    features = embed_frames(vit, frames, 224, CPU)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # RANDOM_INIT_SEED: the same random network, head kept
+        full = torchvision.models.vit_b_16().eval()
+    x = normalize(resize_frames(frames, 224), CPU)
+    with torch.inference_mode():
+        tokens = full.encoder(torch.cat([full.class_token.expand(2, -1, -1), full._process_input(x)], dim=1))
+    np.testing.assert_allclose(features, tokens[:, 0].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_fixed_size_models_refuse_other_sizes_with_the_sizes_they_take():
+    with pytest.raises(ActrecError, match=r"embed.img_dim=112: vit_b_16 with weights ViT_B_16_Weights.IMAGENET1K_V1 "
+                                          r"takes 224x224 input only; set embed.img_dim=224, or .*: 224 \(imagenet\), "
+                                          r"384 \(IMAGENET1K_SWAG_E2E_V1\), 224 \(IMAGENET1K_SWAG_LINEAR_V1\)"):
+        load_backbone("vit_b_16", "imagenet", CPU, img_dim=112)  # refused before any download
+    with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 takes 384x384 input only"):
+        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=224)
+    with pytest.raises(ActrecError, match=r"vit_b_16 cannot take embed.img_dim=40 .*indivisible by patch size.*224"):
+        load_backbone("vit_b_16", "none", CPU, img_dim=40)
+    with pytest.raises(ActrecError, match=r"maxvit_t cannot take embed.img_dim=112 .*partition size.*try "
+                                          r"embed.img_dim=224"):
+        load_backbone("maxvit_t", "none", CPU, img_dim=112)
+
+
+def test_torchvision_weights_by_name(tmp_path, monkeypatch):
+    assert weights_identity("vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"
+    assert weights_identity("vit_b_16", "imagenet") == "ViT_B_16_Weights.IMAGENET1K_V1"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # The size fits these weights: what stops it is the download, and the message names the file.
+    with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 .*place it at .*hub/checkpoints/"
+                                          r"vit_b_16_swag-9ac1b537\.pth"):
+        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=384)
+    with pytest.raises(ActrecError, match=r"IMAGENET2K_V9: no such file; use .* one of resnet18's torchvision "
+                                          r"weights \(IMAGENET1K_V1, DEFAULT\)"):
+        load_backbone("resnet18", "IMAGENET2K_V9", CPU)
+
+
+def test_backbones_table_comes_from_the_weights_metadata():
+    every = list_backbones(["vit_b_16"], every_weights=True)
+    assert [(r["weights"], r["trained_size"]) for r in every] == [
+        ("imagenet", 224), ("IMAGENET1K_SWAG_E2E_V1", 384), ("IMAGENET1K_SWAG_LINEAR_V1", 224)]
+    assert "IMAGENET1K_SWAG_E2E_V1     ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1" in format_catalog(every)
+    rows = {row["name"]: row for row in list_backbones(["vit_b_16", "regnet_y_128gf", "resnet18", "squeezenet1_0"])}
+    assert (rows["vit_b_16"]["dim"], rows["vit_b_16"]["fixed"], rows["vit_b_16"]["trained_size"]) == (768, True, 224)
+    assert rows["vit_b_16"]["gflops"] == pytest.approx(17.564) and rows["vit_b_16"]["top1"] == pytest.approx(81.072)
+    assert rows["regnet_y_128gf"]["dim"] == 7392 and rows["regnet_y_128gf"]["trained_size"] == 384
+    assert rows["resnet18"]["dim"] == 512 and not rows["resnet18"]["fixed"]
+    assert rows["squeezenet1_0"]["dim"] is None  # its head ends in a convolution
+    table = format_catalog(list(rows.values()))
+    assert table.index("regnet_y_128gf") < table.index("vit_b_16") < table.index("resnet18")  # best top-1 first
+    assert "224 only" in table and "squeezenet" not in table
+    assert "squeezenet1_0" in format_catalog(list(rows.values()), show_all=True)
+
+
+def test_the_crop_follows_the_named_weights_own_transforms():
+    from pipeline.config import load_config
+    from pipeline.features.backbone import frame_resize
+
+    swag = load_config(None, ["embed.backbone=vit_b_16", "embed.weights=IMAGENET1K_SWAG_E2E_V1", "embed.img_dim=384",
+                              "embed.resize=crop"])
+    assert frame_resize(swag.embed).short_side == 384  # SWAG E2E: resize 384, crop 384
+    default = load_config(None, ["embed.backbone=vit_b_16", "embed.img_dim=224", "embed.resize=crop"])
+    assert frame_resize(default.embed).short_side == 256  # IMAGENET1K_V1: resize 256, crop 224

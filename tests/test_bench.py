@@ -23,7 +23,7 @@ def test_quick_bench_has_every_row(tmp_path):
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
     gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids]
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"] and row["ratio"] is not None
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
@@ -32,7 +32,7 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 6
+    assert len(ROWS) == 7
 
 
 def test_readme_section_needs_markers(tmp_path):

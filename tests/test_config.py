@@ -2,22 +2,27 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import config_from_dict, describe_keys, load_config
+from pipeline.config import config_from_dict, load_config
+from pipeline.config_doc import describe_keys
 from pipeline.errors import ActrecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["ucf101.yaml", "synthetic.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
+    from pipeline.data.datasets import SPLITS
+
+    assert cfg.data.split in SPLITS[cfg.data.format]
     assert cfg.cache.path.endswith(".h5") and "{" not in cfg.cache.path
     assert "{" not in cfg.run.dir
 
 
-def test_ucf101_config_has_seed_hyperparameters():
+def test_ucf101_config_has_seed_hyperparameters_and_the_weights_preprocessing():
     cfg = load_config(ROOT / "configs" / "ucf101.yaml")
-    assert (cfg.embed.backbone, cfg.embed.weights, cfg.embed.img_dim) == ("resnet152", "imagenet", 112)
+    assert (cfg.embed.backbone, cfg.embed.weights, cfg.embed.img_dim, cfg.embed.resize) == ("resnet152", "imagenet",
+                                                                                          224, "crop")
     assert (cfg.train.sequence_length, cfg.model.latent_dim, cfg.model.hidden_dim) == (40, 512, 1024)
     assert cfg.model.bidirectional and cfg.model.attention and cfg.train.batch_size == 16
 
@@ -66,7 +71,7 @@ def test_roundtrip_through_dict():
 
 def test_every_key_documented():
     doc = (ROOT / "configs" / "README.md").read_text()
-    missing = [key for key, _, _ in describe_keys() if f"`{key}`" not in doc]
+    missing = [key for key, *_ in describe_keys() if f"`{key}`" not in doc]
     assert not missing, f"configs/README.md lacks {missing}"
 
 

@@ -10,8 +10,8 @@ import torch
 from conftest import PROJECT_ROOT, read_video
 
 from pipeline.config import load_config
+from pipeline.data.datasets import embed_items
 from pipeline.data.frames import extract_frames
-from pipeline.data.ucf101 import embed_items
 from pipeline.data.video import DecodeError, iter_frames_dir
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import resize_frames

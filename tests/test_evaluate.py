@@ -150,3 +150,39 @@ def test_report_refuses_a_foreign_metrics_file(tmp_path):
     (tmp_path / "metrics.json").write_text("[1, 2]")
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a metrics.json written by `actrec evaluate`" in result.output
+
+
+def test_test_videos_without_features_count_as_wrong_answers(trained_runs, tmp_path):
+    """The UCF-101 protocol: a test video that failed to embed or is missing is an error, not a smaller test set."""
+    cfg = trained_runs["bilstm"]
+    test_names = [line.strip()[:-4] for line in (Path(cfg.data.splits) / "testlist01.txt").read_text().splitlines()]
+    holed = order_config(tmp_path, "train.epochs=12", "train.lr=0.01", f"run.dir={tmp_path}/run",
+                         f"eval.checkpoint={cfg.run.dir}/checkpoints/best.pt")
+    write_order_dataset(holed, clips=3, failed=(test_names[0],), missing=(test_names[5],))
+    metrics = evaluate(holed)
+    assert metrics["num_videos"] == 24 and metrics["num_failed"] == 2
+    assert np.array(metrics["confusion_matrix"]).sum() == 22  # the scored videos only
+    assert metrics["top1"] == pytest.approx(metrics["top1_embedded"] * 22 / 24)
+    for accuracy in metrics["per_class"].values():  # 6 test videos per class, the unscored ones included
+        assert accuracy * 6 == pytest.approx(round(accuracy * 6))
+
+
+def test_unscored_videos_lower_every_video_level_number():
+    logits = np.array([[[3.0, 0.0]], [[0.0, 3.0]]])  # two right answers
+    metrics = compute_metrics(logits, np.array([0, 1]), ["A", "B"], unscored_labels=[1, 1])
+    assert metrics["top1_embedded"] == 1.0 and metrics["top1"] == 0.5 and metrics["top5"] == 0.5
+    assert metrics["per_class"] == {"A": 1.0, "B": pytest.approx(1 / 3)}
+    assert metrics["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["num_videos"] == 4 and metrics["num_failed"] == 2
+
+
+def test_report_shows_how_many_test_videos_had_no_features(tmp_path):
+    write_metrics(tmp_path / "a", "bilstm", "1", 0.5)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics.update(num_videos=3783, num_failed=2)
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    header, _, row = result.output.splitlines()[:3]
+    assert "videos" in header and "failed" in header
+    assert row.split()[4:6] == ["3783", "2"] and "counts them as wrong answers" in result.output

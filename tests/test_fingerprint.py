@@ -39,7 +39,9 @@ def test_fingerprint_keeps_the_keys_and_values_existing_caches_hold(tiny_dataset
     cfg = tiny_dataset_config
     cfg.embed.source = source
     cfg.embed.flip = True
-    assert embed_fingerprint(cfg) == format_1_fingerprint(cfg)
+    assert embed_fingerprint(cfg) == {**format_1_fingerprint(cfg), "batch_size": cfg.embed.batch_size}
+    # A cache of format 1 (no batch_size recorded) still matches.
+    assert fingerprint_differences(format_1_fingerprint(cfg), embed_fingerprint(cfg)) == []
 
 
 def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):
@@ -47,7 +49,8 @@ def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):
     before = embed_fingerprint(cfg)
     other = {"data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": cfg.embed.img_dim * 2,
              "embed.source": "frames" if cfg.embed.source == "videos" else "videos",
-             "embed.flip": not cfg.embed.flip, "embed.dtype": "float32" if cfg.embed.dtype != "float32" else "float16"}
+             "embed.flip": not cfg.embed.flip, "embed.dtype": "float32" if cfg.embed.dtype != "float32" else "float16",
+             "embed.batch_size": cfg.embed.batch_size + 1}
     assert set(other) == set(FEATURE_KEYS.values())
     for key, name in FEATURE_KEYS.items():
         section, field = name.split(".")
@@ -85,7 +88,8 @@ def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(t
                                      f.read_text())
     changed = {"data.splits": str(splits), "embed.weights": str(weights), "extract.jpeg_quality": 50,
                "data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": 64, "embed.source": "videos",
-               "embed.flip": True, "embed.dtype": "float32"}
+               "embed.flip": True, "embed.dtype": "float32",
+               "embed.resize": "crop", "embed.batch_size": 7}
     assert DERIVED <= set(keys_affecting("features"))
     before = embed_fingerprint(cfg)
     for name in keys_affecting("features"):

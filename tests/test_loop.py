@@ -26,11 +26,14 @@ def order_config(root: Path, *overrides: str):
     return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root) + base + list(overrides))
 
 
-def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True) -> None:
+def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True,
+                        failed: tuple = (), missing: tuple = ()) -> None:
     """Split files and a feature cache where a pair's two classes have the same frames in opposite order.
 
     Each frame is a point moving along the pair's direction; the reversed class moves the other way. The
     mean over time is the same for both classes of a pair, so an order-blind model is at chance within a pair.
+    Videos named in ``failed`` are recorded as failed to embed, those in ``missing`` left out; the others get
+    the same features whatever these two hold.
     """
     splits = Path(cfg.data.splits)
     splits.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,11 @@ def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with
             n = int(rng.integers(14, 26))
             t = np.linspace(-1.0, 1.0, n)[:: -1 if label % 2 else 1]
             features = 2.0 * np.outer(t, directions[label // 2]) + rng.normal(0, 0.3, (n, dim))
-            writer.add(path(label, g, c)[:-4], label, features.astype(np.float32))
+            name = path(label, g, c)[:-4]
+            if name in failed:
+                writer.add_failure(name, "DecodeError: corrupt")
+            elif name not in missing:
+                writer.add(name, label, features.astype(np.float32))
 
 
 @pytest.fixture
@@ -253,3 +260,32 @@ def test_finished_run_accepts_other_eval_clips_but_an_unfinished_one_does_not(or
     train(order_run)
     order_run.eval.clips = 3  # finished: evaluating with more clips needs no retraining
     assert train(order_run)["skipped"] is True
+
+
+def test_history_records_the_device_and_a_resume_elsewhere_warns(order_run, caplog):
+    train(order_run)
+    rows = list(csv.DictReader(open(Path(order_run.run.dir) / "history.csv")))
+    assert [(row["device"], row["precision"]) for row in rows] == [("cpu", "float32")] * 2
+    # As if the first two epochs had run on a GPU in bf16: resuming on the CPU continues, with a warning.
+    last = Path(order_run.run.dir) / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    for row in ckpt["history"]:
+        row.update(device="cuda", precision="bfloat16")
+    torch.save(ckpt, last)
+    more = order_config(Path(order_run.run.dir).parent, "train.epochs=3")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        train(more, resume=True)
+    assert "ran its first 2 epochs on cuda in bfloat16 and continues on cpu in float32" in caplog.text
+    rows = list(csv.DictReader(open(Path(order_run.run.dir) / "history.csv")))
+    assert [row["device"] for row in rows] == ["cuda", "cuda", "cpu"]
+
+
+def test_extending_a_cosine_run_says_how_the_rate_jumps(tmp_path, caplog):
+    cfg = order_config(tmp_path, "train.epochs=2", "train.schedule=cosine", "train.lr=0.01")
+    write_order_dataset(cfg)
+    train(cfg)
+    longer = order_config(tmp_path, "train.epochs=4", "train.schedule=cosine", "train.lr=0.01")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        train(longer, resume=True)
+    # At epoch 2 the 2-epoch cosine had reached 0; the 4-epoch one is at half the rate.
+    assert "train.epochs 2 -> 4 with the cosine schedule" in caplog.text and "goes from 0 to 0.005" in caplog.text

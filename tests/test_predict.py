@@ -13,7 +13,16 @@ from pipeline.data.ucf101 import load_split
 from pipeline.errors import ActrecError
 from pipeline.features.cache import FeatureCache
 from pipeline.features.embed import embed
-from pipeline.predict import Predictor, predict, predict_video, window_indices, window_starts, write_annotated
+from pipeline.predict import (
+    Predictor,
+    frame_windows,
+    predict,
+    predict_video,
+    window_indices,
+    window_length,
+    window_starts,
+    write_annotated,
+)
 from pipeline.train.loop import train
 from pipeline.train.sampling import eval_clip_indices
 
@@ -37,9 +46,32 @@ def test_window_arithmetic():
     assert window_starts(16, 16, 4) == [0]
     assert window_starts(20, 8, 4) == [0, 4, 8, 12]
     assert window_starts(21, 8, 4) == [0, 4, 8, 12, 13]  # the tail is always covered
-    idx = window_indices(5, 8, [0])
+    idx = window_indices(5, 8, [0], length=8)
     assert idx.tolist() == [[0, 1, 2, 3, 4, 4, 4, 4]]  # padded by repeating, as in training
-    assert window_indices(21, 8, [13])[0].tolist() == list(range(13, 21))
+    assert window_indices(21, 8, [13], length=8)[0].tolist() == list(range(13, 21))
+    # A window longer than the clip is sampled as an evaluation clip: the centres of its segments.
+    assert window_indices(100, 40, [10, 60], length=8).tolist() == [
+        (10 + eval_clip_indices(40, 8, 1)[0]).tolist(), (60 + eval_clip_indices(40, 8, 1)[0]).tolist()]
+
+
+def test_windows_span_the_same_seconds_at_any_frame_rate():
+    """A 50 fps and a 25 fps video get windows of the same duration: the training clips' average time span."""
+    clip_seconds, length = 6.4, 40
+    for fps in (25.0, 50.0, 29.97):
+        frames = window_length(clip_seconds, fps, length)
+        assert abs(frames / fps - clip_seconds) <= 0.5 / fps
+    assert window_length(clip_seconds, 50.0, length) == 2 * window_length(clip_seconds, 25.0, length)
+    assert window_length(None, 50.0, length) == length  # a checkpoint that did not record the time scale
+
+
+def test_each_frame_shows_the_window_with_the_nearest_centre():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        frames, window = int(rng.integers(1, 300)), int(rng.integers(1, 80))
+        starts = window_starts(frames, window, int(rng.integers(1, 20)))
+        centres = np.asarray(starts) + min(window, frames) / 2
+        brute = np.abs(np.arange(frames)[:, None] + 0.5 - centres[None, :]).argmin(axis=1)
+        assert frame_windows(frames, starts, window).tolist() == brute.tolist()
 
 
 def test_prediction_matches_evaluate_path(trained):
@@ -60,14 +92,18 @@ def test_prediction_matches_evaluate_path(trained):
 def test_json_schema_and_annotated_video(trained, tmp_path):
     cfg, best = trained
     video = load_split(cfg).test[0].path
-    result = predict(video, best, out=str(tmp_path / "out.mp4"), json_path=str(tmp_path / "out.json"), stride=2,
+    result = predict(video, best, out=str(tmp_path / "out.mp4"), json_path=str(tmp_path / "out.json"), hop=0.08,
                      device="cpu")
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["frames"] == len(read_video(video)) == result["frames"]
-    assert len(data["windows"]) == len(window_starts(data["frames"], cfg.train.sequence_length, 2))
+    # The training clips spanned whole videos of this dataset: a window spans as long, at this video's rate.
+    clip_seconds = torch.load(best, weights_only=True)["clip_seconds"]
+    assert clip_seconds == pytest.approx(cfg.synth.frames / cfg.synth.fps)
+    assert data["window_frames"] == round(clip_seconds * data["fps"])
+    assert len(data["windows"]) == len(window_starts(data["frames"], data["window_frames"], 2))  # 0.08 s at 25 fps
     window = data["windows"][0]
     assert set(window) == {"start_frame", "end_frame", "start_s", "end_s", "top"}
-    assert window["end_frame"] == min(cfg.train.sequence_length, data["frames"]) - 1
+    assert window["end_frame"] == min(data["window_frames"], data["frames"]) - 1
     probabilities = [e["probability"] for e in window["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
     assert len(data["video_top5"]) == min(5, len(FeatureCache(cfg.cache.path).class_names))
@@ -81,7 +117,7 @@ def test_gif_is_size_limited(trained, tmp_path):
 
     cfg, best = trained
     video = load_split(cfg).test[0].path
-    result = predict_video(Predictor(best, "cpu"), video, stride=4, topk=3)
+    result = predict_video(Predictor(best, "cpu"), video, hop=0.16, topk=3)
     written = write_annotated(video, result, tmp_path / "out.gif", topk=3, gif_max_frames=5)
     with Image.open(tmp_path / "out.gif") as gif:
         assert gif.n_frames == written <= 5 and written == len(range(0, result["frames"], -(-result["frames"] // 5)))
@@ -135,3 +171,18 @@ def test_bad_inputs_give_one_line_and_write_nothing(trained, tmp_path):
     wrong_suffix = runner.invoke(cli, ["predict", str(video), "--checkpoint", str(best),
                                        "--out", str(tmp_path / "x.csv")])
     assert wrong_suffix.exit_code == 2 and "MP4 or a GIF" in wrong_suffix.output
+
+
+def test_labelling_frames_of_an_hour_long_video_needs_little_memory():
+    """One hour at 25 fps with a window every 0.5 s: frames x windows would be 90,000 x 7,500 (5.4 GB as
+    float64); the nearest-centre search keeps a few arrays the length of the video."""
+    import tracemalloc
+
+    frames, window = 90_000, 160
+    starts = window_starts(frames, window, 12)
+    tracemalloc.start()
+    nearest = frame_windows(frames, starts, window)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(starts) > 7000 and nearest[0] == 0 and nearest[-1] == len(starts) - 1
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"

@@ -33,6 +33,10 @@ def groups_of(items):
     return {(item.label, item.group) for item in items}
 
 
+def numbers_of(items):
+    return {item.group for item in items}
+
+
 @pytest.mark.skipif(not REAL_SPLITS.is_dir(), reason="real UCF-101 split files not available")
 def test_real_split_one_files(tmp_path):
     cfg = make_config(tmp_path, f"data.splits={REAL_SPLITS}", "data.videos=/nonexistent/UCF-101")
@@ -83,10 +87,11 @@ def test_validation_is_whole_training_groups_and_seeded(tmp_path):
     write_splits(tmp_path / "splits", classes, video_lines(classes, range(3, 13), [1, 2, 3]),
                  video_lines(classes, [1, 2], [1]))
     split = load_split(make_config(tmp_path, "data.val_fraction=0.2"), check_videos=False)
-    assert not groups_of(split.train) & groups_of(split.val)
+    # Whole group numbers across all classes, as the official splits draw test groups: 20% of 10.
+    assert len(numbers_of(split.val)) == 2 and not numbers_of(split.train) & numbers_of(split.val)
     assert {(label, len({g for lab, g in groups_of(split.val) if lab == label})) for label in range(3)} == {
-        (0, 2), (1, 2), (2, 2)}  # 20% of 10 groups per class
-    assert not groups_of(split.val) & groups_of(split.test)
+        (0, 2), (1, 2), (2, 2)}  # every class holds out the same two group numbers
+    assert not numbers_of(split.val) & numbers_of(split.test)
     again = load_split(make_config(tmp_path, "data.val_fraction=0.2"), check_videos=False)
     other = load_split(make_config(tmp_path, "data.val_fraction=0.2", "data.seed=7"), check_videos=False)
     assert again.val == split.val and other.val != split.val
@@ -98,10 +103,11 @@ def test_random_split_warns_and_counts_leaked_groups(tmp_path, caplog):
                  video_lines(classes, [1, 2], range(1, 6)))
     split = load_split(make_config(tmp_path, "data.split=random", "data.val_fraction=0"), check_videos=False)
     assert len(split.test) == round(0.2 * 100) and len(split.train) == 80
-    leaked = groups_of(split.test) & groups_of(split.train)
+    leaked = numbers_of(split.test) & numbers_of(split.train)
     assert split.leaked_groups == len(leaked) > 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and f"{split.leaked_groups} of {len(groups_of(split.test))} test groups" in warnings[0]
+    assert len(warnings) == 1 and f"{split.leaked_groups} of {len(numbers_of(split.test))} test group numbers" \
+        in warnings[0]
 
 
 def test_random_groups_split_keeps_groups_on_one_side(tmp_path, caplog):
@@ -110,7 +116,7 @@ def test_random_groups_split_keeps_groups_on_one_side(tmp_path, caplog):
                  video_lines(classes, [1, 2], range(1, 6)))
     split = load_split(make_config(tmp_path, "data.split=random-groups"), check_videos=False)
     assert split.leaked_groups == 0 and split.name == "random-groups"
-    sides = [groups_of(split.train), groups_of(split.val), groups_of(split.test)]
+    sides = [numbers_of(split.train), numbers_of(split.val), numbers_of(split.test)]
     assert all(not (a & b) for i, a in enumerate(sides) for b in sides[i + 1:])
     assert len(split.test) == 2 * 2 * 5  # 20% of 10 groups per class, 5 clips each
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
@@ -183,3 +189,14 @@ def test_bad_class_index_lines(tmp_path):
     path.write_bytes(b"1 Walk\r\nRun\r\n")
     with pytest.raises(ActrecError, match=r"classInd\.txt:2: malformed line 'Run'"):
         read_class_index(path)
+
+
+@pytest.mark.parametrize("split_name", ["1", "random-groups"])
+def test_no_clip_has_its_time_reversed_twin_on_the_other_side(tiny_dataset_config, split_name):
+    """The synthetic twins share their frames within a group number: held-out sides share no group number."""
+    cfg = tiny_dataset_config
+    cfg.data.split = split_name if split_name != "1" else 1
+    split = load_split(cfg, check_videos=False)
+    train, val, test = numbers_of(split.train), numbers_of(split.val), numbers_of(split.test)
+    assert val and not (train & val) and not (train & test) and not (val & test)
+    assert split.leaked_groups == 0

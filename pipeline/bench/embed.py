@@ -66,14 +66,16 @@ def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 
 def decode_fps(cfg: Config) -> float:
     """Frames/s of decoding plus resizing alone, in one thread (where the time outside the forward goes)."""
-    from pipeline.data.ucf101 import embed_items
+    from pipeline.data.datasets import embed_items
+    from pipeline.features.backbone import frame_resize
     from pipeline.features.decode import pieces
     from pipeline.features.embed import decode_jobs
 
     _, items = embed_items(cfg, check_videos=False)
     jobs = decode_jobs(cfg, items)
-    seconds, frames = timed(lambda: sum(len(p.frames) for p in pieces(jobs, cfg.embed.img_dim, cfg.embed.batch_size,
-                                                                      workers=0) if not p.end))
+    resize = frame_resize(cfg.embed)
+    seconds, frames = timed(lambda: sum(len(p.frames) for p in pieces(jobs, resize, cfg.embed.batch_size, workers=0)
+                                        if not p.end))
     return frames / seconds
 
 
@@ -81,7 +83,7 @@ def bench_embed(cfg: Config, sizes: Sizes, command: str, with_seed: bool) -> lis
     """Rows 1 (per source) and, ``with_seed``, 2, on the synthetic dataset of ``cfg``."""
     from pipeline.features.backbone import load_backbone
 
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"))
+    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"), cfg.embed.img_dim)
     frames = sizes.videos * sizes.frames
     rows, ours = [], {}
     for source in ("videos", "frames"):

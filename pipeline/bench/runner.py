@@ -12,7 +12,7 @@ from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu")
+ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu", "chunks")
 
 
 def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench"), readme: Path | None = None,
@@ -43,7 +43,7 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
 
 def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
     """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
-    from pipeline.bench import disk, embed, gpu, scaling, stage_two
+    from pipeline.bench import chunks, disk, embed, gpu, scaling, stage_two
 
     wanted = set(selected)
     rows = []
@@ -62,4 +62,7 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
         rows.append(stage_two.bench_loading_share(cache_cfg, sizes, f"{cmd} --only scaling"))
     if "gpu" in wanted:
         rows += gpu.bench_gpu(cfg, sizes is QUICK, work / "gpu", f"{cmd} --only gpu")
+    if "chunks" in wanted:
+        (work / "chunks").mkdir()
+        rows.append(chunks.bench_chunks(sizes, work / "chunks", f"{cmd} --only chunks"))
     return rows

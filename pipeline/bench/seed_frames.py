@@ -28,7 +28,7 @@ def seed_transform(img_dim: int):
 
 def jpeg_paths(cfg: Config) -> list[Path]:
     """Every extracted JPEG frame of the dataset's videos, in order."""
-    from pipeline.data.ucf101 import embed_items, frames_dir
+    from pipeline.data.datasets import embed_items, frames_dir
     from pipeline.data.video import frame_paths
 
     _, items = embed_items(cfg, check_videos=False)

@@ -229,7 +229,7 @@ def _check_entries(archive: Path, entries: list[tuple[str, bool]]) -> None:
 
 
 def _unpack(archive: Path, target: Path, extract) -> list[Path]:
-    if _has_content(target):
+    if has_content(target):
         log.info(f"{target}: already unpacked, skipping")
         return _files(target)
     staging = target.with_name(f".{target.name}.unpacking")
@@ -252,7 +252,8 @@ def _unpack(archive: Path, target: Path, extract) -> list[Path]:
     return files
 
 
-def _has_content(folder: Path) -> bool:
+def has_content(folder: Path) -> bool:
+    """True for a folder with anything in it: an unpacked archive (unpacking renames a whole folder into place)."""
     return folder.is_dir() and any(folder.iterdir())
 
 
@@ -260,7 +261,8 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def _archive_name(url: str, key: str) -> str:
+def archive_name(url: str, key: str) -> str:
+    """The file name a download of ``url`` is saved under (config key ``key`` named the URL)."""
     name = Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise ActrecError(f"{key}={url!r}: the URL names no file; point it at the archive itself")
@@ -272,13 +274,13 @@ def download_ucf101(cfg) -> None:
     d = cfg.download
     jobs = [("download.splits_url", d.splits_url, Path(cfg.data.splits), unpack_zip),
             ("download.videos_url", d.videos_url, Path(cfg.data.videos), unpack_rar)]
-    if not _has_content(Path(cfg.data.videos)):
+    if not has_content(Path(cfg.data.videos)):
         find_rar_tool()  # fail before a 6.5 GB download, not after it
     for key, url, target, unpack in jobs:
-        if _has_content(target):
+        if has_content(target):
             log.info(f"{target}: already unpacked, skipping its download")
             continue
-        archive = download_file(url, Path(d.dest) / _archive_name(url, key), retries=d.retries, timeout=d.timeout)
+        archive = download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout)
         unpack(archive, target)
     videos = Path(cfg.data.videos)
     classes = [p for p in videos.iterdir() if p.is_dir()]

@@ -20,7 +20,7 @@ import cv2
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from pipeline.data.ucf101 import embed_items, frames_dir
+from pipeline.data.datasets import embed_items, frames_dir
 from pipeline.data.video import FRAME_PATTERN, DecodeError, iter_video_frames
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_json
@@ -34,7 +34,7 @@ _PARTIAL = ".partial"
 
 def frames_manifest(cfg) -> dict:
     """What the frames under data.frames are made from: the dataset's split files and the JPEG quality."""
-    from pipeline.data.ucf101 import split_files_signature
+    from pipeline.data.datasets import split_files_signature
 
     return {"split_files": split_files_signature(cfg), "jpeg_quality": cfg.extract.jpeg_quality}
 

@@ -1,4 +1,7 @@
-"""The built-in UCF-101-shaped dataset: real .avi videos and official-format split files.
+"""The built-in UCF-101-shaped dataset: real .avi videos and split files in data.format's layout.
+
+UCF-101 (the default) gets its official split files, HMDB-51 its per-class split files and
+the folder format none (``data.split=auto`` draws one on first use).
 
 Classes come in time-reversed pairs (BlockMoveRight / BlockMoveLeft, TriangleGrow /
 TriangleShrink, ...): clip gXX_cYY of the second class is clip gXX_cYY of the first played
@@ -89,6 +92,8 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     started = time.perf_counter()
     videos, splits = Path(cfg.data.videos), Path(cfg.data.splits)
     settings = {**dataclasses.asdict(cfg.synth), "generator": GENERATOR_VERSION}
+    if cfg.data.format != "ucf101":  # UCF-101's settings stay as they were: its caches keep their fingerprint
+        settings["format"] = cfg.data.format
     specs = class_specs(cfg.synth.classes)
     names = [name for name, *_ in specs]
     entries = [(label, group, clip) for label in range(len(specs))
@@ -97,7 +102,7 @@ def generate_dataset(cfg, force: bool = False) -> dict:
                "videos_dir": str(videos), "splits_dir": str(splits)}
 
     previous = _read_manifest(splits)
-    if previous is None and (splits / "classInd.txt").exists():
+    if previous is None and split_files(splits):
         raise ActrecError(f"{splits} holds split files not written by `actrec synth` (no {MANIFEST}); refusing to "
                           f"overwrite them. Point data.splits and data.videos at an empty folder")
     if (not force and previous and previous.get("complete") and previous.get("settings") == settings
@@ -115,7 +120,7 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     for label, group, clip in entries:
         _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], group, clip),
                      cfg.synth.fps)
-    write_split_files(splits, names, entries, cfg.synth.groups)
+    _write_format_splits(cfg, splits, names, entries)
     write_json(splits / MANIFEST, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
     summary.update(skipped=False, seconds=round(time.perf_counter() - started, 2))
@@ -135,6 +140,34 @@ def write_split_files(splits: Path, names: list[str], entries: list[tuple[int, i
         train_lines = [f"{path} {label + 1}" for path, label, test in rows if not test]
         write_atomic(splits / f"trainlist{k:02d}.txt", _crlf(train_lines))
         write_atomic(splits / f"testlist{k:02d}.txt", _crlf([path for path, _, test in rows if test]))
+
+
+def _write_format_splits(cfg, splits: Path, names: list[str], entries: list[tuple[int, int, int]]) -> None:
+    """The split files of data.format (none for 'folder': data.split=auto draws them on first use)."""
+    for stale in split_files(splits):  # ours (the manifest says so), maybe of another format or an older split
+        stale.unlink()
+    if cfg.data.format == "ucf101":
+        write_split_files(splits, names, entries, cfg.synth.groups)
+    elif cfg.data.format == "hmdb51":
+        write_hmdb51_split_files(splits, names, entries, cfg.synth.groups)
+
+
+def write_hmdb51_split_files(splits: Path, names: list[str], entries: list[tuple[int, int, int]], groups: int) -> None:
+    """``<class>_test_split<k>.txt`` for k = 1..3 as HMDB-51 ships them: ``<video>.avi <flag>``, 1 train, 2 test."""
+    for k in (1, 2, 3):
+        held_out = set(held_out_groups(groups, k))
+        for label, name in enumerate(names):
+            lines = [f"v_{name}_g{group:02d}_c{clip:02d}.avi {2 if group in held_out else 1} "
+                     for lab, group, clip in entries if lab == label]
+            write_atomic(splits / f"{name}_test_split{k}.txt", "".join(line + "\n" for line in lines))
+
+
+def split_files(splits: Path) -> list[Path]:
+    """The split files of any format in ``splits`` (UCF-101's, HMDB-51's, the folder format's)."""
+    if not splits.is_dir():
+        return []
+    return sorted(p for p in splits.glob("*.txt") if p.name == "classInd.txt"
+                  or p.name.startswith(("trainlist", "testlist")) or "_test_split" in p.name)
 
 
 def render_clip(synth, spec: tuple[str, str, str, bool], group: int, clip: int) -> np.ndarray:

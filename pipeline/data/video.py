@@ -56,6 +56,15 @@ def video_fps(path: str | Path, default: float = 25.0) -> float:
     return float(fps) if fps and fps > 0 else default
 
 
+def typical_fps(paths: list, sample: int = 64, default: float = 25.0) -> float:
+    """The median frame rate of up to ``sample`` evenly spaced videos of ``paths`` (headers only, fast), so
+    a time span in frames can be turned into seconds; ``default`` where none of them can say."""
+    picked = [Path(paths[i]) for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int)]
+    rates = [video_fps(p, default=0.0) for p in picked if p.is_file()] if paths else []
+    rates = [r for r in rates if r > 0]
+    return float(np.median(rates)) if rates else default
+
+
 def frame_paths(folder: str | Path) -> list[Path]:
     """The JPEG frames of an extracted video folder, in frame order."""
     return sorted(Path(folder).glob("*.jpg"))

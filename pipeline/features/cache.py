@@ -71,6 +71,7 @@ def read_meta(f: h5py.File, path) -> dict:
             "dim": int(f.attrs["dim"]),
             "dtype": str(f.attrs["dtype"]),
             "has_flip": "features_flip" in f,
+            "fps": float(f.attrs["fps"]) if "fps" in f.attrs else None,  # caches written before it say nothing
         }
     except (KeyError, ValueError, TypeError) as exc:
         raise ActrecError(f"{path} is not a feature cache written by `actrec embed` (missing or bad attribute: "
@@ -98,11 +99,14 @@ def committed_frames(meta: dict) -> int:
     return int(meta["offsets"][-1] + meta["lengths"][-1])
 
 
-def open_for_reading(path) -> h5py.File:
-    """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed."""
+def open_for_reading(path, chunk_cache_bytes: int | None = None) -> h5py.File:
+    """Open read-only in SWMR mode: works while a writer appends, and on a file whose writer was killed.
+
+    ``chunk_cache_bytes`` sizes HDF5's per-dataset chunk cache (None: HDF5's default, 1 MiB).
+    """
     try:
         # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
-        return h5py.File(path, "r", swmr=True, locking=False)
+        return h5py.File(path, "r", swmr=True, locking=False, rdcc_nbytes=chunk_cache_bytes)
     except (OSError, RuntimeError) as exc:
         raise open_error(path, exc) from exc
 
@@ -111,8 +115,9 @@ class FeatureCache:
     """Read side of the cache. Index and attributes load at construction; the feature arrays are opened
     lazily in each process that reads them, so the object pickles into DataLoader workers."""
 
-    def __init__(self, path, expected_fingerprint: dict | None = None):
+    def __init__(self, path, expected_fingerprint: dict | None = None, chunk_cache_bytes: int | None = None):
         self.path = Path(path)
+        self.chunk_cache_bytes = chunk_cache_bytes
         if not self.path.exists():
             raise ActrecError(f"no feature cache at {self.path}; run `actrec embed` with the same config first")
         with open_for_reading(self.path) as f:
@@ -128,6 +133,7 @@ class FeatureCache:
         self.dim: int = meta["dim"]
         self.dtype: str = meta["dtype"]
         self.has_flip: bool = meta["has_flip"]
+        self.fps: float | None = meta["fps"]  # the videos' typical frame rate (None: not recorded)
         self.names: list[str] = meta["names"]
         self.labels: np.ndarray = meta["labels"]
         self.offsets: np.ndarray = meta["offsets"]
@@ -138,6 +144,9 @@ class FeatureCache:
         self._memory: dict[bool, np.ndarray] = {}
         self._file = None
         self._file_pid = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
 
     def __len__(self) -> int:
         return len(self.names)
@@ -157,7 +166,7 @@ class FeatureCache:
             return self._memory[flip]
         if self._file is None or self._file_pid != os.getpid():
             # A handle inherited through fork is not safe to use; each process opens its own.
-            self._file = open_for_reading(self.path)
+            self._file = open_for_reading(self.path, self.chunk_cache_bytes)
             self._file_pid = os.getpid()
         return self._file["features_flip" if flip else "features"]
 
@@ -186,28 +195,34 @@ class FeatureCache:
         block = data[start + unique]
         return block[np.searchsorted(unique, frame_indices)].astype(np.float32)
 
-    def load_all(self) -> None:
-        """Read the whole feature array(s) into memory; later reads touch no disk."""
-        for flip in (False, True) if self.has_flip else (False,):
-            if flip not in self._memory:
-                self._memory[flip] = self._dataset(flip)[: self.total_frames]
+    def load_all(self, flip: bool = True) -> None:
+        """Read the feature array (and with ``flip`` the mirrored one) into memory; later reads touch no disk."""
+        for mirrored in (False, True) if flip and self.has_flip else (False,):
+            if mirrored not in self._memory:
+                self._memory[mirrored] = self._dataset(mirrored)[: self.total_frames]
         self.close()
 
-    def place(self, load: str) -> str:
-        """Read the features into memory when ``load`` says so ('auto': when they fit in a quarter of RAM).
+    def place(self, load: str, flip: bool = True) -> str:
+        """Read the features into memory when ``load`` says so ('auto': when they fit in a quarter of RAM);
+        the mirrored ones too unless ``flip`` is False (a reader that never asks for them).
 
         Returns where they are now, 'memory' or 'disk'; on disk, each DataLoader worker reads through its own handle.
         """
         if load == "auto":
-            load = "memory" if self.nbytes <= _total_memory_bytes() // 4 else "disk"
+            load = "memory" if self.nbytes_to_load(flip) <= _total_memory_bytes() // 4 else "disk"
         if load == "memory":
-            self.load_all()
+            self.load_all(flip)
         return load
+
+    def nbytes_to_load(self, flip: bool = True) -> int:
+        """Size of the committed feature array (with ``flip``, plus the mirrored one) in memory."""
+        copies = 2 if flip and self.has_flip else 1
+        return self.total_frames * self.dim * np.dtype(self.dtype).itemsize * copies
 
     @property
     def nbytes(self) -> int:
-        """Size of the committed feature array(s) in memory."""
-        return self.total_frames * self.dim * np.dtype(self.dtype).itemsize * (2 if self.has_flip else 1)
+        """Size of all committed feature arrays in memory."""
+        return self.nbytes_to_load(flip=True)
 
     def close(self) -> None:
         if self._file is not None and self._file_pid == os.getpid():
@@ -264,6 +279,7 @@ def describe_cache(path) -> str:
         f"failures:   {len(cache.failures)}",
         f"classes:    {len(cache.class_names)}",
         f"features:   {cache.dim}-d {cache.dtype}{' + flip' if cache.has_flip else ''}",
+        f"fps:        {cache.fps:g}" if cache.fps else "fps:        not recorded",
     ]
     if len(cache.names):
         lengths = cache.lengths

@@ -65,7 +65,8 @@ class FeatureCacheWriter:
     """
 
     def __init__(self, path, fingerprint: dict, class_names: list[str], dim: int, flip: bool = False,
-                 dtype: str = "float16", config: dict | None = None):
+                 dtype: str = "float16", config: dict | None = None, fps: float | None = None,
+                 chunk_rows: int | None = None):
         self.path = Path(path)
         self.fingerprint = dict(fingerprint)
         self.class_names = list(class_names)
@@ -73,6 +74,8 @@ class FeatureCacheWriter:
         self.flip = bool(flip)
         self.dtype = np.dtype(dtype)
         self.config = config or {}
+        self.fps = fps
+        self.chunk_rows = chunk_rows  # rows per HDF5 chunk of the feature arrays (None: about 1 MiB)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -132,7 +135,9 @@ class FeatureCacheWriter:
             f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             f.attrs["dim"] = self.dim
             f.attrs["dtype"] = self.dtype.name
-            rows = _chunk_rows(self.dim, self.dtype.itemsize)
+            if self.fps:
+                f.attrs["fps"] = float(self.fps)
+            rows = self.chunk_rows or _chunk_rows(self.dim, self.dtype.itemsize)
             for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
                                  dtype=self.dtype)
@@ -155,6 +160,8 @@ class FeatureCacheWriter:
             with h5py.File(recovered, "r+", libver="latest", locking=False) as new:
                 new.attrs["config"] = old.attrs["config"]
                 new.attrs["created"] = old.attrs["created"]
+                if "fps" in old.attrs:
+                    new.attrs["fps"] = old.attrs["fps"]
                 for name in self._feature_datasets:
                     _copy_prefix(old[name], new[name], total)
                 for group, rows in (("index", len(meta["names"])), ("failures", int(old["failures/count"][0]))):

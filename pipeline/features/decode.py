@@ -66,10 +66,10 @@ def _frames_of(source: str, path: Path):
     return iter_frames_dir(path) if source == "frames" else iter_video_frames(path)
 
 
-def video_pieces(index: int, source: str, path: Path, img_dim: int, chunk: int) -> Iterator[Piece]:
+def video_pieces(index: int, source: str, path: Path, resize, chunk: int) -> Iterator[Piece]:
     """The pieces of one video (decoded and resized as they stream), closed by an ``end`` piece."""
     try:
-        for frames in resized_chunks(_frames_of(source, path), img_dim, chunk):
+        for frames in resized_chunks(_frames_of(source, path), resize, chunk):
             yield Piece(index, frames)
     except DecodeError as exc:
         yield Piece(index, end=True, reason=str(exc))
@@ -77,20 +77,22 @@ def video_pieces(index: int, source: str, path: Path, img_dim: int, chunk: int) 
     yield Piece(index, end=True)
 
 
-def pieces(jobs: list[tuple[str, Path]], img_dim: int, chunk: int, workers: int) -> Iterator[Piece]:
-    """Pieces of every job ``(source, path)`` in list order, decoded in ``workers`` processes (0: in this one)."""
+def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int) -> Iterator[Piece]:
+    """Pieces of every job ``(source, path)`` in list order, decoded in ``workers`` processes (0: in this one).
+
+    ``resize``: a ``backbone.FrameResize`` (or an int: squash to that size)."""
     if workers == 0 or not jobs:
         for index, (source, path) in enumerate(jobs):
-            yield from video_pieces(index, source, path, img_dim, chunk)
+            yield from video_pieces(index, source, path, resize, chunk)
         return
-    pool = _Pool(jobs, img_dim, chunk, min(workers, len(jobs)))
+    pool = _Pool(jobs, resize, chunk, min(workers, len(jobs)))
     try:
         yield from pool
     finally:
         pool.close()
 
 
-def _work(jobs, first: int, step: int, img_dim: int, chunk: int, out, stop) -> None:
+def _work(jobs, first: int, step: int, resize, chunk: int, out, stop) -> None:
     """A worker process: decode its jobs in order into ``out``, then stay until ``stop``: the consumer fetches
     each chunk's shared memory from this process, so it must outlive the last chunk's reception. A worker
     whose parent died (``kill -9``, torchrun stopping a rank) exits instead of waiting forever."""
@@ -99,7 +101,7 @@ def _work(jobs, first: int, step: int, img_dim: int, chunk: int, out, stop) -> N
     parent = os.getppid()
     try:
         for k, (source, path) in enumerate(jobs):
-            for piece in video_pieces(first + k * step, source, path, img_dim, chunk):
+            for piece in video_pieces(first + k * step, source, path, resize, chunk):
                 _put(out, piece, parent)
     except BaseException:
         _put(out, _Crash(first, traceback.format_exc()), parent)
@@ -130,12 +132,12 @@ def _context():
 class _Pool:
     """``workers`` decode processes, each with its own bounded queue; iterating yields every piece in order."""
 
-    def __init__(self, jobs, img_dim: int, chunk: int, workers: int):
+    def __init__(self, jobs, resize, chunk: int, workers: int):
         context = _context()
         self.jobs = jobs
         self.queues = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
         self.stop = context.Event()
-        self.processes = [context.Process(target=_work, args=(jobs[w::workers], w, workers, img_dim, chunk, q,
+        self.processes = [context.Process(target=_work, args=(jobs[w::workers], w, workers, resize, chunk, q,
                                                               self.stop),
                                           name=f"actrec-decode-{w}", daemon=True)
                           for w, q in enumerate(self.queues)]

@@ -29,12 +29,13 @@ import torch
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.data.datasets import VideoItem, embed_items, frames_dir
 from pipeline.data.frames import check_frames_manifest
-from pipeline.data.ucf101 import VideoItem, embed_items, frames_dir
+from pipeline.data.video import typical_fps
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features import feed
-from pipeline.features.backbone import load_backbone
+from pipeline.features.backbone import frame_resize, load_backbone
 from pipeline.features.cache import FeatureCache
 from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.decode import Piece, pieces, resolve_workers
@@ -100,9 +101,10 @@ def embed(cfg) -> dict:
     distributed.init(rank, device)
     try:
         amp_dtype = autocast_dtype(device, cfg.embed.precision)
-        model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device)
+        model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
         fingerprint["forward_dtype"] = dtype_name(amp_dtype)
-        run = _Run(cfg, rank, model, device, amp_dtype, fingerprint, class_names)
+        run = _Run(cfg, rank, model, device, amp_dtype, fingerprint, class_names,
+                   typical_fps([item.path for item in items]))
         sharded = rank.launched or bool(shard_files(path))
         done, counts, seconds = (_embed_sharded if sharded else _embed_single)(run, items)
         failures = counts["failures"]
@@ -122,11 +124,12 @@ class _Run:
     amp_dtype: torch.dtype | None
     fingerprint: dict
     class_names: list[str]
+    fps: float | None  # the videos' typical frame rate, recorded in the cache
 
     def writer(self, path: Path) -> FeatureCacheWriter:
         cfg = self.cfg
         return FeatureCacheWriter(path, self.fingerprint, self.class_names, self.model.feature_dim,
-                                  flip=cfg.embed.flip, dtype=cfg.embed.dtype, config=cfg.to_dict())
+                                  flip=cfg.embed.flip, dtype=cfg.embed.dtype, config=cfg.to_dict(), fps=self.fps)
 
     def embed_into(self, writer: FeatureCacheWriter, todo: list[VideoItem], skipped: int) -> tuple[dict, float]:
         retried = sum(item.name in writer.failures for item in todo)
@@ -229,7 +232,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     workers = resolve_workers(cfg.embed.workers, local)
-    stream = pieces(decode_jobs(cfg, todo), cfg.embed.img_dim, cfg.embed.batch_size, workers)
+    stream = pieces(decode_jobs(cfg, todo), frame_resize(cfg.embed), cfg.embed.batch_size, workers)
     pin = device.type == "cuda"
     with bar, contextlib.closing(stream):  # closing: an error or Ctrl-C stops the decode workers at once
         batches = feed.batches(counted(stream), cfg.embed.batch_size, cfg.embed.img_dim, pin, on_end,

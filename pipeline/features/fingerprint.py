@@ -17,7 +17,7 @@ from pipeline.errors import ActrecError
 
 # The config keys that change the features are marked `affects="features"` in the schema (pipeline/config.py).
 # Most are recorded as is under their own name; these are recorded otherwise (see _derived_entries):
-DERIVED = {"data.splits", "embed.weights", "extract.jpeg_quality"}
+DERIVED = {"data.splits", "embed.weights", "embed.resize", "extract.jpeg_quality"}
 RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 
 # Fingerprint key -> config key, for the keys copied as is.
@@ -28,6 +28,9 @@ FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_aff
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
 # Compared only where both sides record it.
 MACHINE_KEYS = {"forward_dtype"}
+# Keys added after caches of format 1 were written: compared where the cache records them, so those
+# caches stay readable (they were written with one batch size throughout, as embed never changed it).
+LATER_KEYS = {"batch_size"}
 
 
 def embed_fingerprint(cfg) -> dict:
@@ -46,8 +49,8 @@ def _derived_entries(cfg) -> dict:
     import torch
     import torchvision
 
-    from pipeline.data.ucf101 import split_files_signature
-    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD, RESIZE, weights_identity
+    from pipeline.data.datasets import split_files_signature
+    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD, frame_resize, weights_identity
 
     derived = {
         # The lists decide which videos and labels a cache holds; a hash, since data.splits is only a folder.
@@ -57,7 +60,7 @@ def _derived_entries(cfg) -> dict:
         # Preprocessing and frame sampling are fixed in code; recorded so a change there invalidates caches.
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "resize": RESIZE,
+        "resize": frame_resize(cfg.embed).description,  # squash keeps format 1's text: those caches stay valid
         "frames": "every frame",
         # Kernels change across releases; major.minor is the granularity that changes numbers.
         "torch": _major_minor(torch.__version__),
@@ -75,7 +78,7 @@ def _major_minor(version: str) -> str:
 def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
     """One line per key whose value differs between a cache and the current config."""
     keys = [k for k in sorted(set(cached) | set(expected))
-            if k not in MACHINE_KEYS or (k in cached and k in expected)]
+            if k not in MACHINE_KEYS | LATER_KEYS or (k in cached and k in expected)]
     source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
     return [f"{k}: cache has {cached.get(k, '<missing>')!r}, {source.get(k, 'config gives')} "
             f"{expected.get(k, '<missing>')!r}" for k in keys if cached.get(k) != expected.get(k)]

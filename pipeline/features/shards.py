@@ -154,7 +154,7 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
 def _write_copy(tmp: Path, first: FeatureCache, names: list[str], where: dict, failures: dict) -> None:
     """Copy every video's stored features (no dtype round trip changes them: float16 -> float32 -> float16)."""
     with FeatureCacheWriter(tmp, first.fingerprint, first.class_names, first.dim, flip=first.has_flip,
-                            dtype=first.dtype, config=first.config) as writer:
+                            dtype=first.dtype, config=first.config, fps=first.fps) as writer:
         for name in names:
             source, row = where[name]
             flip = source.sequence(row, flip=True) if first.has_flip else None
@@ -196,6 +196,8 @@ def _write_virtual(tmp: Path, first: FeatureCache, names: list[str], where: dict
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["dim"] = first.dim
         f.attrs["dtype"] = first.dtype
+        if first.fps:
+            f.attrs["fps"] = float(first.fps)
         for dataset in ["features", "features_flip"] if first.has_flip else ["features"]:
             layout = h5py.VirtualLayout((total, first.dim), dtype=first.dtype)
             for source, start, target, rows in runs:

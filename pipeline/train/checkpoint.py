@@ -24,8 +24,11 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 
 
-def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device) -> dict:
-    """Everything a resumed run, evaluate and predict need, as tensors and plain values."""
+def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float) -> dict:
+    """Everything a resumed run, evaluate and predict need, as tensors and plain values.
+
+    ``clip_seconds`` is how much time a training clip covers on average: prediction windows span as much.
+    """
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
     return {
         "format": CHECKPOINT_FORMAT,
@@ -42,6 +45,7 @@ def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device) -
         "best_val_loss": float(state["best_val_loss"]),
         "best_epoch": int(state["best_epoch"]),
         "history": [dict(row) for row in state["history"]],
+        "clip_seconds": float(clip_seconds),
     }
 
 
@@ -78,6 +82,7 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ActrecError(f"{path} is not an actrec checkpoint (missing {', '.join(missing)})")
+    _upgrade_config(ckpt["config"])
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise ActrecError(f"{path}: checkpoint format {ckpt['format']} is not the supported {CHECKPOINT_FORMAT}; "
                           f"train again with this version")
@@ -90,3 +95,12 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     model = build_model(cfg, ckpt["feature_dim"], len(ckpt["class_names"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def _upgrade_config(config: dict) -> None:
+    """Bring the config a checkpoint of an earlier version recorded up to the current schema, as it ran."""
+    config.setdefault("embed", {}).setdefault("resize", "squash")  # the only preprocessing then
+    config.setdefault("train", {}).pop("amp", None)  # now train.precision (auto: what amp=true did)
+    config.setdefault("train", {}).setdefault("sampler", "stride")  # the seed's sampler was the only one
+    config["train"].setdefault("flip", "auto")  # mirrored features were used whenever the cache had them
+    config.setdefault("predict", {}).pop("stride", None)  # windows now step in seconds (predict.hop)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import keys_affecting, save_config
+from pipeline.config import config_from_dict, keys_affecting, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.features.cache import cache_rows, open_cache
@@ -39,6 +39,8 @@ from pipeline.train.models import build_model
 from pipeline.train.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
+
+ASSUMED_FPS = 25.0  # UCF-101's rate, for caches that do not record their videos' frame rate
 
 
 @dataclass
@@ -102,6 +104,7 @@ def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
         return None
     previous = load_checkpoint(last_path)
     check_continues(cfg, previous, cache.fingerprint, resume, last_path)
+    warn_if_schedule_stretches(cfg, previous)
     return previous
 
 
@@ -121,7 +124,33 @@ def build_run(cfg, cache, previous: dict | None) -> Run:
         restore_rng(previous["rng"], device)
         run.state = {key: previous[key] for key in run.state}
         log.info(f"resuming {run.dir}/checkpoints/last.pt after epoch {run.state['epoch']} of {cfg.train.epochs}")
+        warn_if_resumed_elsewhere(run)
     return run
+
+
+def warn_if_resumed_elsewhere(run: Run) -> None:
+    """A run resumed on another device or precision goes on, but is no longer bit-exact: say so (history.csv
+    records each epoch's device and precision)."""
+    last = run.state["history"][-1] if run.state["history"] else {}
+    before = (last.get("device"), last.get("precision"))
+    now = (str(run.device), dtype_name(run.amp_dtype))
+    if before[0] is not None and before != now:
+        log.warning(f"{run.dir} ran its first {run.state['epoch']} epochs on {before[0]} in {before[1]} and "
+                    f"continues on {now[0]} in {now[1]} (train.device, train.precision): the result will differ "
+                    f"from an uninterrupted run's in the last digits")
+
+
+def warn_if_schedule_stretches(cfg, previous: dict) -> None:
+    """Extending a cosine run with --resume re-stretches the cosine over the new epoch count: say how the rate
+    jumps, so a longer run is a choice and not a surprise."""
+    old_epochs, done = previous["config"]["train"]["epochs"], previous["epoch"]
+    if cfg.train.schedule != "cosine" or old_epochs == cfg.train.epochs:
+        return
+    old_cfg = config_from_dict(previous["config"], source="checkpoint")
+    log.warning(f"train.epochs {old_epochs} -> {cfg.train.epochs} with the cosine schedule: the rate now follows "
+                f"a cosine over {cfg.train.epochs} epochs, so at epoch {done} it goes from "
+                f"{learning_rate(old_cfg, done):.3g} to {learning_rate(cfg, done):.3g} and decays to 0 by epoch "
+                f"{cfg.train.epochs}")
 
 
 def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch: int) -> None:
@@ -138,8 +167,10 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
     state["epoch"] = epoch + 1
     state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                              "val_loss": val_loss, "val_acc": val_acc,
-                             "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started})
-    checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device)
+                             "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started,
+                             "device": str(run.device), "precision": dtype_name(run.amp_dtype)})
+    checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device,
+                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS))
     if improved:
         save_checkpoint(checkpoint, run.dir / "checkpoints" / "best.pt")
     # History first: once last.pt says the epoch is done, a rerun skips it and would not write it again.
@@ -151,7 +182,7 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
 
 def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     """Training clips and validation videos of the configured split (the test list is not read)."""
-    from pipeline.data.ucf101 import load_split
+    from pipeline.data.datasets import load_split
 
     split = load_split(cfg, check_videos=False)
     if split.class_names != cache.class_names:
@@ -163,13 +194,22 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
-    where = cache.place(cfg.cache.load)
-    log.info(f"features: {cache.nbytes / 2**20:.1f} MiB for {len(cache)} videos, "
+    flip = use_flip(cfg, cache)
+    where = cache.place(cfg.cache.load, flip=flip)
+    log.info(f"features: {cache.nbytes_to_load(flip) / 2**20:.1f} MiB for {len(cache)} videos, "
              f"{'held in memory' if where == 'memory' else 'read from disk per clip'}")
     train_set = TrainClips(cache, train_rows, train_labels, cfg.train.sequence_length, cfg.train.seed,
-                           flip=cache.has_flip)
+                           flip=flip, sampler=cfg.train.sampler)
     val_set = EvalClips(cache, val_rows, val_labels, cfg.train.sequence_length, cfg.eval.clips)
     return train_set, val_set, split.name
+
+
+def use_flip(cfg, cache) -> bool:
+    """train.flip resolved against the cache: 'auto' uses mirrored features where the cache has them."""
+    if cfg.train.flip is True and not cache.has_flip:
+        raise ActrecError(f"train.flip=true but {cfg.cache.path} has no mirrored features; embed them with "
+                          f"--set embed.flip=true (a new cache), or set train.flip to auto or false")
+    return cache.has_flip if cfg.train.flip == "auto" else cfg.train.flip
 
 
 def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> None:

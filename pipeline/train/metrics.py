@@ -16,15 +16,20 @@ def video_scores(clip_logits: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(clip_logits, dtype=np.float64)).mean(axis=1)
 
 
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
-    """Share of rows whose label is among the ``k`` highest scores (k is capped at the number of classes)."""
+def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> np.ndarray:
+    """Per row, whether its label is among the ``k`` highest scores (k is capped at the number of classes)."""
     scores, labels = np.asarray(scores), np.asarray(labels)
-    if len(labels) == 0:
-        return float("nan")
     k = min(k, scores.shape[1])
     # A stable sort breaks ties toward the lower class index, the same way argmax does.
     topk = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float((topk == labels[:, None]).any(axis=1).mean())
+    return (topk == labels[:, None]).any(axis=1)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Share of rows whose label is among the ``k`` highest scores (NaN without rows)."""
+    if len(labels) == 0:
+        return float("nan")
+    return float(topk_hits(scores, labels, k).mean())
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -34,16 +39,19 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
-def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
-    """Recall of each class from a confusion matrix; NaN for classes with no examples."""
-    totals = matrix.sum(axis=1)
+def per_class_accuracy(matrix: np.ndarray, unscored: np.ndarray | None = None) -> np.ndarray:
+    """Recall of each class from a confusion matrix; NaN for classes with no examples.
+
+    ``unscored`` counts, per class, examples that got no prediction (wrong answers in the total).
+    """
+    totals = matrix.sum(axis=1) + (0 if unscored is None else unscored)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
 
 
-def mean_class_accuracy(matrix: np.ndarray) -> float:
+def mean_class_accuracy(matrix: np.ndarray, unscored: np.ndarray | None = None) -> float:
     """The mean of per-class accuracies over the classes that have examples (UCF-101's usual second number)."""
-    per_class = per_class_accuracy(matrix)
+    per_class = per_class_accuracy(matrix, unscored)
     return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
 
 

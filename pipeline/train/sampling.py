@@ -2,11 +2,16 @@
 
 A video of ``n`` cached frames gives clips of ``L`` frames (``train.sequence_length``):
 
-- training: a stride drawn from ``1..max(1, n // L)`` and a random start, as the seed sampled
-  its JPEG folders; with a mirrored cache, the whole clip comes from the flipped features with p = 0.5;
-- evaluation: ``eval.clips`` clips, each covering the whole video (one clip = L frames evenly
-  spaced over the video, the seed's full-span clip; more clips sample the same L segments at
-  other offsets).
+- the video is cut into ``L`` equal segments (segment sampling, as in TSN), and every clip takes one
+  frame from each segment, so training, evaluation and prediction all see a clip on one time scale:
+  the whole video squeezed into ``L`` frames;
+- training (``train.sampler: segments``): a random frame of each segment; with a mirrored cache and
+  ``train.flip``, the whole clip comes from the flipped features with p = 0.5;
+- evaluation: ``eval.clips`` clips at fixed offsets inside the same segments (one clip = the segment
+  centres);
+- ``train.sampler: stride`` keeps the seed's sampler (a stride drawn from ``1..max(1, n // L)`` and a
+  random start): its clips move faster than the evaluation clips, so order-aware models are scored on
+  a time scale they did not train on. It is there to compare against, not the default.
 
 Videos shorter than ``L`` are padded by repeating their last frame (the seed repeated the first);
 repeating the whole sequence instead would add a jump from the end back to the start, which looks
@@ -32,12 +37,39 @@ def pad_indices(n: int, length: int) -> np.ndarray:
     return np.concatenate([np.arange(n), np.full(max(0, length - n), n - 1)])
 
 
-def train_clip_indices(n: int, length: int, rng: np.random.Generator) -> np.ndarray:
-    """``length`` frame indices of a random training clip: random stride in 1..max(1, n // length), random start."""
+SAMPLERS = ("segments", "stride")
+
+
+def segment_indices(n: int, length: int, offsets: np.ndarray) -> np.ndarray:
+    """``[..., length]`` frame indices: the frame at fraction ``offsets`` (in [0, 1)) of each of ``length``
+    equal segments of the (padded) video.
+
+    ``offsets`` is ``[length]`` for one clip or ``[K, length]`` / ``[K, 1]`` for K clips; segment ``j`` of a
+    video of ``m = max(n, length)`` frames covers ``[j * m / length, (j + 1) * m / length)``.
+    """
+    frames = pad_indices(n, length)
+    positions = (np.arange(length) + offsets) * len(frames) / length
+    return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
+
+
+def train_clip_indices(n: int, length: int, rng: np.random.Generator, sampler: str = "segments") -> np.ndarray:
+    """``length`` frame indices of a random training clip: a random frame of each segment, or (``stride``) the
+    seed's random stride in 1..max(1, n // length) from a random start."""
+    if sampler == "segments":
+        return segment_indices(n, length, rng.random(length))
     frames = pad_indices(n, length)
     stride = int(rng.integers(1, max(1, len(frames) // length) + 1))
     start = int(rng.integers(0, len(frames) - stride * length + 1))
     return frames[start:start + stride * length:stride]
+
+
+def clip_span(n: int, length: int, sampler: str = "segments") -> float:
+    """How many frames of a video of ``n`` frames a training clip covers, on average: all of them (padded to
+    ``length``) with segments; with the seed's sampler, ``stride * length`` averaged over its strides."""
+    frames = max(n, length)
+    if sampler == "segments":
+        return float(frames)
+    return float(np.mean(np.arange(1, max(1, frames // length) + 1) * length))
 
 
 def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
@@ -46,19 +78,22 @@ def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
     The video is cut into ``length`` equal segments; clip ``k`` takes the frame at fraction
     ``(k + 0.5) / clips`` of each segment. One clip = the segment centres, evenly spaced.
     """
-    frames = pad_indices(n, length)
-    offsets = (np.arange(clips)[:, None] + 0.5) / clips
-    positions = (np.arange(length)[None, :] + offsets) * len(frames) / length
-    return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
+    return segment_indices(n, length, (np.arange(clips)[:, None] + 0.5) / clips)
 
 
 class TrainClips(Dataset):
     """One random clip per video per epoch: ``(features [L, D] float32, label)``."""
 
-    def __init__(self, cache, rows: list[int], labels: list[int], length: int, seed: int, flip: bool):
+    def __init__(self, cache, rows: list[int], labels: list[int], length: int, seed: int, flip: bool,
+                 sampler: str = "segments"):
         self.cache, self.rows, self.labels = cache, rows, labels
-        self.length, self.seed, self.flip = length, seed, flip
+        self.length, self.seed, self.flip, self.sampler = length, seed, flip, sampler
         self.epoch = 0
+
+    def mean_span(self) -> float:
+        """Frames a training clip covers, averaged over the videos: with the cache's fps, the clips' time scale."""
+        return float(np.mean([clip_span(int(self.cache.lengths[row]), self.length, self.sampler)
+                              for row in self.rows]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,7 +104,7 @@ class TrainClips(Dataset):
     def __getitem__(self, k: int):
         rng = np.random.default_rng([self.seed, self.epoch, k])
         row = self.rows[k]
-        indices = train_clip_indices(int(self.cache.lengths[row]), self.length, rng)
+        indices = train_clip_indices(int(self.cache.lengths[row]), self.length, rng, self.sampler)
         flip = self.flip and rng.random() < 0.5
         return torch.from_numpy(self.cache.frames(row, indices, flip=flip)), self.labels[k]
 
