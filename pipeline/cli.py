@@ -7,6 +7,7 @@ function. Library modules are imported inside the commands so that
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -15,7 +16,6 @@ import traceback
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
@@ -29,6 +29,9 @@ class _LogHandler(logging.Handler):
     """Log records as plain lines on stderr, written between progress bars rather than through them."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Imported here: tqdm reads its TQDM_* settings from the environment when first imported, after main().
+        from tqdm import tqdm
+
         try:
             message = self.format(record)
             if record.levelno >= logging.WARNING:
@@ -74,6 +77,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
                                               or "can't allocate memory" in str(exc).lower())
 
 
+def _os_error_line(exc: OSError) -> str:
+    """A full disk or read-only folder that a writer met outside fileio's helpers reads as it does inside them."""
+    from pipeline.fileio import write_error
+
+    if exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return str(write_error(exc.filename, exc))
+    return str(exc)
+
+
 def _fail(message: str) -> None:
     """Print ``message`` as one red line (the traceback too with --verbose) and exit with status 2."""
     if _State.verbose:
@@ -91,7 +103,7 @@ def reports_errors(func):
             return func(*args, **kwargs)
         except (ActrecError, OSError) as exc:
             # OSError here is the machine saying no (permissions, a full disk, a missing folder): also one line.
-            _fail(str(exc))
+            _fail(_os_error_line(exc) if isinstance(exc, OSError) else str(exc))
         except (MemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise

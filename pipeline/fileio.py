@@ -1,18 +1,107 @@
-"""Small file helpers every stage shares: atomic writes and file hashes."""
+"""Small file helpers every stage shares: atomic writes, write-failure messages and file hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 from tqdm import tqdm
 
+from pipeline.errors import ActrecError
+
 CHUNK = 1 << 20
+# Libraries that do their own I/O report a failed write in their own words: HDF5 puts the errno in its message,
+# torch.save (given a path) and OpenCV only say that writing failed.
+_ERRNO_IN_MESSAGE = re.compile(r"errno = (\d+)")
+_WRITE_FAILED = ("file write failed", "inline_container", "iostream error", "write failed", "Can't write")
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The OS error number behind ``exc``, looking through chained exceptions and library messages."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        match = _ERRNO_IN_MESSAGE.search(str(exc))
+        if match:
+            return int(match[1])
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (next to) no space left."""
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < CHUNK
+    except OSError:
+        return False
+
+
+def write_error(path: str | Path, exc: BaseException) -> ActrecError | None:
+    """The one-line error for a failed write to ``path`` (full disk, read-only or forbidden folder), or None when
+    ``exc`` is not a write failure the user can fix.
+
+    Every writer of the project reports through this function, so a full disk reads the same everywhere.
+    """
+    path = Path(path)
+    code = _errno_of(exc)
+    if code is None and any(text in str(exc) for text in _WRITE_FAILED) and _disk_full(path):
+        code = errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return ActrecError(f"no space left on device writing {path}; free space and run the command again to resume")
+    if code == errno.EROFS:
+        return ActrecError(f"cannot write {path}: the file system is read-only; choose a writable location")
+    if code in (errno.EACCES, errno.EPERM):
+        return ActrecError(f"cannot write {path}: permission denied; choose a writable location or fix its "
+                           f"permissions")
+    if code == errno.EFBIG:
+        return ActrecError(f"cannot write {path}: the file is too large for its file system; choose another disk")
+    return None
+
+
+def incomplete_write(path: str | Path, detail: str) -> ActrecError:
+    """The error for a writer that only says it failed (OpenCV): a full disk if the disk is full, else ``detail``."""
+    return write_error(path, OSError(errno.ENOSPC, detail)) if _disk_full(Path(path)) else ActrecError(
+        f"writing {path} failed: {detail}; check the disk and the folder, then run the command again")
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn a write failure inside the block into ``write_error(path, ...)``; anything else passes through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = write_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, an output ``path`` whose folder cannot be created or written to."""
+    path = Path(path)
+    if path.is_dir():
+        raise ActrecError(f"{path} is a folder; give a file name")
+    with reporting_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A real write: permission bits and os.access say nothing about read-only mounts (or about root).
+        probe = path.with_name(f".{path.name}.probe")
+        try:
+            probe.write_bytes(b"")
+        finally:
+            probe.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -21,16 +110,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     What a reader can rely on: ``path`` is the old file or the complete new one, never half of one, whatever
     happens mid-write (an exception, Ctrl-C, a full disk, a kill). On failure the temp file is removed and
-    ``path`` is untouched. The temp name keeps the suffix, so writers that pick a format by it still work.
+    ``path`` is untouched; a full disk or an unwritable folder becomes one ``write_error`` line. The temp name
+    keeps the suffix, so writers that pick a format by it still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with reporting_write_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

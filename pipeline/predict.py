@@ -19,10 +19,11 @@ from PIL import Image
 
 from pipeline.config import config_from_dict
 from pipeline.data.video import iter_video_frames, video_fps
+from pipeline.data.written import check_written_video
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.errors import ActrecError
 from pipeline.features.backbone import embed_frames, frame_resize, load_backbone, weights_identity
-from pipeline.fileio import atomic_path, write_json
+from pipeline.fileio import atomic_path, check_writable, write_json
 from pipeline.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.train.metrics import softmax
 from pipeline.train.sampling import eval_clip_indices
@@ -206,6 +207,7 @@ def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_fra
             written += 1
         if writer is not None:
             writer.release()
+            check_written_video(tmp, out, written)  # OpenCV drops write errors (a full disk) silently
         if is_gif:
             duration_ms = round(1000 * step / result["fps"])
             gif_frames[0].save(tmp, save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0,
@@ -232,11 +234,14 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     if out is not None and Path(out).suffix.lower() not in allowed:
         what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
         raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
+    if video.is_dir() and out is None:
+        out = video / "predictions.csv"
+    check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path})
     predictor = Predictor(Path(checkpoint), device)
     hop = hop or predictor.cfg.predict.hop
     topk = predictor.cfg.predict.topk
     if video.is_dir():
-        return predict_folder(predictor, video, Path(out) if out else video / "predictions.csv", hop)
+        return predict_folder(predictor, video, Path(out), hop)
 
     result = predict_video(predictor, video, hop, max(topk, 5))
     result.pop("_window_probabilities")
@@ -246,6 +251,28 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
         write_annotated(video, result, Path(out), topk, predictor.cfg.predict.gif_max_frames)
     result["outputs"] = {"annotated video": out, "JSON timeline": json_path}
     return result
+
+
+def check_outputs(inputs: dict, outputs: dict) -> None:
+    """Before any work: no output may be an input (after links) or another output, and each must be writable."""
+    given = {option: Path(path) for option, path in outputs.items() if path is not None}
+    seen = {}
+    for option, path in given.items():
+        for what, source in inputs.items():
+            if _same_file(path, source):
+                raise ActrecError(f"{option} {path} is {what}; writing it would destroy it. Choose another name")
+        key = path.resolve()
+        if key in seen:
+            raise ActrecError(f"{option} {path} is also {seen[key]}; give each output its own name")
+        seen[key] = option
+    for path in given.values():
+        check_writable(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return a.samefile(b)  # also hard links
+    return a.resolve() == b.resolve()
 
 
 def format_prediction(result: dict) -> str:

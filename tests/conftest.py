@@ -6,6 +6,7 @@ whole suite runs in a few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,55 @@ def tiny_dataset_config(tiny_dataset_root, tmp_path):
     """A Config reading the shared tiny dataset, with cache and run dir in a fresh tmp folder."""
     overrides = tiny_overrides(tiny_dataset_root) + [f"cache.path={tmp_path}/cache/tiny.h5", f"run.dir={tmp_path}/run"]
     return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", overrides)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: a folder on its own small tmpfs (``size_mib``), to fill up or make read-only for real.
+
+    Mounting needs root (CI runs as root); elsewhere the tests that use it are skipped. Every mount is undone
+    at teardown.
+    """
+    import shutil
+    import subprocess
+
+    mounts = []
+
+    def mount(size_mib: int = 16) -> Path:
+        if shutil.which("mount") is None or os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounts):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Write a filler file until ``folder``'s file system has at most ``leave`` bytes free; returns the filler."""
+    import errno
+    import shutil
+
+    filler = Path(folder) / "filler"
+    with open(filler, "ab") as f:
+        try:
+            while (free := shutil.disk_usage(folder).free) > leave:
+                f.write(bytes(min(free - leave, 1 << 20)))
+                f.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def remount_read_only(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)

@@ -43,3 +43,14 @@ def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeyp
     result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "out of memory in `actrec train`" in result.stderr and "lower train.batch_size" in result.stderr
+
+
+def test_the_cli_module_leaves_tqdm_unimported_so_log_files_get_throttled_bars():
+    """tqdm takes TQDM_MININTERVAL from the environment at import; main() sets it for non-terminals first."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.cli; print(sorted({'tqdm', 'torch'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

@@ -206,7 +206,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(ActrecError, match=f"no space left on device writing {path}; free space"):
         save_checkpoint({"format": 1, "epoch": 2, "weights": torch.zeros(3)}, path)
     monkeypatch.undo()
     kept = torch.load(path, weights_only=True)

@@ -56,20 +56,25 @@ def download_hmdb51(cfg) -> None:
     if has_content(splits):
         log.info("%s: already unpacked, skipping its download", splits)
     else:
-        unpack_rar(_fetch(cfg, d.splits_url, "download.splits_url"), splits)
+        unpack_rar(_fetch(cfg, d.splits_url, "download.splits_url", lambda part: unpack_rar(part, splits)), splits)
     if done.exists():
         log.info("%s: all class archives already unpacked (%s), skipping", videos, done)
     else:
-        _unpack_classes(_fetch(cfg, d.videos_url, "download.videos_url"), videos, dest)
+        inner = dest / Path(archive_name(d.videos_url, "download.videos_url")).stem
+        archive = _fetch(cfg, d.videos_url, "download.videos_url", lambda part: unpack_rar(part, inner))
+        _unpack_classes(archive, videos, dest)
         write_atomic(done, "every class archive of this file is unpacked into data.videos\n")
     classes = sorted(p for p in videos.iterdir() if p.is_dir() and not p.name.startswith("."))
     log.info("HMDB-51 ready: %d videos in %d class folders under %s; split files in %s",
              sum(len(list(c.glob("*.avi"))) for c in classes), len(classes), videos, splits)
 
 
-def _fetch(cfg, url: str, key: str) -> Path:
+def _fetch(cfg, url: str, key: str, verify) -> Path:
+    """Download ``url`` into download.dest; where the server gives no size, ``verify`` (unpacking it) decides
+    whether the file is complete."""
     d = cfg.download
-    return download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout)
+    return download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout,
+                         verify=verify)
 
 
 def _unpack_classes(archive: Path, videos: Path, dest: Path) -> None:

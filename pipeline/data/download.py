@@ -3,11 +3,14 @@
 A download streams into ``NAME.part`` and is renamed to ``NAME`` only once its size
 (from Content-Length / Content-Range) and SHA-256 check out. The hash is recorded
 on first success in ``NAME.sha256`` (``sha256sum -c`` format) and checked on later
-runs, so a file that is present is a file that was verified.
+runs, so a file that is present is a file that was verified. A server that sends no
+size cannot say whether the body ended early: such a download stays ``NAME.part``
+until it unpacks whole, and only then is it renamed and its hash recorded.
 
 Archives are inspected entry by entry before anything is written: one entry that
-could land outside the target (``..``, an absolute path, a symlink, and therefore
-anything under a symlinked folder) refuses the whole archive. Unpacking goes into
+is not a plain file or folder (a symlink, hard link, file copy, junction, device)
+or that could land outside the target (``..``, an absolute path) refuses the whole
+archive. Unpacking goes into
 a hidden folder next to the target, renamed into place at the end; a single top
 folder in the archive (``UCF-101/``, ``ucfTrainTestlist/``) becomes the target.
 """
@@ -30,7 +33,7 @@ import rarfile
 from tqdm import tqdm
 
 from pipeline.errors import ActrecError
-from pipeline.fileio import sha256_file, write_atomic
+from pipeline.fileio import reporting_write_errors, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,13 @@ class _Retry(Exception):
     """A transfer problem that another attempt may fix (dropped connection, short body, 5xx)."""
 
 
-def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60.0, backoff: float = 1.0) -> Path:
+def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60.0, backoff: float = 1.0,
+                  verify=None) -> Path:
     """Download ``url`` to ``dest`` with resume, retries and size/SHA-256 checks; skip a verified file.
 
     ``retries`` counts consecutive attempts that got no further; the wait between them doubles from ``backoff``
-    seconds. Network errors are retried; HTTP 4xx and a SHA-256 mismatch are not.
+    seconds. Network errors are retried; HTTP 4xx and a SHA-256 mismatch are not. When the server gives no size,
+    ``verify(part)`` (e.g. unpacking it) must succeed before the file is kept; without ``verify`` it is refused.
     """
     dest = Path(dest)
     sidecar = dest.with_name(dest.name + ".sha256")
@@ -60,7 +65,7 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
     failures, reached = 0, _size(part)
     while True:
         try:
-            _fetch(url, part, timeout)
+            total = _fetch(url, part, timeout)
             break
         except _Retry as exc:
             # Only attempts that got no further than any before count against the retries.
@@ -72,6 +77,8 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
             delay = min(backoff * 2 ** max(failures - 1, 0), 60.0)
             log.info(f"{dest.name}: {exc}; retrying in {delay:.1f}s")
             time.sleep(delay)
+    if total is None:
+        _verify_unsized(url, part, verify)
     digest = sha256_file(part, progress=True)
     recorded = _recorded_sha256(sidecar)
     if recorded is not None and recorded != digest:
@@ -85,6 +92,18 @@ def download_file(url: str, dest: Path, *, retries: int = 5, timeout: float = 60
     return dest
 
 
+def _verify_unsized(url: str, part: Path, verify) -> None:
+    """A body of unknown size is whole only if it unpacks; else it stays ``.part`` (and nothing is recorded)."""
+    kept = (f"the server sent no size, so the {_size(part):,} bytes received are kept as {part} and not trusted; "
+            f"run again to resume, or download the file another way into {part.parent}")
+    if verify is None:
+        raise ActrecError(f"{url}: {kept}")
+    try:
+        verify(part)
+    except ActrecError as exc:
+        raise ActrecError(f"{url}: the download does not unpack ({exc}); {kept}") from exc
+
+
 def _check_existing(dest: Path, sidecar: Path) -> None:
     digest = sha256_file(dest, progress=True)
     recorded = _recorded_sha256(sidecar)
@@ -96,8 +115,9 @@ def _check_existing(dest: Path, sidecar: Path) -> None:
                           f"damaged. Delete {dest} to download it again.")
 
 
-def _fetch(url: str, part: Path, timeout: float) -> None:
-    """One attempt: continue ``part`` from its current size; raise _Retry when it ends short."""
+def _fetch(url: str, part: Path, timeout: float) -> int | None:
+    """One attempt: continue ``part`` from its current size; raise _Retry when it ends short. Returns the file's
+    full size, or None when the server did not say (then nothing tells a whole body from a cut one)."""
     start = _size(part)
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
@@ -105,7 +125,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:
             if _range_total(exc.headers.get("Content-Range")) == start:
-                return  # the partial file is already whole (stopped before its rename)
+                return start  # the partial file is already whole (stopped before its rename)
             part.unlink()  # longer than the file on the server: not a prefix of it
             raise _Retry(f"server refused to resume at byte {start:,}; starting over") from exc
         if exc.code >= 500 or exc.code in (408, 429):
@@ -129,16 +149,26 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             length = response.headers.get("Content-Length")
             total = int(length) if length else None
         _check_free_space(part, None if total is None else total - start)
-        with open(part, mode) as out, tqdm(total=total, initial=start, desc=part.name.removesuffix(".part"),
-                                           unit="B", unit_scale=True, unit_divisor=1024) as bar:
-            try:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retry(f"connection lost at byte {out.tell():,}: {exc}") from exc
+        _stream(response, part, mode, total, start)
     if total is not None and _size(part) != total:
         raise _Retry(f"connection closed at byte {_size(part):,} of {total:,}")
+    return total
+
+
+def _stream(response, part: Path, mode: str, total: int | None, start: int) -> None:
+    """Append the body to ``part``: a network fault is worth a retry, a full disk or unwritable folder is not."""
+    with reporting_write_errors(part), open(part, mode) as out, tqdm(
+            total=total, initial=start, desc=part.name.removesuffix(".part"), unit="B", unit_scale=True,
+            unit_divisor=1024) as bar:
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Retry(f"connection lost at byte {out.tell():,}: {exc}") from exc
+            if not chunk:
+                return
+            out.write(chunk)
+            bar.update(len(chunk))
 
 
 def _content_range(header: str | None, url: str) -> tuple[int, int | None]:
@@ -193,7 +223,7 @@ def _extract_rar(archive: Path, into: Path) -> None:
     try:
         with rarfile.RarFile(archive) as rf:
             infos = rf.infolist()
-            _check_entries(archive, [(i.filename, not (i.is_file() or i.is_dir())) for i in infos])
+            _check_entries(archive, [(i.filename, _rar_entry_kind(i)) for i in infos])
             tool = find_rar_tool()
             # One extractor run for the whole archive: a run per member re-reads the archive each time,
             # which for UCF-101's 13,320 members costs far more than the unpacking itself.
@@ -207,17 +237,49 @@ def _extract_rar(archive: Path, into: Path) -> None:
 def _extract_zip(archive: Path, into: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            _check_entries(archive, [(i.filename, stat.S_ISLNK(i.external_attr >> 16)) for i in zf.infolist()])
+            _check_entries(archive, [(i.filename, _unix_kind(i.external_attr >> 16)) for i in zf.infolist()])
             zf.extractall(into)
     except zipfile.BadZipFile as exc:
         raise ActrecError(f"{archive}: not a readable zip ({exc}). Delete it and run again.") from exc
 
 
-def _check_entries(archive: Path, entries: list[tuple[str, bool]]) -> None:
-    """Refuse the whole archive if any entry could be written outside the target folder."""
-    for name, is_link in entries:
-        if is_link:
-            why = "is a link (links could point anywhere; anything beneath one would follow it)"
+# RAR5 redirection records; each makes an entry something else than a plain file.
+_RAR5_REDIRECTS = {rarfile.RAR5_XREDIR_UNIX_SYMLINK: "a symlink",
+                   rarfile.RAR5_XREDIR_WINDOWS_SYMLINK: "a Windows symlink",
+                   rarfile.RAR5_XREDIR_WINDOWS_JUNCTION: "a Windows junction",
+                   rarfile.RAR5_XREDIR_HARD_LINK: "a hard link", rarfile.RAR5_XREDIR_FILE_COPY: "a file copy"}
+_REPARSE_POINT = 0x400  # FILE_ATTRIBUTE_REPARSE_POINT: how RAR3 marks a Windows symlink or junction
+
+
+def _unix_kind(mode: int) -> str | None:
+    """None for a plain file or folder (or no type recorded), else what the Unix mode says the entry is."""
+    kind = stat.S_IFMT(mode)
+    if kind in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    return "a symlink" if kind == stat.S_IFLNK else "a device, pipe or socket"
+
+
+def _rar_entry_kind(info) -> str | None:
+    """None for a plain file or folder; else what the entry is (every other kind is refused)."""
+    redirect = getattr(info, "file_redir", None)
+    if redirect:
+        return _RAR5_REDIRECTS.get(redirect[0], f"a redirection of type {redirect[0]}")
+    mode = info.mode or 0
+    if info.host_os == rarfile.RAR_OS_UNIX and _unix_kind(mode):
+        return _unix_kind(mode)
+    if info.host_os in (rarfile.RAR_OS_WIN32, rarfile.RAR_OS_MSDOS) and mode & _REPARSE_POINT:
+        return "a Windows symlink or junction"
+    if not (info.is_file() or info.is_dir()):
+        return "not a plain file or folder"
+    return None
+
+
+def _check_entries(archive: Path, entries: list[tuple[str, str | None]]) -> None:
+    """Refuse the whole archive if any entry is not a plain file or folder, or could land outside the target."""
+    for name, kind in entries:
+        if kind:
+            why = (f"is {kind}, not a plain file or folder (links could point anywhere; anything beneath one would "
+                   f"follow it)")
         elif name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
             why = "has an absolute path"
         elif ".." in re.split(r"[\\/]", name):
@@ -280,7 +342,8 @@ def download_ucf101(cfg) -> None:
         if has_content(target):
             log.info(f"{target}: already unpacked, skipping its download")
             continue
-        archive = download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout)
+        archive = download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout,
+                                verify=lambda part, unpack=unpack, target=target: unpack(part, target))
         unpack(archive, target)
     videos = Path(cfg.data.videos)
     classes = [p for p in videos.iterdir() if p.is_dir()]

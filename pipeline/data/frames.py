@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.data.datasets import embed_items, frames_dir
 from pipeline.data.video import FRAME_PATTERN, DecodeError, iter_video_frames
 from pipeline.errors import ActrecError
-from pipeline.fileio import write_json
+from pipeline.fileio import incomplete_write, reporting_write_errors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,21 @@ def extract_video(path: str | Path, target: str | Path, jpeg_quality: int) -> tu
     target = Path(target)
     tmp = target.with_name(f".{target.name}{_PARTIAL}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with reporting_write_errors(target):
+        tmp.mkdir(parents=True)
     count = 0
     try:
         for count, frame in enumerate(iter_video_frames(path), start=1):
             out = tmp / FRAME_PATTERN.format(count)
             if not cv2.imwrite(str(out), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
-                raise ActrecError(f"{out}: cannot write the JPEG (disk full or folder not writable?)")
+                raise incomplete_write(target, f"OpenCV could not write {out.name}")
     except DecodeError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return 0, str(exc)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, target)
+    with reporting_write_errors(target):
+        os.replace(tmp, target)
     return count, None

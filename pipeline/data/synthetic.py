@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.data.written import check_written_video
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path, write_atomic, write_json
 
@@ -267,7 +268,8 @@ def _video_path(videos: Path, name: str, group: int, clip: int) -> Path:
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode RGB frames into ``path`` through a temp file beside it, so a video is whole or absent."""
+    """Encode RGB frames into ``path`` through a temp file beside it, so a video is whole or absent; a video
+    whose frames do not all read back (a full disk) stops the run."""
     height, width = frames.shape[1:3]
     with atomic_path(path) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
@@ -279,6 +281,7 @@ def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
+        check_written_video(tmp, path, len(frames))
 
 
 def _read_manifest(splits: Path) -> dict | None:

@@ -35,15 +35,21 @@ COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": 
 log = logging.getLogger(__name__)
 
 
+def damaged_error(path, what: str) -> ActrecError:
+    """The one diagnosis of a damaged cache, whichever command finds it."""
+    return ActrecError(f"{path}: the feature cache is damaged ({what}). Delete it and run `actrec embed` again")
+
+
 def open_error(path, exc: Exception) -> ActrecError:
+    if "truncated file" in str(exc):
+        return damaged_error(path, "the file is shorter than HDF5 recorded: it was cut off")
     if "already open" in str(exc) or "unable to lock" in str(exc):
         return ActrecError(f"{path}: the HDF5 file is in use elsewhere ({exc}); close the program using it and "
                            f"run again")
     if Path(path).is_dir() or not _starts_like_hdf5(path):
         return ActrecError(f"{path} is not an HDF5 feature cache; point cache.path (or `actrec info`) at a file "
                            f"written by `actrec embed`")
-    return ActrecError(f"{path}: the HDF5 file cannot be read ({exc}); it is damaged. Delete it and run "
-                       f"`actrec embed` again")
+    return damaged_error(path, f"the HDF5 file cannot be read: {str(exc).splitlines()[0][:200]}")
 
 
 def _starts_like_hdf5(path) -> bool:
@@ -59,8 +65,42 @@ def _decode(values) -> list[str]:
     return [v.decode("utf-8", errors="ignore") if isinstance(v, bytes) else str(v) for v in values]
 
 
+def check_layout(f: h5py.File, path) -> None:
+    """Refuse a file that lacks the datasets of a cache (or has them in the wrong shape), naming them."""
+    expected = {"features": 2, **{f"{group}/{name}": 1 for group, columns in COLUMNS.items()
+                                  for name in (*columns, "count")}}
+    missing = [name for name in expected if not isinstance(f.get(name), h5py.Dataset)]
+    if missing:
+        raise damaged_error(path, f"missing {', '.join(missing)}")
+    wrong = [f"{name} is {f[name].ndim}-d" for name, ndim in expected.items() if f[name].ndim != ndim]
+    wrong += [f"{group}/count is empty" for group in COLUMNS if f[f"{group}/count"].shape[0] < 1]
+    if wrong:
+        raise damaged_error(path, "; ".join(wrong))
+
+
+def _check_committed(meta: dict, f: h5py.File, path) -> None:
+    """The committed index must point into the stored feature rows with names: else the file lost data."""
+    count = len(meta["names"])
+    short = [name for name in ("index/names", "index/labels", "index/offsets", "index/lengths")
+             if _rows(f, name) < count]
+    if short:
+        raise damaged_error(path, f"index/count is {count} but {', '.join(short)} hold fewer rows")
+    ends = meta["offsets"] + meta["lengths"]
+    rows = min(_rows(f, name) for name in ("features", "features_flip") if name in f)
+    if count and (ends.max() > rows or (meta["lengths"] <= 0).any() or not all(meta["names"])):
+        raise damaged_error(path, f"its index lists {count} videos but their rows are not all stored")
+
+
+def _rows(f: h5py.File, name: str) -> int:
+    """Rows of a dataset now: a SWMR reader refreshes it, as a writer may have grown it since it was first read."""
+    dataset = f[name]
+    if f.swmr_mode:
+        dataset.refresh()
+    return dataset.shape[0]
+
+
 def read_meta(f: h5py.File, path) -> dict:
-    """Attributes and committed index of an open cache file."""
+    """Attributes and committed index of an open cache file (its layout checked first)."""
     try:
         version = int(f.attrs["format_version"])
         meta = {
@@ -79,6 +119,7 @@ def read_meta(f: h5py.File, path) -> dict:
     if version != FORMAT_VERSION:
         raise ActrecError(f"{path} has cache format version {version}; this code reads version {FORMAT_VERSION}. "
                           f"Delete it and run `actrec embed` again")
+    check_layout(f, path)
     count = int(f["index/count"][0])
     meta["names"] = _decode(f["index/names"][:count])
     meta["labels"] = f["index/labels"][:count].astype(np.int64)
@@ -90,6 +131,7 @@ def read_meta(f: h5py.File, path) -> dict:
     committed = set(meta["names"])
     meta["failures"] = {name: reason for name, reason in failures.items() if name not in committed}
     meta["failure_rows"] = failures
+    _check_committed(meta, f, path)
     return meta
 
 
@@ -104,11 +146,23 @@ def open_for_reading(path, chunk_cache_bytes: int | None = None) -> h5py.File:
 
     ``chunk_cache_bytes`` sizes HDF5's per-dataset chunk cache (None: HDF5's default, 1 MiB).
     """
+    _check_not_truncated(path)
     try:
         # HDF5's own file lock would block a resuming writer; writers serialise on WriteLock instead.
         return h5py.File(path, "r", swmr=True, locking=False, rdcc_nbytes=chunk_cache_bytes)
     except (OSError, RuntimeError) as exc:
         raise open_error(path, exc) from exc
+
+
+def _check_not_truncated(path) -> None:
+    """HDF5 checks a file's stored length only when it is opened without SWMR (a SWMR reader retries the missing
+    bytes for minutes instead). A file that no writer holds open opens that way: let HDF5 check it."""
+    try:
+        h5py.File(path, "r", locking=False).close()
+    except (OSError, RuntimeError) as exc:
+        if "truncated file" in str(exc):
+            raise open_error(path, exc) from exc
+        # Anything else (a writer holding it, a killed writer's flags, not HDF5 at all) is the SWMR open's to judge.
 
 
 class FeatureCache:
