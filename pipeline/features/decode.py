@@ -124,9 +124,14 @@ def _exit_if_orphaned(parent: int) -> None:
 
 
 def _context():
-    # fork starts in milliseconds and the workers touch neither CUDA nor the model (as DataLoader workers do).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return torch.multiprocessing.get_context(method)
+    # forkserver: workers fork from a clean single-threaded server, not from this process, whose other threads
+    # (queue feeders, tqdm, OpenMP, HDF5) may hold a lock at the moment of a fork and leave the child waiting on it
+    # forever. The server starts once per process, with the decoding modules already imported.
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pipeline.features.decode"])
+    return context
 
 
 class _Pool:
