@@ -10,7 +10,6 @@ pieces come out in the order of the list whatever the workers' speeds, and memor
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue as queue_module
 import traceback
@@ -124,14 +123,11 @@ def _exit_if_orphaned(parent: int) -> None:
 
 
 def _context():
-    # forkserver: workers fork from a clean single-threaded server, not from this process, whose other threads
-    # (queue feeders, tqdm, OpenMP, HDF5) may hold a lock at the moment of a fork and leave the child waiting on it
-    # forever. The server starts once per process, with the decoding modules already imported.
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return torch.multiprocessing.get_context("spawn")
-    context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipeline.features.decode"])
-    return context
+    # spawn: each worker is a fresh interpreter and a direct child of this process. A fork of this process could
+    # inherit a lock another of its threads (queue feeders, tqdm, OpenMP, HDF5) holds at that moment and wait on
+    # it forever; a forkserver's workers would be the server's children, so they could not tell when this process
+    # is killed (their parent, the server, lives on) and would keep the rank's output pipes open.
+    return torch.multiprocessing.get_context("spawn")
 
 
 class _Pool:
