@@ -14,6 +14,13 @@ GRID ?=
 RUNS ?=
 JOBS ?=
 NAME ?=
+# Ranks of `make embed` on this machine: one per visible GPU (CUDA_VISIBLE_DEVICES, else nvidia-smi), 1 without.
+VISIBLE_GPUS := $(shell if [ -n "$$CUDA_VISIBLE_DEVICES" ]; then echo "$$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c '[0-9]'; \
+  else nvidia-smi -L 2>/dev/null | grep -c '^GPU'; fi)
+NPROC ?= $(if $(filter-out 0,$(VISIBLE_GPUS)),$(VISIBLE_GPUS),1)
+# How torchrun's ranks find each other: one machine by default; several, e.g.
+#   RDZV="--nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=node1:29500 --rdzv-id=ucf101"
+RDZV ?= --standalone
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 VENV := .venv
@@ -51,8 +58,11 @@ download: $(STAMP) ## Get the dataset: download UCF-101 / HMDB-51 (resumable), g
 extract: $(STAMP) ## Decode every video into JPEG frames (only needed for embed.source=frames)
 	$(ACTREC) extract $(ARGS)
 
-embed: $(STAMP) ## Stage one: run the frozen backbone once, cache features in HDF5 (resumes)
-	$(ACTREC) embed $(ARGS)
+embed: $(STAMP) ## Stage one: run the frozen backbone once, cache features in HDF5 (resumes); NPROC ranks (torchrun)
+	@if [ "$(NPROC)" -gt 1 ] || [ "$(RDZV)" != "--standalone" ]; then \
+	  echo "$(VENV)/bin/torchrun $(RDZV) --nproc_per_node=$(NPROC) -m pipeline embed $(ARGS)"; \
+	  $(VENV)/bin/torchrun $(RDZV) --nproc_per_node=$(NPROC) -m pipeline embed $(ARGS); \
+	else $(ACTREC) embed $(ARGS); fi
 
 train: $(STAMP) ## Stage two: train on the cached features, once per split in SPLITS (e.g. SPLITS="1 2 3")
 	@for split in $(SPLITS); do $(ACTREC) train $(ARGS) --set data.split=$$split || exit 1; done

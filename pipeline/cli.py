@@ -60,7 +60,7 @@ def config_options(func):
 
 # The settings that decide each command's peak memory: what an out-of-memory error tells the user to lower.
 MEMORY_SETTINGS = {
-    "embed": "embed.batch_size (or embed.img_dim)",
+    "embed": "embed.batch_size or embed.workers (or embed.img_dim)",
     "train": "train.batch_size, model.hidden_dim, model.latent_dim or train.sequence_length (or set cache.load=disk)",
     "evaluate": "eval.batch_size or eval.clips (or set cache.load=disk)",
     "predict": "embed.batch_size of the run's config, or predict on a shorter video",
@@ -227,6 +227,25 @@ def info(cache_path):
     from pipeline.features.cache import describe_cache
 
     click.echo(describe_cache(Path(cache_path)))
+
+
+@cli.command(name="merge-cache")
+@click.argument("cache_path", type=click.Path(dir_okay=False))
+@click.option("--join", "mode", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
+              help="Copy the shards' features into CACHE_PATH (then remove the shards), or write an HDF5 virtual "
+                   "dataset over them (keep the shards).")
+@reports_errors
+def merge_cache(cache_path, mode):
+    """Join the shards of CACHE_PATH (CACHE_PATH.shards/, written by `actrec embed` under torchrun) into it.
+
+    An embed under torchrun does this itself when every rank has finished; this command does it by hand,
+    e.g. after ranks on several machines finished at different times. Videos are written sorted by name.
+    """
+    from pipeline.features.shards import join
+
+    summary = join(Path(cache_path), mode)
+    click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
+               f"failed ({summary['mode']})")
 
 
 @cli.command()

@@ -45,10 +45,13 @@ UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-
 AFFECTS = ("features", "test list", "training")
 
 
-def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None):
-    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``."""
+def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None, auto=False):
+    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``.
+
+    ``auto``: a whole number in min..max, or the string 'auto' (the code decides)."""
     assert affects in AFFECTS + (None,), affects
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty, "affects": affects}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "nonempty": nonempty, "affects": affects,
+            "auto": auto}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -132,7 +135,9 @@ class EmbedConfig:
                            max=8192, affects="features")
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
-    workers: int = _key(2, "decode/preprocess workers running ahead of the forward pass", min=0, max=64)
+    workers: Union[int, str] = _key("auto", "decode/resize worker processes running ahead of the forward pass (0 = "
+                                    "decode in the main process; auto = usable cores / ranks on the machine - 1)",
+                                    min=0, max=64, auto=True)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)
     flip: bool = _key(False, "also cache features of horizontally mirrored frames", affects="features")
     splits: str = _key("configured", "embed the videos of the configured split, or of all three splits",
@@ -157,6 +162,8 @@ class CacheConfig:
     path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
                      "{embed.source}.h5",
                      "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/resize/source")
+    join: str = _key("copy", "how an embed under torchrun joins the ranks' shards into cache.path: a copy, or an "
+                     "HDF5 virtual dataset over the shards (no copy; keep the shards)", choices=["copy", "virtual"])
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
                      "or copies the run's videos to the training device once and gathers clips there ('device'); "
                      "'auto' = 'device' on a GPU they fit in half of, else memory when they fit in a quarter "
@@ -353,6 +360,10 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> An
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     where = f"{source}: {name}"
+    if meta.get("auto"):
+        if value == "auto":
+            return value
+        default = meta["min"] if meta["min"] is not None else 0  # otherwise a whole number
     if meta["choices"]:
         # YAML reads `split: 1` as an int and `--set data.split=1` too; "1" from elsewhere is the same choice.
         lookup = {str(c): c for c in meta["choices"]}

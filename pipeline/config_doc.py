@@ -44,7 +44,8 @@ def _allowed_text(f: dataclasses.Field) -> str:
     if meta["choices"]:
         text += f" (one of: {', '.join(map(str, meta['choices']))})"
     elif meta["min"] is not None or meta["max"] is not None:
-        text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']})"
+        text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']}"
+        text += ", or auto)" if meta.get("auto") else ")"
     return text
 
 

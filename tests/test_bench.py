@@ -22,12 +22,12 @@ def test_quick_bench_has_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "bench" / "results.json").read_text())
     ids = [row["id"] for row in data["rows"]]
-    gpu_rows = [] if data["device"].startswith("CPU") else ["8-cuda"]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", "6", "7", "8-cpu", *gpu_rows, "9"]
+    gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
+    cuda_epoch = [] if data["device"].startswith("CPU") else ["8-cuda"]
+    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch, "9"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
-        if row["id"] != "6" or data["device"].startswith("CPU"):
-            assert (row["ratio"] is None) == (row["id"] in ("6", "8-cuda"))
+        assert (row["ratio"] is None) == (row["id"] == "8-cuda")
     epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
     assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
@@ -118,3 +118,19 @@ def test_failed_scaling_embed_is_one_line(tmp_path):
     with pytest.raises(ActrecError, match="scaling embed .* failed: ") as caught:
         embed_in_subprocess(cfg)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
+def test_gpu_rows_say_no_gpu_in_the_real_run_and_run_on_cpu_in_the_smoke_test(tmp_path):
+    from pipeline.bench.gpu import bench_gpu
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.threads=1"])
+    real = bench_gpu(cfg, quick=False, work=tmp_path / "real", command="actrec bench --only gpu")
+    assert [r["value"] for r in real] == ["no GPU", "no GPU"] and [r["id"] for r in real] == ["6-112", "6-224"]
+    assert not (tmp_path / "real").exists()  # nothing measured, nothing generated
+    smoke = bench_gpu(cfg, quick=True, work=tmp_path / "smoke", command="actrec bench --quick --only gpu")
+    for r in smoke:
+        assert r["value"].startswith("no GPU; CPU smoke run: bare ") and r["ratio"] > 0
+        assert set(r["details"]["embed"]) == {"1", "2", "all"}
+        timing = r["details"]["where_the_time_went"]
+        assert set(timing) == {"decode_wait", "pack", "submit", "wait", "write"} and timing["submit"] > 0

@@ -10,7 +10,8 @@ same process, one right after the other, with the same thread count. Rows, one m
 4. disk: cache bytes per frame vs extracted-JPEG bytes per frame (``disk``)
 5. scaling: embed time and peak memory for N and 4N videos (``scaling``); stage-two data loading share of a
    step (``stage_two``)
-6. GPU stage-one throughput, only where CUDA is present (``gpu``)
+6. stage one on a GPU at 112 and 224 px: bare forward, whole embed with 2/4/8/all decode workers, efficiency,
+   where the time goes, minutes for UCF-101; "no GPU" without CUDA, a CPU smoke run with ``--quick`` (``gpu``)
 
 ``runner`` runs them and ``report`` writes results.json, results.md and the README table. Importing this
 package does not import torch; the row modules do, when the runner reaches them.

@@ -43,10 +43,11 @@ def seed_loading_fps(cfg: Config, model) -> float:
     from torch.utils.data import DataLoader
 
     from pipeline.bench.seed_frames import SeedFrames
+    from pipeline.features.decode import resolve_workers
 
     frames = SeedFrames(cfg)
     nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    loader = DataLoader(frames, batch_size=cfg.embed.batch_size, num_workers=cfg.embed.workers)
+    loader = DataLoader(frames, batch_size=cfg.embed.batch_size, num_workers=resolve_workers(cfg.embed.workers))
     started = time.perf_counter()
     with torch.no_grad():
         for batch in loader:
@@ -66,11 +67,16 @@ def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 def decode_fps(cfg: Config) -> float:
     """Frames/s of decoding plus resizing alone, in one thread (where the time outside the forward goes)."""
     from pipeline.data.datasets import embed_items
-    from pipeline.features.embed import decode_resized
+    from pipeline.features.backbone import frame_resize
+    from pipeline.features.decode import pieces
+    from pipeline.features.embed import decode_jobs
 
     _, items = embed_items(cfg, check_videos=False)
-    seconds, decoded = timed(lambda: [decode_resized(cfg, item) for item in items])
-    return sum(d.length for d in decoded) / seconds
+    jobs = decode_jobs(cfg, items)
+    resize = frame_resize(cfg.embed)
+    seconds, frames = timed(lambda: sum(len(p.frames) for p in pieces(jobs, resize, cfg.embed.batch_size, workers=0)
+                                        if not p.end))
+    return frames / seconds
 
 
 def bench_embed(cfg: Config, sizes: Sizes, command: str, with_seed: bool) -> list[dict]:
@@ -102,6 +108,8 @@ def _efficiency_row(cfg: Config, model, sizes: Sizes, source: str, command: str)
 
     Whole embed and bare forward alternate ``sizes.repeats`` times and medians are compared, since the bare
     rate alone drifts by several percent within one process on a shared machine."""
+    from pipeline.features.decode import resolve_workers
+
     frames = sizes.videos * sizes.frames
     bare, embedded = [], []
     for rep in range(sizes.repeats):
@@ -115,6 +123,7 @@ def _efficiency_row(cfg: Config, model, sizes: Sizes, source: str, command: str)
                ratio, ">= 0.90", ratio >= 0.90, command, embed_fps=embedded,
                bare_forward_fps=[round(b, 1) for b in bare], frames=frames, backbone=cfg.embed.backbone,
                img_dim=cfg.embed.img_dim, batch_size=cfg.embed.batch_size, threads=threads,
+               decode_workers=resolve_workers(cfg.embed.workers), decode="worker processes",
                decode_resize_fps_one_thread=round(decode, 1),
                # Every core runs the forward, so decoding can only hide in what it takes from it.
                decode_share_of_cpu=round(1 / decode / (threads / bare_median + 1 / decode), 3)), ours

@@ -61,7 +61,7 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
         rows.append(scaling.bench_scaling(cfg, sizes, work / "scaling", f"{cmd} --only scaling"))
         rows.append(stage_two.bench_loading_share(cache_cfg, sizes, f"{cmd} --only scaling"))
     if "gpu" in wanted:
-        rows.append(gpu.bench_gpu(f"{cmd} --only gpu"))
+        rows += gpu.bench_gpu(cfg, sizes is QUICK, work / "gpu", f"{cmd} --only gpu")
     if "chunks" in wanted:
         (work / "chunks").mkdir()
         rows.append(chunks.bench_chunks(sizes, work / "chunks", f"{cmd} --only chunks"))

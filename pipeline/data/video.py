@@ -70,18 +70,27 @@ def frame_paths(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("*.jpg"))
 
 
-def read_frames_dir(folder: str | Path) -> np.ndarray:
-    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
+def iter_frames_dir(folder: str | Path) -> Iterator[np.ndarray]:
+    """Yield the frames of an extracted JPEG folder as uint8 RGB ``[H, W, 3]`` arrays, one at a time, in order.
+
+    The folder is checked before the first frame: a missing or empty folder raises at once."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DecodeError(f"{folder}: no such frames folder (run `actrec extract` first, or set embed.source=videos)")
     paths = frame_paths(folder)
     if not paths:
         raise DecodeError(f"{folder}: no .jpg frames in the folder")
-    frames = []
+    return _read_jpegs(paths)
+
+
+def _read_jpegs(paths: list[Path]) -> Iterator[np.ndarray]:
     for p in paths:
         frame_bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if frame_bgr is None:
             raise DecodeError(f"{p}: unreadable JPEG")
-        frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
-    return np.stack(frames)
+        yield cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_frames_dir(folder: str | Path) -> np.ndarray:
+    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
+    return np.stack(list(iter_frames_dir(folder)))

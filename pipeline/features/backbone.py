@@ -203,9 +203,17 @@ def resized_chunks(frames: Iterable[np.ndarray], resize: FrameResize | int, chun
 def normalize(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` -> float ImageNet-normalised on ``device``, channels_last."""
     x = frames.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _mean_std(device)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constants on ``device``, made once: a fresh copy per batch is a blocking host-to-device copy, which
+    would stall the asynchronous feed on a GPU."""
+    with torch.inference_mode(False):
+        return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 @torch.inference_mode()
