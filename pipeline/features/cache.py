@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -133,6 +134,20 @@ def read_meta(f: h5py.File, path) -> dict:
     meta["failure_rows"] = failures
     _check_committed(meta, f, path)
     return meta
+
+
+def write_attributes(f: h5py.File, fingerprint: dict, class_names: list[str], config: dict, dim: int, dtype: str,
+                     fps: float | None) -> None:
+    """The attributes every cache file carries (what ``read_meta`` reads back), written into a new file ``f``."""
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+    f.attrs["class_names"] = json.dumps(class_names)
+    f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["dim"] = dim
+    f.attrs["dtype"] = dtype
+    if fps:
+        f.attrs["fps"] = float(fps)
 
 
 def committed_frames(meta: dict) -> int:

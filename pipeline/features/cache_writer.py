@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -33,13 +31,13 @@ import numpy as np
 from pipeline.errors import ActrecError
 from pipeline.features.cache import (
     COLUMNS,
-    FORMAT_VERSION,
     NAME_BYTES,
     REASON_BYTES,
     committed_frames,
     open_error,
     open_for_reading,
     read_meta,
+    write_attributes,
 )
 from pipeline.features.fingerprint import fingerprint_differences, mismatch_error
 from pipeline.features.writelock import WriteLock
@@ -185,15 +183,7 @@ class FeatureCacheWriter:
 
     def _write_empty(self, tmp: Path) -> None:
         with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["fingerprint"] = json.dumps(self.fingerprint, sort_keys=True)
-            f.attrs["class_names"] = json.dumps(self.class_names)
-            f.attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            f.attrs["dim"] = self.dim
-            f.attrs["dtype"] = self.dtype.name
-            if self.fps:
-                f.attrs["fps"] = float(self.fps)
+            write_attributes(f, self.fingerprint, self.class_names, self.config, self.dim, self.dtype.name, self.fps)
             rows = self.chunk_rows or _chunk_rows(self.dim, self.dtype.itemsize)
             for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),

@@ -11,19 +11,17 @@ backbone's output for a frame does not depend on the other frames of its batch (
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from pipeline.errors import ActrecError
-from pipeline.features.cache import COLUMNS, FORMAT_VERSION, FeatureCache
+from pipeline.features.cache import COLUMNS, FeatureCache, write_attributes
 from pipeline.features.cache_writer import FeatureCacheWriter
 from pipeline.features.fingerprint import fingerprint_differences
 from pipeline.features.writelock import WriteLock, lock_holder
@@ -189,15 +187,7 @@ def _write_virtual(tmp: Path, first: FeatureCache, names: list[str], where: dict
     runs = _runs(names, where)
     total = sum(run[3] for run in runs)
     with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["fingerprint"] = json.dumps(first.fingerprint, sort_keys=True)
-        f.attrs["class_names"] = json.dumps(first.class_names)
-        f.attrs["config"] = json.dumps(first.config, sort_keys=True, default=str)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["dim"] = first.dim
-        f.attrs["dtype"] = first.dtype
-        if first.fps:
-            f.attrs["fps"] = float(first.fps)
+        write_attributes(f, first.fingerprint, first.class_names, first.config, first.dim, first.dtype, first.fps)
         for dataset in ["features", "features_flip"] if first.has_flip else ["features"]:
             layout = h5py.VirtualLayout((total, first.dim), dtype=first.dtype)
             for source, start, target, rows in runs:
