@@ -18,6 +18,7 @@ from pipeline.data.splits import (
     check_disjoint,
     check_entry_name,
     check_listed_once,
+    every_video_of,
     files_signature,
     finish_split,
     sorted_unique,
@@ -96,11 +97,7 @@ def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoIt
     splits_dir = Path(cfg.data.splits)
     names = class_names(splits_dir)
     present = [k for k in OFFICIAL_SPLITS if (splits_dir / f"{names[0]}_test_split{k}.txt").is_file()]
-    items = []
-    for k in present:
-        training, test = read_split(cfg, k, names, check_videos)
-        items += training + test
-    return names, sorted_unique(items)
+    return names, every_video_of(read_split(cfg, k, names, check_videos) for k in present)
 
 
 def split_files_signature(cfg) -> str:

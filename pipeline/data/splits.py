@@ -188,6 +188,11 @@ def draw_groups(items: list[VideoItem], fraction: float, rng: np.random.Generato
     return drawn
 
 
+def every_video_of(list_pairs) -> list[VideoItem]:
+    """Each video of some (training, test) list pairs once, sorted by name: what ``embed.splits=all`` embeds."""
+    return sorted_unique([item for training, test in list_pairs for item in training + test])
+
+
 def groups_of(items: list[VideoItem]) -> set:
     return {(item.label, item.group) for item in items}
 

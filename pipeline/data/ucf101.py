@@ -24,6 +24,7 @@ from pipeline.data.splits import (  # noqa: F401  (VideoItem, Split, carve_valid
     carve_validation,
     check_disjoint,
     draw_groups,
+    every_video_of,
     files_signature,
     finish_split,
     frames_dir,
@@ -78,11 +79,7 @@ def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoIt
     if not present:
         raise ActrecError(f"{splits_dir}: no official split files (trainlist01.txt + testlist01.txt, ...) for "
                           f"embed.splits=all. Run `actrec synth` or `actrec download`, or set data.splits")
-    items = []
-    for k in present:
-        training, test = _official_lists(cfg, k, class_names, check_videos)
-        items += training + test
-    return class_names, sorted_unique(items)
+    return class_names, every_video_of(_official_lists(cfg, k, class_names, check_videos) for k in present)
 
 
 def split_files_signature(cfg) -> str:
