@@ -139,7 +139,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @reports_errors
 def synth(config_path, overrides, force, data_format):
     """Write the synthetic UCF-101-shaped dataset (videos + split files) to data.videos / data.splits."""
-    from pipeline.data.synthetic import generate_dataset
+    from pipeline.inputs.synthetic import generate_dataset
 
     overrides = overrides + ((f"data.format={data_format}",) if data_format else ())
     generate_dataset(load_config(config_path, overrides), force=force)
@@ -151,7 +151,7 @@ def synth(config_path, overrides, force, data_format):
 def download(config_path, overrides):
     """Get the dataset of data.format: UCF-101 or HMDB-51 downloaded (resumable, verified) and unpacked safely;
     the synthetic dataset (data.synthetic) generated; a folder of your videos needs nothing."""
-    from pipeline.data.acquire import acquire
+    from pipeline.inputs.acquire import acquire
 
     acquire(load_config(config_path, overrides))
 
@@ -161,7 +161,7 @@ def download(config_path, overrides):
 @reports_errors
 def extract(config_path, overrides):
     """Decode every video of data.videos into JPEG frames under data.frames (parallel, resumable)."""
-    from pipeline.data.frames import extract_frames
+    from pipeline.inputs.extract import extract_frames
 
     extract_frames(load_config(config_path, overrides))
 
@@ -171,7 +171,7 @@ def extract(config_path, overrides):
 @reports_errors
 def embed(config_path, overrides):
     """Stage one: run the frozen backbone once over every frame and write the HDF5 feature cache."""
-    from pipeline.features.embed import embed as run_embed
+    from pipeline.embed.run import embed as run_embed
 
     run_embed(load_config(config_path, overrides))
 
@@ -182,7 +182,7 @@ def embed(config_path, overrides):
 @reports_errors
 def train(config_path, overrides, resume):
     """Stage two: train the sequence model on the cached features."""
-    from pipeline.train.loop import train as run_train
+    from pipeline.sequence.train import train as run_train
 
     run_train(load_config(config_path, overrides), resume=resume)
 
@@ -192,8 +192,8 @@ def train(config_path, overrides, resume):
 @reports_errors
 def evaluate(config_path, overrides):
     """Evaluate a checkpoint on the test list of data.split: metrics.json, confusion matrix, summary."""
-    from pipeline.evaluate import evaluate as run_evaluate
-    from pipeline.evaluate import format_summary
+    from pipeline.sequence.evaluate import evaluate as run_evaluate
+    from pipeline.sequence.evaluate import format_summary
 
     click.echo(format_summary(run_evaluate(load_config(config_path, overrides))))
 
@@ -211,8 +211,8 @@ def evaluate(config_path, overrides):
 @reports_errors
 def predict(video, checkpoint, out, json_path, hop, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
-    from pipeline.predict import format_prediction
-    from pipeline.predict import predict as run_predict
+    from pipeline.sequence.predict import format_prediction
+    from pipeline.sequence.predict import predict as run_predict
 
     result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
     if "video_top5" in result:  # one video; a folder's results are in its CSV
@@ -224,7 +224,7 @@ def predict(video, checkpoint, out, json_path, hop, device):
 @reports_errors
 def info(cache_path):
     """Print a feature cache's fingerprint, counts, size on disk and failures."""
-    from pipeline.features.cache import describe_cache
+    from pipeline.cache.reader import describe_cache
 
     click.echo(describe_cache(Path(cache_path)))
 
@@ -241,7 +241,7 @@ def merge_cache(cache_path, mode):
     An embed under torchrun does this itself when every rank has finished; this command does it by hand,
     e.g. after ranks on several machines finished at different times. Videos are written sorted by name.
     """
-    from pipeline.features.shards import join
+    from pipeline.cache.shards import join
 
     summary = join(Path(cache_path), mode)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
@@ -294,7 +294,7 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
     Each run is an ordinary run dir under runs/sweeps/NAME/ named from the keys it varies. Finished runs
     are skipped and interrupted ones resume, so running the same command again completes a sweep.
     """
-    from pipeline.sweep import parse_grid, parse_runs_file, run_sweep
+    from pipeline.experiments.sweep import parse_grid, parse_runs_file, run_sweep
 
     if bool(grids) == bool(runs_file):
         raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
@@ -311,7 +311,7 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
 @reports_errors
 def backbones(show_all, every_weights):
     """List torchvision's classification models: feature width, input size, GFLOPs, ImageNet top-1 (no download)."""
-    from pipeline.features.catalog import format_catalog, list_backbones
+    from pipeline.embed.catalog import format_catalog, list_backbones
 
     click.echo(format_catalog(list_backbones(every_weights=every_weights), show_all=show_all))
 
@@ -340,7 +340,7 @@ def show_config(config_path, overrides, key):
 def report(run_dirs):
     """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean); a
     sweep folder (runs/sweeps/NAME) prints its leaderboard."""
-    from pipeline.evaluate import report_text
+    from pipeline.sequence.evaluate import report_text
 
     click.echo(report_text(run_dirs))
 

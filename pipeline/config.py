@@ -61,7 +61,7 @@ def _key(default, help, choices=None, min=None, max=None, nonempty=False, affect
 class DataConfig:
     name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
     # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
-    # (pipeline/data/datasets.py), which UCF-101 caches made before these keys existed keep matching.
+    # (pipeline/inputs/datasets.py), which UCF-101 caches made before these keys existed keep matching.
     format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
                        "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
                        choices=["ucf101", "hmdb51", "folder"])
@@ -262,6 +262,20 @@ def keys_affecting(*what: str) -> list[str]:
     """Dotted names of the keys whose ``affects`` is one of ``what`` (e.g. 'features'), in schema order."""
     return [f"{section}.{f.name}" for section, factory in SECTIONS.items() for f in fields(factory())
             if f.metadata["affects"] in what]
+
+
+def config_diff(old: dict, new: dict, *affects: str) -> dict:
+    """``{dotted key: (old value, new value)}`` for the keys whose ``affects`` is one of ``affects`` and whose
+    values differ between two resolved configs (``Config.to_dict()`` form). Values compare as their text, so a
+    config read back from JSON or YAML (1 vs '1') equals the one it was written from; a key missing on one
+    side (a config written before the key existed) reads as None."""
+    changes = {}
+    for dotted in keys_affecting(*affects):
+        section, key = dotted.split(".")
+        before, after = old.get(section, {}).get(key), new.get(section, {}).get(key)
+        if str(before) != str(after):
+            changes[dotted] = (before, after)
+    return changes
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:

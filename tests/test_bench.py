@@ -10,7 +10,7 @@ from pipeline.bench import ROWS, format_markdown, run_benchmarks, write_readme_s
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 
 def test_quick_bench_has_every_row(tmp_path):
@@ -64,7 +64,7 @@ def test_package_import_leaves_torch_out():
 def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
     from pipeline.bench.common import QUICK
     from pipeline.bench.stage_two import feature_cache
-    from pipeline.features.cache import FeatureCache
+    from pipeline.cache.reader import FeatureCache
 
     cfg = feature_cache(QUICK, tmp_path)
     defaults = load_config(None)
@@ -76,8 +76,8 @@ def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
 
 def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
     from pipeline.bench.stage_two import seed_training_step
-    from pipeline.features.backbone import load_backbone
-    from pipeline.train.models import build_model
+    from pipeline.embed.backbone import load_backbone
+    from pipeline.sequence.models import build_model
 
     backbone = load_backbone("resnet18", "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
     torch.manual_seed(0)
@@ -95,8 +95,8 @@ def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
 def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_mode(tiny_config):
     from pipeline.bench.epoch import seed_step_seconds
     from pipeline.bench.stage_two import seed_training_step
-    from pipeline.features.backbone import load_backbone
-    from pipeline.train.models import build_model
+    from pipeline.embed.backbone import load_backbone
+    from pipeline.sequence.models import build_model
 
     backbone = load_backbone("resnet18", "none", torch.device("cpu")).train()
     torch.manual_seed(0)

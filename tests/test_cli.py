@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, tiny_overrides
 
 from pipeline.cli import cli
+from tests.helpers import PROJECT_ROOT, tiny_overrides
 
 
 def synth_args(root) -> list[str]:
@@ -34,12 +34,12 @@ def test_errors_are_one_line_with_status_2(tmp_path):
 def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeypatch):
     import torch
 
-    import pipeline.train.loop
+    import pipeline.sequence.train
 
     def exhausted(cfg, resume=False):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 TiB")
 
-    monkeypatch.setattr(pipeline.train.loop, "train", exhausted)
+    monkeypatch.setattr(pipeline.sequence.train, "train", exhausted)
     result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "out of memory in `actrec train`" in result.stderr and "lower train.batch_size" in result.stderr

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
-    from pipeline.data.datasets import SPLITS
+    from pipeline.inputs.datasets import SPLITS
 
     assert cfg.data.split in SPLITS[cfg.data.format]
     assert cfg.cache.path.endswith(".h5") and "{" not in cfg.cache.path

@@ -20,13 +20,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, fill_disk, read_video, remount_read_only, tiny_overrides
 
-import pipeline.features.cache_writer as cache_writer
+import pipeline.cache.writer as cache_writer
+from pipeline.cache.reader import FeatureCache
+from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.cli import cli
 from pipeline.errors import ActrecError
-from pipeline.features.cache import FeatureCache
-from pipeline.features.cache_writer import FeatureCacheWriter
+from tests.helpers import PROJECT_ROOT, fill_disk, read_video, remount_read_only, tiny_overrides
 
 FULL = "no space left on device writing {}; free space and run the command again to resume"
 FINGERPRINT = {"backbone": "resnet18", "img_dim": 32}
@@ -192,8 +192,8 @@ def test_extract_on_a_full_disk_stops_and_resumes(small_disk, tiny_dataset_root,
 def trained(tiny_dataset_root, tmp_path_factory):
     """A cache and a trained run of the tiny dataset, on an ordinary disk (built once for this module)."""
     from pipeline.config import load_config
-    from pipeline.features.embed import embed
-    from pipeline.train.loop import train
+    from pipeline.embed.run import embed
+    from pipeline.sequence.train import train
 
     work = tmp_path_factory.mktemp("trained")
     overrides = [f"cache.path={work}/tiny.h5", f"run.dir={work}/run", "train.epochs=1"]
@@ -226,7 +226,7 @@ def test_train_on_a_full_or_read_only_disk_is_one_line(trained, small_disk):
 def test_checkpoint_save_on_a_full_disk_keeps_the_old_one(small_disk):
     import torch
 
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.sequence.checkpoint import save_checkpoint
 
     disk = small_disk(4)
     path = disk / "last.pt"
@@ -318,7 +318,7 @@ def test_a_truncated_cache_gets_the_same_diagnosis_from_every_command(trained, t
 FAILING_WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    import pipeline.features.cache_writer as cache_writer
+    import pipeline.cache.writer as cache_writer
     from pipeline.errors import ActrecError
     cache_writer.SPARE_BYTES = -(1 << 40)  # no check ahead: HDF5 itself meets the full disk
     disk = cache_writer.Path(sys.argv[1])

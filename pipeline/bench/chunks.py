@@ -25,7 +25,7 @@ def write_cache(path: Path, videos: int, chunk_rows: int) -> None:
     """``videos`` videos of 120-250 frames (UCF-101's middle range) of random 2048-d features."""
     import numpy as np
 
-    from pipeline.features.cache_writer import FeatureCacheWriter
+    from pipeline.cache.writer import FeatureCacheWriter
 
     rng = np.random.default_rng(0)
     with FeatureCacheWriter(path, {"bench": "chunks"}, ["A", "B"], DIM, chunk_rows=chunk_rows) as writer:
@@ -36,8 +36,8 @@ def write_cache(path: Path, videos: int, chunk_rows: int) -> None:
 
 def clips_per_second(path: Path, clips: int, chunk_cache: int | None) -> float:
     """Seeded training clips read per second through ``TrainClips`` with the features left on disk."""
-    from pipeline.features.cache import FeatureCache
-    from pipeline.train.sampling import TrainClips
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.sequence.sampling import TrainClips
 
     cache = FeatureCache(path, chunk_cache_bytes=chunk_cache)
     rows = list(range(len(cache)))

@@ -56,8 +56,8 @@ def derive(cfg: Config, changes: dict) -> Config:
 
 def synthetic_dataset(cfg: Config, sizes: Sizes, root: Path, groups: int, clips: int) -> Config:
     """A synthetic dataset of 2 classes x ``groups`` x ``clips`` videos at UCF-101's frame size, frames extracted."""
-    from pipeline.data.frames import extract_frames
-    from pipeline.data.synthetic import generate_dataset
+    from pipeline.inputs.extract import extract_frames
+    from pipeline.inputs.synthetic import generate_dataset
 
     bench_cfg = derive(cfg, {
         "data.name": "bench", "data.videos": str(root / "videos"), "data.frames": str(root / "frames"),

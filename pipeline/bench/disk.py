@@ -15,7 +15,7 @@ def bench_disk(cache_cfg: Config, jpeg_cfg: Config, command: str) -> dict:
     """Row 4: bytes per frame of ``cache_cfg``'s cache and of ``jpeg_cfg``'s extracted frames, scaled to UCF-101."""
     import numpy as np
 
-    from pipeline.features.cache import FeatureCache
+    from pipeline.cache.reader import FeatureCache
 
     log.info("bench row 4: disk per frame")
     cache = FeatureCache(cache_cfg.cache.path)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def bare_forward_fps(model, frames: int, batch_size: int, img_dim: int, device, amp_dtype=None) -> float:
     """Backbone frames/s on preloaded uint8 tensors of the embed stage's shape and batch (normalisation included)."""
-    from pipeline.features.backbone import forward
+    from pipeline.embed.backbone import forward
 
     batch = torch.randint(0, 256, (batch_size, 3, img_dim, img_dim), dtype=torch.uint8)
     batch = batch.contiguous(memory_format=torch.channels_last)
@@ -43,7 +43,7 @@ def seed_loading_fps(cfg: Config, model) -> float:
     from torch.utils.data import DataLoader
 
     from pipeline.bench.seed_frames import SeedFrames
-    from pipeline.features.decode import resolve_workers
+    from pipeline.embed.workers import resolve_workers
 
     frames = SeedFrames(cfg)
     nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
@@ -57,7 +57,7 @@ def seed_loading_fps(cfg: Config, model) -> float:
 
 def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
     """Frames/s of a whole ``embed`` into a fresh cache (decode, preprocess, forward, HDF5 write)."""
-    from pipeline.features.embed import embed
+    from pipeline.embed.run import embed
 
     path = cfg.cache.path.replace(".h5", f"-{source}-{rep}.h5")
     summary = embed(derive(cfg, {"embed.source": source, "cache.path": path}))
@@ -66,10 +66,10 @@ def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 
 def decode_fps(cfg: Config) -> float:
     """Frames/s of decoding plus resizing alone, in one thread (where the time outside the forward goes)."""
-    from pipeline.data.datasets import embed_items
-    from pipeline.features.backbone import frame_resize
-    from pipeline.features.decode import pieces
-    from pipeline.features.embed import decode_jobs
+    from pipeline.embed.backbone import frame_resize
+    from pipeline.embed.run import decode_jobs
+    from pipeline.embed.workers import pieces
+    from pipeline.inputs.datasets import embed_items
 
     _, items = embed_items(cfg, check_videos=False)
     jobs = decode_jobs(cfg, items)
@@ -81,7 +81,7 @@ def decode_fps(cfg: Config) -> float:
 
 def bench_embed(cfg: Config, sizes: Sizes, command: str, with_seed: bool) -> list[dict]:
     """Rows 1 (per source) and, ``with_seed``, 2, on the synthetic dataset of ``cfg``."""
-    from pipeline.features.backbone import load_backbone
+    from pipeline.embed.backbone import load_backbone
 
     model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"), cfg.embed.img_dim)
     frames = sizes.videos * sizes.frames
@@ -108,7 +108,7 @@ def _efficiency_row(cfg: Config, model, sizes: Sizes, source: str, command: str)
 
     Whole embed and bare forward alternate ``sizes.repeats`` times and medians are compared, since the bare
     rate alone drifts by several percent within one process on a shared machine."""
-    from pipeline.features.decode import resolve_workers
+    from pipeline.embed.workers import resolve_workers
 
     frames = sizes.videos * sizes.frames
     bare, embedded = [], []

@@ -26,11 +26,11 @@ GPU_EPOCH_TARGET_S = 3.0
 
 def resident_run(cfg: Config, clips: int, device: torch.device):
     """A fresh Run on ``device`` with device-resident features and a TrainClips of ``clips`` positions."""
+    from pipeline.cache.reader import FeatureCache
     from pipeline.device import autocast_dtype
-    from pipeline.features.cache import FeatureCache
-    from pipeline.train.loop import Run, build_optimizer, resident_features
-    from pipeline.train.models import build_model
-    from pipeline.train.sampling import EvalClips, TrainClips
+    from pipeline.sequence.models import build_model
+    from pipeline.sequence.sampling import EvalClips, TrainClips
+    from pipeline.sequence.train import Run, build_optimizer, resident_features
 
     cache = FeatureCache(cfg.cache.path)
     cache.load_all()
@@ -49,7 +49,7 @@ def resident_run(cfg: Config, clips: int, device: torch.device):
 
 def resident_epoch_seconds(cfg: Config, device: torch.device, clips: int) -> float:
     """Seconds per clip of ``train_epoch_resident`` over ``clips`` clips on ``device`` (after a warm-up epoch)."""
-    from pipeline.train.loop import train_epoch_resident
+    from pipeline.sequence.train import train_epoch_resident
 
     run, train_set = resident_run(derive(cfg, {"cache.load": "device"}), clips, device)
     warm_up = train_set.rows
@@ -67,9 +67,9 @@ def seed_step_seconds(cfg: Config, backbone_name: str, device: torch.device, ste
     backbone left in train mode (BatchNorm on batch statistics, as the seed runs it), then the sequence
     model's step. Frames are random tensors: the seed's JPEG loading (row 3) would only add to its cost."""
     from pipeline.bench.stage_two import seed_training_step
-    from pipeline.features.backbone import load_backbone
-    from pipeline.train.loop import build_optimizer
-    from pipeline.train.models import build_model
+    from pipeline.embed.backbone import load_backbone
+    from pipeline.sequence.models import build_model
+    from pipeline.sequence.train import build_optimizer
 
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
     backbone = load_backbone(backbone_name, "none", device).to(memory_format=torch.contiguous_format)

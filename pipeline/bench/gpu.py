@@ -67,7 +67,7 @@ def bench_gpu(cfg: Config, quick: bool, work: Path, command: str) -> list[dict]:
 
 def bare_device_fps(model, frames: int, batch_size: int, img_dim: int, device, amp_dtype) -> float:
     """The ceiling: forward passes on a batch already normalised on the device, one synchronisation at the end."""
-    from pipeline.features.backbone import normalize
+    from pipeline.embed.backbone import normalize
 
     batch = torch.randint(0, 256, (batch_size, 3, img_dim, img_dim), dtype=torch.uint8)
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -89,9 +89,9 @@ def _sync(device) -> None:
 
 def _row(dataset: Config, sizes: GpuSizes, img: int, device, command: str) -> dict:
     from pipeline.device import autocast_dtype
-    from pipeline.features.backbone import load_backbone
-    from pipeline.features.decode import auto_workers
-    from pipeline.features.embed import embed
+    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.run import embed
+    from pipeline.embed.workers import auto_workers
 
     log.info("bench row 6: stage one at %dpx on %s", img, device)
     amp = autocast_dtype(device, "auto")

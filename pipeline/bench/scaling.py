@@ -31,7 +31,7 @@ def _rss_mib() -> float:
 
 def embed_child(config_json: str, out_path: str) -> None:
     """Entry point of the scaling subprocess: embed while sampling the resident memory, write JSON to ``out_path``."""
-    from pipeline.features.embed import embed
+    from pipeline.embed.run import embed
 
     cfg = config_from_dict(json.loads(config_json), source="bench")
     baseline, samples, running = _rss_mib(), [], True

@@ -19,7 +19,7 @@ def seed_transform(img_dim: int):
     from PIL import Image
     from torchvision import transforms
 
-    from pipeline.features.backbone import IMAGENET_MEAN, IMAGENET_STD
+    from pipeline.embed.backbone import IMAGENET_MEAN, IMAGENET_STD
 
     transform = transforms.Compose([transforms.Resize((img_dim, img_dim), Image.BICUBIC), transforms.ToTensor(),
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -28,8 +28,8 @@ def seed_transform(img_dim: int):
 
 def jpeg_paths(cfg: Config) -> list[Path]:
     """Every extracted JPEG frame of the dataset's videos, in order."""
-    from pipeline.data.datasets import embed_items, frames_dir
-    from pipeline.data.video import frame_paths
+    from pipeline.inputs.datasets import embed_items, frames_dir
+    from pipeline.inputs.video import frame_paths
 
     _, items = embed_items(cfg, check_videos=False)
     return [p for item in items for p in frame_paths(frames_dir(cfg, item))]

@@ -28,9 +28,9 @@ def feature_cache(sizes: Sizes, root: Path) -> Config:
 
     The config is the schema's defaults (the UCF-101 job) with ``sizes.train_changes`` applied.
     """
+    from pipeline.cache.writer import FeatureCacheWriter
     from pipeline.config import load_config
-    from pipeline.features.cache_writer import FeatureCacheWriter
-    from pipeline.features.fingerprint import embed_fingerprint
+    from pipeline.embed.fingerprint import embed_fingerprint
 
     train_cfg = derive(load_config(None), {"cache.path": str(root / "features.h5"), "cache.load": "memory",
                                            "train.device": "cpu", "train.workers": 0, "embed.flip": False,
@@ -49,10 +49,10 @@ def feature_cache(sizes: Sizes, root: Path) -> Config:
 
 def _training_parts(cfg: Config):
     """The cache (loaded), a fresh sequence model, its optimizer and the training clips, as ``train`` builds them."""
-    from pipeline.features.cache import FeatureCache
-    from pipeline.train.loop import build_optimizer
-    from pipeline.train.models import build_model
-    from pipeline.train.sampling import TrainClips
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.sequence.models import build_model
+    from pipeline.sequence.sampling import TrainClips
+    from pipeline.sequence.train import build_optimizer
 
     cache = FeatureCache(cfg.cache.path)
     cache.load_all()
@@ -65,7 +65,7 @@ def _training_parts(cfg: Config):
 
 def cache_epoch_seconds_per_clip(cfg: Config, steps: int) -> tuple[float, float]:
     """Seconds per training clip on cached features (real loader and step), and the data loading share."""
-    from pipeline.train.loop import Run, make_loader, train_epoch
+    from pipeline.sequence.train import Run, make_loader, train_epoch
 
     _, model, optimizer, clips = _training_parts(cfg)
     batch = cfg.train.batch_size
@@ -99,7 +99,7 @@ def seed_training_step(backbone, model, optimizer, loss_fn, frames: torch.Tensor
 def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg: Config) -> float:
     """Seconds per clip of the seed's loop over ``clips`` clips of JPEG frames from ``jpeg_cfg``'s dataset."""
     from pipeline.bench.seed_frames import seed_frame_stream
-    from pipeline.features.backbone import load_backbone
+    from pipeline.embed.backbone import load_backbone
 
     _, model, optimizer, _ = _training_parts(cfg)
     backbone = load_backbone(backbone_name, "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
@@ -118,7 +118,7 @@ def flops_per_clip(cfg: Config, backbone_name: str) -> tuple[float, float]:
     """FLOPs of one training clip on the cache (model forward + backward) and of the seed's (plus the backbone)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.features.backbone import load_backbone
+    from pipeline.embed.backbone import load_backbone
 
     _, model, _, _ = _training_parts(cfg)
     length, img = cfg.train.sequence_length, cfg.embed.img_dim

@@ -1,0 +1,52 @@
+"""Stage one's fingerprint of a cache: everything that changes the features, computed from a config.
+
+The keys and values are part of the cache format (cache/README.md): caches written before must keep matching.
+The comparison of two fingerprints lives with the cache (``pipeline.cache.fingerprint``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchvision
+
+from pipeline.cache.fingerprint import FEATURE_KEYS
+from pipeline.embed.backbone import IMAGENET_MEAN, IMAGENET_STD, frame_resize, weights_identity
+from pipeline.inputs.datasets import split_files_signature
+
+
+def embed_fingerprint(cfg) -> dict:
+    """Everything that changes the cached features; a resumed embed and the join of shards compare against it."""
+    fingerprint = {key: _config_value(cfg, name) for key, name in FEATURE_KEYS.items()}
+    fingerprint.update(_derived_entries(cfg))
+    return fingerprint
+
+
+def _config_value(cfg, dotted: str):
+    return functools.reduce(getattr, dotted.split("."), cfg)
+
+
+def _derived_entries(cfg) -> dict:
+    """Entries that are not a config value as is: each is computed, or fixed by the code rather than the config."""
+    derived = {
+        # The lists decide which videos and labels a cache holds; a hash, since data.splits is only a folder.
+        "split_files": split_files_signature(cfg),
+        # embed.weights names a file or a tag; the identity says which network it is (enum, seed, SHA-256).
+        "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
+        # Preprocessing and frame sampling are fixed in code; recorded so a change there invalidates caches.
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "resize": frame_resize(cfg.embed).description,  # squash keeps format 1's text: those caches stay valid
+        "frames": "every frame",
+        # Kernels change across releases; major.minor is the granularity that changes numbers.
+        "torch": _major_minor(torch.__version__),
+        "torchvision": _major_minor(torchvision.__version__),
+    }
+    if cfg.embed.source == "frames":
+        derived["jpeg_quality"] = cfg.extract.jpeg_quality  # JPEG loss changes the features; videos have none
+    return derived
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])

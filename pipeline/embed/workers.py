@@ -1,0 +1,180 @@
+"""Decoding for stage one: worker processes turn videos into resized uint8 chunks, handed over in video order.
+
+Worker ``w`` of ``W`` decodes videos ``w, w + W, w + 2W, ...`` (one OpenCV thread, one torch thread
+each), streaming every video as chunks of at most ``chunk`` frames already resized to ``img_dim``
+into its own bounded queue. The consumer reads video ``k`` from worker ``k mod W``'s queue, so the
+pieces come out in the order of the list whatever the workers' speeds, and memory holds at most
+``W x depth`` chunks whatever a video's length. Chunks travel as torch tensors in shared memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_module
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import torch
+
+from pipeline.embed.backbone import resized_chunks
+from pipeline.errors import ActrecError
+from pipeline.inputs.video import DecodeError, iter_frames_dir, iter_video_frames
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 4      # chunks a worker may have ready before it waits for the consumer
+POLL_SECONDS = 5.0   # how often a waiting consumer checks that the worker it waits for is alive
+
+
+@dataclass
+class Piece:
+    """Part of video ``index``: ``frames`` uint8 ``[n, 3, img_dim, img_dim]``; or, with ``end``, the close of the
+    video, with ``reason`` saying why decoding failed ('' when it did not). A failure may follow frames."""
+    index: int
+    frames: torch.Tensor | None = None
+    end: bool = False
+    reason: str = ""
+
+
+@dataclass
+class _Crash:
+    """A worker's unexpected exception (not a decode failure), with its traceback text."""
+    worker: int
+    text: str
+
+
+def auto_workers(local_world_size: int = 1) -> int:
+    """``embed.workers: auto``: the usable cores (CPU affinity) shared by the ranks of this machine, minus one
+    for the process that batches and feeds the model; at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size) - 1)
+
+
+def resolve_workers(value, local_world_size: int = 1) -> int:
+    return auto_workers(local_world_size) if value == "auto" else int(value)
+
+
+def _frames_of(source: str, path: Path):
+    return iter_frames_dir(path) if source == "frames" else iter_video_frames(path)
+
+
+def video_pieces(index: int, source: str, path: Path, resize, chunk: int) -> Iterator[Piece]:
+    """The pieces of one video (decoded and resized as they stream), closed by an ``end`` piece."""
+    try:
+        for frames in resized_chunks(_frames_of(source, path), resize, chunk):
+            yield Piece(index, frames)
+    except DecodeError as exc:
+        yield Piece(index, end=True, reason=str(exc))
+        return
+    yield Piece(index, end=True)
+
+
+def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int) -> Iterator[Piece]:
+    """Pieces of every job ``(source, path)`` in list order, decoded in ``workers`` processes (0: in this one).
+
+    ``resize``: a ``backbone.FrameResize`` (or an int: squash to that size)."""
+    if workers == 0 or not jobs:
+        for index, (source, path) in enumerate(jobs):
+            yield from video_pieces(index, source, path, resize, chunk)
+        return
+    pool = _Pool(jobs, resize, chunk, min(workers, len(jobs)))
+    try:
+        yield from pool
+    finally:
+        pool.close()
+
+
+def _work(jobs, first: int, step: int, resize, chunk: int, out, stop) -> None:
+    """A worker process: decode its jobs in order into ``out``, then stay until ``stop``: the consumer fetches
+    each chunk's shared memory from this process, so it must outlive the last chunk's reception. A worker
+    whose parent died (``kill -9``, torchrun stopping a rank) exits instead of waiting forever."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    parent = os.getppid()
+    try:
+        for k, (source, path) in enumerate(jobs):
+            for piece in video_pieces(first + k * step, source, path, resize, chunk):
+                _put(out, piece, parent)
+    except BaseException:
+        _put(out, _Crash(first, traceback.format_exc()), parent)
+    while not stop.wait(POLL_SECONDS / 5):
+        _exit_if_orphaned(parent)
+
+
+def _put(out, item, parent: int) -> None:
+    while True:
+        try:
+            out.put(item, timeout=POLL_SECONDS / 5)
+            return
+        except queue_module.Full:
+            _exit_if_orphaned(parent)
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _context():
+    # spawn: each worker is a fresh interpreter and a direct child of this process. A fork of this process could
+    # inherit a lock another of its threads (queue feeders, tqdm, OpenMP, HDF5) holds at that moment and wait on
+    # it forever; a forkserver's workers would be the server's children, so they could not tell when this process
+    # is killed (their parent, the server, lives on) and would keep the rank's output pipes open.
+    return torch.multiprocessing.get_context("spawn")
+
+
+class _Pool:
+    """``workers`` decode processes, each with its own bounded queue; iterating yields every piece in order."""
+
+    def __init__(self, jobs, resize, chunk: int, workers: int):
+        context = _context()
+        self.jobs = jobs
+        self.queues = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
+        self.stop = context.Event()
+        self.processes = [context.Process(target=_work, args=(jobs[w::workers], w, workers, resize, chunk, q,
+                                                              self.stop),
+                                          name=f"actrec-decode-{w}", daemon=True)
+                          for w, q in enumerate(self.queues)]
+        for process in self.processes:
+            process.start()
+
+    def __iter__(self) -> Iterator[Piece]:
+        for index in range(len(self.jobs)):
+            while True:
+                piece = self._next(index % len(self.queues))
+                yield piece
+                if piece.end:
+                    break
+
+    def _next(self, worker: int) -> Piece:
+        while True:
+            try:
+                item = self.queues[worker].get(timeout=POLL_SECONDS)
+            except queue_module.Empty:
+                process = self.processes[worker]
+                if not process.is_alive():
+                    raise ActrecError(f"decode worker {worker} died (exit code {process.exitcode}; killed for "
+                                      f"memory?); lower embed.workers or embed.batch_size and run again") from None
+                continue
+            if isinstance(item, _Crash):
+                raise RuntimeError(f"decode worker {item.worker} failed:\n{item.text}")
+            return item
+
+    def close(self) -> None:
+        """Stop the workers (they only read; nothing of theirs needs finishing) and release the queues."""
+        self.stop.set()
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(timeout=10)
+        for q in self.queues:
+            q.cancel_join_thread()
+            q.close()

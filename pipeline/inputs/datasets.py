@@ -1,0 +1,42 @@
+"""The one entry point to a dataset, whatever its format: ``data.format`` picks the module that reads it.
+
+Every caller (embed, extract, train, evaluate, the cache fingerprint) asks here; the format
+modules (``ucf101``, ``hmdb51``, ``folder``) all return the same ``Split`` and ``VideoItem``
+lists, so nothing downstream knows which format it reads.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from pipeline.errors import ActrecError
+from pipeline.inputs.splits import Split, VideoItem, frames_dir  # noqa: F401  (frames_dir: re-exported)
+
+FORMATS = {name: f"pipeline.inputs.formats.{name}" for name in ("ucf101", "hmdb51", "folder")}
+# The values of data.split each format understands.
+SPLITS = {"ucf101": (1, 2, 3, "random", "random-groups"), "hmdb51": (1, 2, 3), "folder": ("auto", 1)}
+
+
+def format_module(cfg):
+    """The module of ``data.format``, after checking that it understands ``data.split``."""
+    fmt = cfg.data.format
+    if cfg.data.split not in SPLITS[fmt]:
+        raise ActrecError(f"data.split={cfg.data.split!r} does not apply to data.format={fmt}; use one of "
+                          f"{', '.join(map(str, SPLITS[fmt]))}")
+    return import_module(FORMATS[fmt])
+
+
+def load_split(cfg, check_videos: bool = True) -> Split:
+    """The configured split: train, validation (carved from the training list) and test videos."""
+    return format_module(cfg).load_split(cfg, check_videos)
+
+
+def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+    """Class names and every video stage one must embed (``embed.splits``), sorted by name, each once."""
+    return format_module(cfg).embed_items(cfg, check_videos)
+
+
+def split_files_signature(cfg) -> str:
+    """A hash of the split files the videos and labels come from: caches made from other lists differ."""
+    return format_module(cfg).split_files_signature(cfg)
+

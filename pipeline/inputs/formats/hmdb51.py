@@ -1,0 +1,106 @@
+"""HMDB-51 split files -> lists of videos with labels.
+
+HMDB-51 ships one file per class and split, ``<class>_test_split<k>.txt``, with lines
+``<video>.avi <flag>`` (1 = train, 2 = test, 0 = not used in this split); the videos lie in
+``data.videos/<class>/<video>.avi``. There is no classInd.txt: the class order is the sorted
+class names. There are no groups either (no actor/scene ids in the names), so every video
+is its own group and validation is a seeded random share of each class's training list.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipeline.errors import ActrecError
+from pipeline.inputs.splits import (
+    Split,
+    VideoItem,
+    check_disjoint,
+    check_entry_name,
+    check_listed_once,
+    every_video_of,
+    files_signature,
+    finish_split,
+    sorted_unique,
+    split_lines,
+    video_stem_key,
+)
+
+OFFICIAL_SPLITS = (1, 2, 3)
+_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[123])\.txt$")
+TRAIN, TEST, UNUSED = "1", "2", "0"
+
+
+def class_names(splits_dir: Path) -> list[str]:
+    """The sorted class names that have split files in ``splits_dir`` (HMDB-51 has no classInd.txt)."""
+    if not splits_dir.is_dir():
+        raise ActrecError(f"data.splits={splits_dir}: no such folder. Run `actrec download` (HMDB-51) or "
+                          f"`actrec synth --format hmdb51`, or point data.splits at the folder of "
+                          f"<class>_test_split<k>.txt files")
+    names = sorted({m["cls"] for p in splits_dir.iterdir() if (m := _SPLIT_FILE.match(p.name))})
+    if not names:
+        raise ActrecError(f"{splits_dir}: no HMDB-51 split files (<class>_test_split1.txt, ...); run `actrec "
+                          f"download` or point data.splits at the folder that holds them")
+    return names
+
+
+def read_split(cfg, k: int, names: list[str], check_videos: bool) -> tuple[list[VideoItem], list[VideoItem]]:
+    """(training, test) videos of split ``k`` over every class."""
+    splits_dir = Path(cfg.data.splits)
+    training, test = [], []
+    for label, name in enumerate(names):
+        path = splits_dir / f"{name}_test_split{k}.txt"
+        if not path.is_file():
+            raise ActrecError(f"{path} not found: class {name!r} has split files for other splits but not split "
+                              f"{k}. Restore the file (re-run `actrec download`) or use another data.split")
+        for item, flag in _read_class_file(path, label, Path(cfg.data.videos), check_videos):
+            (training if flag == TRAIN else test).append(item)
+    check_disjoint(training, test, f"{splits_dir} (split {k})")
+    return training, test
+
+
+def _read_class_file(path: Path, label: int, videos: Path, check_videos: bool):
+    """(VideoItem, flag) for the lines of one class's split file whose flag is 1 (train) or 2 (test)."""
+    cls = _SPLIT_FILE.match(path.name)["cls"]
+    seen: dict[str, int] = {}
+    for lineno, line in split_lines(path):
+        where = f"{path}:{lineno}"
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or parts[1] not in (TRAIN, TEST, UNUSED) or "/" in parts[0] or "\\" in parts[0]:
+            raise ActrecError(f"{where}: malformed line {line!r}; expected '<video>.avi <flag>' with flag 0 "
+                              f"(unused), 1 (train) or 2 (test)")
+        name = f"{cls}/{Path(parts[0]).stem}"
+        check_entry_name(name, where)
+        item = VideoItem(name=name, path=videos / cls / parts[0], label=label, group=video_stem_key(name), clip=0)
+        check_listed_once(item, seen, lineno, where, parts[0])
+        if parts[1] == UNUSED:
+            continue
+        if check_videos and not item.path.is_file():
+            raise ActrecError(f"{where}: video {parts[0]!r} not found at {item.path}. Check data.videos, or run "
+                              f"`actrec download` (HMDB-51) or `actrec synth --format hmdb51`")
+        yield item, parts[1]
+
+
+def load_split(cfg, check_videos: bool = True) -> Split:
+    """Split ``data.split`` (1, 2 or 3) with a random validation share carved from its training list."""
+    names = class_names(Path(cfg.data.splits))
+    training, test = read_split(cfg, cfg.data.split, names, check_videos)
+    return finish_split(str(cfg.data.split), names, training, test, cfg)
+
+
+def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+    """Class names and the videos to embed: of the configured split, or of every split present (embed.splits)."""
+    if cfg.embed.splits == "configured":
+        split = load_split(cfg, check_videos)
+        return split.class_names, sorted_unique(split.train + split.val + split.test)
+    splits_dir = Path(cfg.data.splits)
+    names = class_names(splits_dir)
+    present = [k for k in OFFICIAL_SPLITS if (splits_dir / f"{names[0]}_test_split{k}.txt").is_file()]
+    return names, every_video_of(read_split(cfg, k, names, check_videos) for k in present)
+
+
+def split_files_signature(cfg) -> str:
+    splits = Path(cfg.data.splits)
+    names = [p.name for p in splits.glob("*.txt") if _SPLIT_FILE.match(p.name)] if splits.is_dir() else []
+    return files_signature(splits, names, {"format": "hmdb51"})

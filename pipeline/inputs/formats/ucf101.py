@@ -1,0 +1,151 @@
+"""UCF-101 split files -> lists of videos with labels and groups.
+
+The official files (``classInd.txt``, ``trainlistNN.txt``, ``testlistNN.txt``) are
+parsed as they really are: CRLF line ends, trailing blank lines, 1-based labels on
+trainlist lines only. Labels always come from ``classInd.txt`` (sorted folder names
+would swap Hammering/HammerThrow and JumpingJack/JumpRope).
+
+A *group* is one (class, gXX) pair: the clips of one actor and scene. The official
+splits keep every group on one side; the validation subset is carved from the
+training list by whole groups, so no stage ever selects on the test list.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ActrecError
+from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_validation, frames_dir: re-exported)
+    Split,
+    VideoItem,
+    carve_validation,
+    check_disjoint,
+    draw_groups,
+    every_video_of,
+    files_signature,
+    finish_split,
+    frames_dir,
+    groups_of,
+    hold_out,
+    read_class_index,
+    read_split_list,
+    sorted_unique,
+)
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_SPLITS = (1, 2, 3)
+_VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
+MISSING_HINT = "Check data.videos, or run `actrec download` (UCF-101) or `actrec synth` (synthetic dataset)"
+
+
+def load_split(cfg, check_videos: bool = True) -> Split:
+    """The configured split (``cfg.data.split``) with its validation groups carved from the training list."""
+    split = cfg.data.split
+    splits_dir = Path(cfg.data.splits)
+    class_names = read_class_index(_require(splits_dir / "classInd.txt"))
+    if split in OFFICIAL_SPLITS:
+        training, test = _official_lists(cfg, split, class_names, check_videos)
+    else:
+        training, test = _random_split(cfg, class_names, check_videos, by_group=split == "random-groups")
+    result = finish_split(str(split), class_names, training, test, cfg)
+    leaked = result.leaked_groups
+    if split == "random":
+        log.warning(f"split 'random' draws {cfg.data.random_test_fraction:.0%} of the clips at random, so "
+                    f"clips of one group (same actor and scene) sit on both sides: {leaked} of "
+                    f"{len({item.group for item in test})} test group numbers also appear in train and test "
+                    f"accuracy is inflated. "
+                    f"Use split 1, 2, 3 or 'random-groups' for honest numbers.")
+    return result
+
+
+def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+    """Class names and every video stage one must embed, sorted by name, each once.
+
+    ``embed.splits='configured'``: train, val and test of ``data.split``; ``'all'``: the union of the
+    official splits whose trainlist and testlist files are present.
+    """
+    if cfg.embed.splits == "configured":
+        split = load_split(cfg, check_videos)
+        return split.class_names, sorted_unique(split.train + split.val + split.test)
+    splits_dir = Path(cfg.data.splits)
+    class_names = read_class_index(_require(splits_dir / "classInd.txt"))
+    present = [k for k in OFFICIAL_SPLITS
+               if (splits_dir / f"trainlist{k:02d}.txt").is_file() and (splits_dir / f"testlist{k:02d}.txt").is_file()]
+    if not present:
+        raise ActrecError(f"{splits_dir}: no official split files (trainlist01.txt + testlist01.txt, ...) for "
+                          f"embed.splits=all. Run `actrec synth` or `actrec download`, or set data.splits")
+    return class_names, every_video_of(_official_lists(cfg, k, class_names, check_videos) for k in present)
+
+
+def split_files_signature(cfg) -> str:
+    """A hash of the split files (and the synthetic generator's settings): caches made from other lists differ."""
+    splits = Path(cfg.data.splits)
+    return files_signature(splits, [p.name for p in splits.glob("*.txt")
+                                    if p.name == "classInd.txt" or p.name.startswith(("trainlist", "testlist"))])
+
+
+def _official_lists(cfg, k: int, class_names: list[str], check_videos: bool):
+    splits_dir = Path(cfg.data.splits)
+    lookup = _class_lookup(class_names)
+
+    def parse(entry: str, where: str) -> VideoItem:
+        return _parse_video(entry, lookup, class_names, cfg.data.videos, where)
+
+    training, test = (read_split_list(_require(splits_dir / f"{kind}{k:02d}.txt"), class_names, parse, check_videos,
+                                      MISSING_HINT) for kind in ("trainlist", "testlist"))
+    check_disjoint(training, test, f"{splits_dir}: trainlist{k:02d}.txt and testlist{k:02d}.txt")
+    return training, test
+
+
+def _random_split(cfg, class_names: list[str], check_videos: bool, by_group: bool):
+    """The random splits, drawn over every video of split 1 (train + test lists cover the whole dataset)."""
+    training, test = _official_lists(cfg, 1, class_names, check_videos)
+    pool = sorted_unique(training + test)
+    rng = np.random.default_rng([cfg.data.seed, 2])
+    fraction = cfg.data.random_test_fraction
+    if by_group:
+        held_out = hold_out(pool, fraction, rng)
+        is_test = [item.name in held_out for item in pool]
+    else:
+        chosen = set(rng.permutation(len(pool))[:round(fraction * len(pool))].tolist())
+        is_test = [i in chosen for i in range(len(pool))]
+    return ([item for item, t in zip(pool, is_test) if not t], [item for item, t in zip(pool, is_test) if t])
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise ActrecError(f"split file {path} not found. Run `actrec synth` (synthetic dataset) or "
+                          f"`actrec download` (UCF-101), or point data.splits at the folder that holds it")
+    return path
+
+
+def _class_lookup(class_names: list[str]) -> dict[str, int]:
+    """Exact names, plus lower-cased ones where that is unambiguous (``HandStandPushups`` files)."""
+    lookup = {name.lower(): label for label, name in enumerate(class_names)}
+    lookup.update({name: label for label, name in enumerate(class_names)})
+    return lookup
+
+
+def _parse_video(entry: str, lookup: dict[str, int], class_names: list[str], videos: str | Path,
+                 where: str) -> VideoItem:
+    relative = Path(entry.replace("\\", "/"))
+    match = _VIDEO_STEM.match(relative.stem)
+    if len(relative.parts) != 2 or not relative.suffix or match is None:
+        raise ActrecError(f"{where}: malformed video entry {entry!r}; expected 'Class/v_Class_gXX_cYY.avi'")
+    folder = relative.parts[0]
+    label = lookup.get(folder, lookup.get(folder.lower()))
+    if label is None:
+        raise ActrecError(f"{where}: class {folder!r} of {entry!r} is not in classInd.txt")
+    # UCF-101's HandstandPushups/ folder holds v_HandStandPushups_* files: compare case-insensitively.
+    if match["cls"].lower() != class_names[label].lower():
+        raise ActrecError(f"{where}: file {relative.name!r} does not belong to folder {folder!r} "
+                          f"(expected v_{class_names[label]}_gXX_cYY)")
+    name = relative.with_suffix("").as_posix()
+    return VideoItem(name=name, path=Path(videos) / relative, label=label,
+                     group=int(match["group"]), clip=int(match["clip"]))
+

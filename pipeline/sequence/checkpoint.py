@@ -1,0 +1,106 @@
+"""Checkpoints: what a training run writes after each epoch, and how evaluate and predict read it back.
+
+A checkpoint holds only tensors and plain Python values (loaded with ``weights_only=True``, so a
+file that carries code is refused): model, optimizer and grad-scaler state, the RNG state, the
+completed epoch count, the resolved config, class names, the cache fingerprint and the feature
+width. Writes are atomic: a crash leaves the previous checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import config_from_dict
+from pipeline.errors import ActrecError
+from pipeline.fileio import atomic_path
+from pipeline.sequence.models import build_model
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "config", "class_names", "fingerprint",
+                   "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
+
+
+def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float) -> dict:
+    """Everything a resumed run, evaluate and predict need, as tensors and plain values.
+
+    ``clip_seconds`` is how much time a training clip covers on average: prediction windows span as much.
+    """
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": state["epoch"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+        "config": cfg.to_dict(),
+        "class_names": list(cache.class_names),
+        "fingerprint": cache.fingerprint,
+        "feature_dim": int(cache.dim),
+        "best_val_acc": float(state["best_val_acc"]),
+        "best_val_loss": float(state["best_val_loss"]),
+        "best_epoch": int(state["best_epoch"]),
+        "history": [dict(row) for row in state["history"]],
+        "clip_seconds": float(clip_seconds),
+    }
+
+
+def restore_rng(rng: dict, device: torch.device) -> None:
+    """Put back the torch (and CUDA) RNG state a checkpoint recorded, so dropout continues the same stream."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda"):
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Write atomically: the old checkpoint survives any failure."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by ``actrec train`` (tensors and plain values only), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ActrecError(f"checkpoint {path} not found; run `actrec train` first (or check run.dir / the path)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways (zip, pickle, storage errors) on a damaged file
+        with open(path, "rb") as f:
+            head = f.read(4)
+        foreign = head.strip(b"\x00") and head != b"PK\x03\x04"  # torch.save writes a zip; a crash leaves zeros
+        # A complete zip that weights_only refuses holds more than tensors and plain values: someone else's file.
+        if foreign or (zipfile.is_zipfile(path) and "Weights only" in str(exc)):
+            raise ActrecError(f"{path} is not a checkpoint written by `actrec train`") from exc
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise ActrecError(f"checkpoint {path} is truncated or corrupt ({reason}). Delete "
+                          f"it; best.pt / last.pt beside it may still be intact, or train again") from exc
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise ActrecError(f"{path} is not an actrec checkpoint (missing {', '.join(missing)})")
+    _upgrade_config(ckpt["config"])
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise ActrecError(f"{path}: checkpoint format {ckpt['format']} is not the supported {CHECKPOINT_FORMAT}; "
+                          f"train again with this version")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    """The trained model of a loaded checkpoint, in eval mode on the CPU."""
+    cfg = config_from_dict(ckpt["config"], source="checkpoint")
+    model = build_model(cfg, ckpt["feature_dim"], len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def _upgrade_config(config: dict) -> None:
+    """Bring the config a checkpoint of an earlier version recorded up to the current schema, as it ran."""
+    config.setdefault("embed", {}).setdefault("resize", "squash")  # the only preprocessing then
+    config.setdefault("train", {}).pop("amp", None)  # now train.precision (auto: what amp=true did)
+    config.setdefault("train", {}).setdefault("sampler", "stride")  # the seed's sampler was the only one
+    config["train"].setdefault("flip", "auto")  # mirrored features were used whenever the cache had them
+    config.setdefault("predict", {}).pop("stride", None)  # windows now step in seconds (predict.hop)

@@ -1,0 +1,104 @@
+"""The embed fingerprint: the keys caches of format version 1 carry, and which settings change it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from pipeline.cache.fingerprint import FEATURE_KEYS, MACHINE_KEYS, fingerprint_differences
+from pipeline.embed.backbone import weights_identity
+from pipeline.embed.fingerprint import embed_fingerprint
+from pipeline.inputs.formats.ucf101 import split_files_signature
+
+
+def format_1_fingerprint(cfg) -> dict:
+    """The fingerprint as caches written so far store it: a change here would refuse every existing cache."""
+    expected = {
+        "dataset": cfg.data.name,
+        "split_files": split_files_signature(cfg),
+        "backbone": cfg.embed.backbone,
+        "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
+        "img_dim": cfg.embed.img_dim,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "resize": "bilinear+antialias, uint8, torch.nn.functional.interpolate on CPU",
+        "source": cfg.embed.source,
+        "frames": "every frame",
+        "flip": cfg.embed.flip,
+        "dtype": cfg.embed.dtype,
+        "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
+        "torchvision": ".".join(torchvision.__version__.split("+")[0].split(".")[:2]),
+    }
+    if cfg.embed.source == "frames":
+        expected["jpeg_quality"] = cfg.extract.jpeg_quality
+    return expected
+
+
+@pytest.mark.parametrize("source", ["videos", "frames"])
+def test_fingerprint_keeps_the_keys_and_values_existing_caches_hold(tiny_dataset_config, source):
+    cfg = tiny_dataset_config
+    cfg.embed.source = source
+    cfg.embed.flip = True
+    assert embed_fingerprint(cfg) == {**format_1_fingerprint(cfg), "batch_size": cfg.embed.batch_size}
+    # A cache of format 1 (no batch_size recorded) still matches.
+    assert fingerprint_differences(format_1_fingerprint(cfg), embed_fingerprint(cfg)) == []
+
+
+def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):
+    cfg = tiny_dataset_config
+    before = embed_fingerprint(cfg)
+    other = {"data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": cfg.embed.img_dim * 2,
+             "embed.source": "frames" if cfg.embed.source == "videos" else "videos",
+             "embed.flip": not cfg.embed.flip, "embed.dtype": "float32" if cfg.embed.dtype != "float32" else "float16",
+             "embed.batch_size": cfg.embed.batch_size + 1}
+    assert set(other) == set(FEATURE_KEYS.values())
+    for key, name in FEATURE_KEYS.items():
+        section, field = name.split(".")
+        saved = getattr(getattr(cfg, section), field)
+        setattr(getattr(cfg, section), field, other[name])
+        differences = fingerprint_differences(before, embed_fingerprint(cfg))
+        setattr(getattr(cfg, section), field, saved)
+        assert any(line.startswith(f"{key}: cache has {before[key]!r}, config gives {other[name]!r}")
+                   for line in differences), (name, differences)
+
+
+def test_machine_keys_compared_only_where_both_sides_record_them():
+    assert MACHINE_KEYS == {"forward_dtype"}
+    cached = {"img_dim": 32, "forward_dtype": "bfloat16"}
+    assert fingerprint_differences(cached, {"img_dim": 32}) == []  # stage two: the config cannot know it
+    assert fingerprint_differences(cached, {"img_dim": 32, "forward_dtype": "bfloat16"}) == []
+    [line] = fingerprint_differences(cached, {"img_dim": 32, "forward_dtype": "float32"})
+    assert line.startswith("forward_dtype: cache has 'bfloat16', this machine")
+    assert fingerprint_differences({"img_dim": 32}, {}) == ["img_dim: cache has 32, config gives '<missing>'"]
+
+
+def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(tiny_dataset_config, tmp_path):
+    """The schema's `affects="features"` is the one list: each such key, changed, changes the fingerprint."""
+    from pipeline.cache.fingerprint import DERIVED
+    from pipeline.config import keys_affecting
+
+    cfg = tiny_dataset_config
+    cfg.embed.source = "frames"  # jpeg_quality counts only for frames
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for f in __import__("pathlib").Path(cfg.data.splits).iterdir():
+        (splits / f.name).write_text(f.read_text().replace("\n", "\n\n", 1) if f.name.startswith("test") else
+                                     f.read_text())
+    changed = {"data.splits": str(splits), "embed.weights": str(weights), "extract.jpeg_quality": 50,
+               "data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": 64, "embed.source": "videos",
+               "embed.flip": True, "embed.dtype": "float32",
+               "embed.resize": "crop", "embed.batch_size": 7}
+    assert DERIVED <= set(keys_affecting("features"))
+    before = embed_fingerprint(cfg)
+    for name in keys_affecting("features"):
+        assert name in changed, f"add a changed value for the new features key {name} to this test"
+        section, field = name.split(".")
+        saved = getattr(getattr(cfg, section), field)
+        assert changed[name] != saved
+        setattr(getattr(cfg, section), field, changed[name])
+        after = embed_fingerprint(cfg)
+        setattr(getattr(cfg, section), field, saved)
+        assert after != before, f"{name} changed but the fingerprint did not"

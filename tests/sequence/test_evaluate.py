@@ -1,0 +1,188 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.errors import ActrecError
+from pipeline.sequence.evaluate import compute_metrics, evaluate, reversed_pairs, summarize_runs
+from pipeline.sequence.train import train
+from tests.orderdata import CLASSES, order_config, write_order_dataset
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """bilstm and meanpool trained on the same order-only tiny dataset (once for this module)."""
+    root = tmp_path_factory.mktemp("order")
+    runs = {}
+    for name in ("bilstm", "meanpool"):
+        cfg = order_config(root, "train.epochs=12", "train.lr=0.01", f"model.name={name}",
+                           f"run.dir={root}/run_{name}")
+        if name == "bilstm":
+            write_order_dataset(cfg, clips=3)
+        train(cfg)
+        runs[name] = cfg
+    return runs
+
+
+def test_metrics_json_and_plots(trained_runs):
+    cfg = trained_runs["bilstm"]
+    returned = evaluate(cfg)
+    run = Path(cfg.run.dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("top1", "top5", "mean_class_accuracy", "clip_top1", "per_class", "num_videos",
+                "split", "model", "checkpoint_epoch", "eval_clips", "leaks_groups", "pair_accuracy"):
+        assert key in metrics, key
+    assert metrics["top1"] == returned["top1"]
+    assert metrics["num_videos"] == 4 * 2 * 3 and metrics["split"] == "1" and metrics["model"] == "bilstm"
+    assert metrics["leaks_groups"] is False and metrics["leaked_groups"] == 0
+    assert list(metrics["per_class"]) == CLASSES
+    assert metrics["top5"] == 1.0  # four classes: every label is in the top five
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_videos"]
+    assert (run / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_bilstm_beats_order_blind_meanpool_within_reversed_pairs(trained_runs):
+    bilstm, meanpool = evaluate(trained_runs["bilstm"]), evaluate(trained_runs["meanpool"])
+    # Chance is 0.25 overall and 0.5 within a pair; meanpool sees the same mean for both classes of a pair.
+    assert bilstm["top1"] >= 0.75 and bilstm["pair_accuracy"] >= 0.8
+    assert meanpool["pair_accuracy"] <= 0.7
+    assert bilstm["pair_accuracy"] - meanpool["pair_accuracy"] >= 0.25
+
+
+def test_several_clips_are_averaged_per_video(trained_runs):
+    cfg = order_config(Path(trained_runs["bilstm"].run.dir).parent, "eval.clips=3",
+                       f"run.dir={trained_runs['bilstm'].run.dir}", "train.epochs=12", "train.lr=0.01")
+    metrics = evaluate(cfg)
+    assert metrics["eval_clips"] == 3 and metrics["num_videos"] == 24
+    assert 0.0 <= metrics["clip_top1"] <= 1.0
+
+
+def test_video_prediction_averages_clip_probabilities():
+    # Video 0: two clips mildly say class 1, one clip says class 0 very confidently -> averaged: class 0.
+    # Video 1: all three clips say class 1.
+    logits = np.array([[[0.0, 0.5], [0.0, 0.5], [8.0, 0.0]],
+                       [[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]])
+    metrics = compute_metrics(logits, np.array([0, 1]), ["A", "B"])
+    assert metrics["clip_top1"] == pytest.approx(4 / 6)  # 1 of 3 clips right, then 3 of 3
+    assert metrics["top1"] == 1.0
+    assert metrics["per_class"] == {"A": 1.0, "B": 1.0}
+
+
+def test_checkpoint_of_another_split_is_refused(trained_runs):
+    cfg = order_config(Path(trained_runs["bilstm"].run.dir).parent, "data.split=2",
+                       f"run.dir={trained_runs['bilstm'].run.dir}", "train.epochs=12", "train.lr=0.01")
+    with pytest.raises(ActrecError, match=r"trained on another split.*data.split: trained with 1, now 2"):
+        evaluate(cfg)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    cfg = order_config(tmp_path)
+    with pytest.raises(ActrecError, match=r"best.pt not found; run `actrec train` first"):
+        evaluate(cfg)
+
+
+def test_random_split_is_flagged_as_leaky(tmp_path):
+    cfg = order_config(tmp_path, "data.split=random")
+    write_order_dataset(cfg)
+    train(cfg)
+    metrics = evaluate(cfg)
+    assert metrics["leaks_groups"] is True and metrics["leaked_groups"] > 0
+
+
+def test_compute_metrics_by_hand():
+    # Two videos, two clips each, three classes with no pairs.
+    logits = np.log(np.array([
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]],   # label 0: clip 1 right, clip 2 wrong; mean (0.4, 0.5, 0.1) -> wrong
+        [[0.1, 0.1, 0.8], [0.2, 0.2, 0.6]],   # label 2: both clips right
+    ]))
+    metrics = compute_metrics(logits, np.array([0, 2]), ["Alpha", "Beta", "Gamma"])
+    assert metrics["clip_top1"] == pytest.approx(3 / 4)
+    assert metrics["top1"] == pytest.approx(1 / 2) and metrics["top5"] == 1.0
+    assert metrics["per_class"] == {"Alpha": 0.0, "Beta": None, "Gamma": 1.0}
+    assert metrics["mean_class_accuracy"] == pytest.approx(0.5)
+    assert metrics["confusion_matrix"] == [[0, 1, 0], [0, 0, 0], [0, 0, 1]]
+    assert "pair_accuracy" not in metrics
+
+
+def test_reversed_pairs_follow_the_synthetic_names():
+    names = ["BlockMoveRight", "BlockMoveLeft", "TriangleGrow", "TriangleShrink", "KitePulse", "ApplyEyeMakeup"]
+    assert sorted(reversed_pairs(names)) == [(0, 1), (2, 3)]
+    assert reversed_pairs(["ApplyEyeMakeup", "ApplyLipstick"]) == []
+
+
+def write_metrics(run_dir: Path, model: str, split: str, top1: float, pair=None) -> None:
+    run_dir.mkdir(parents=True)
+    metrics = {"model": model, "split": split, "top1": top1, "top5": 1.0, "mean_class_accuracy": top1,
+               "clip_top1": top1, "leaks_groups": False, "confusion_matrix": [[1]]}
+    if pair is not None:
+        metrics["pair_accuracy"] = pair
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_summarize_runs_means_each_model_over_its_splits(tmp_path):
+    for split, top1 in (("1", 0.80), ("2", 0.70), ("3", 0.75)):
+        write_metrics(tmp_path / f"bilstm_split{split}", "bilstm", split, top1, pair=0.9)
+    write_metrics(tmp_path / "meanpool_split1", "meanpool", "1", 0.5, pair=0.5)
+    dirs = [tmp_path / f"bilstm_split{k}" for k in "123"] + [tmp_path / "meanpool_split1"]
+    summary = summarize_runs(dirs)
+    assert summary["by_model"]["bilstm"]["mean_top1"] == pytest.approx(0.75)
+    assert summary["by_model"]["bilstm"]["splits"] == ["1", "2", "3"]
+    assert summary["by_model"]["meanpool"]["mean_pair_accuracy"] == pytest.approx(0.5)
+    assert summary["mean_top1"] == pytest.approx((0.8 + 0.7 + 0.75 + 0.5) / 4)
+
+    result = CliRunner().invoke(cli, ["report", *map(str, dirs)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    mean_row = next(line for line in lines if line.startswith("mean "))
+    assert "bilstm" in mean_row and "0.7500" in mean_row and "0.9000" in mean_row
+    assert any(line.startswith("meanpool_split1") and "0.5000" in line for line in lines)
+
+
+def test_report_on_a_run_without_metrics_fails_cleanly(tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "run `actrec evaluate`" in result.output
+
+
+def test_report_refuses_a_foreign_metrics_file(tmp_path):
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a metrics.json written by `actrec evaluate`" in result.output
+
+
+def test_test_videos_without_features_count_as_wrong_answers(trained_runs, tmp_path):
+    """The UCF-101 protocol: a test video that failed to embed or is missing is an error, not a smaller test set."""
+    cfg = trained_runs["bilstm"]
+    test_names = [line.strip()[:-4] for line in (Path(cfg.data.splits) / "testlist01.txt").read_text().splitlines()]
+    holed = order_config(tmp_path, "train.epochs=12", "train.lr=0.01", f"run.dir={tmp_path}/run",
+                         f"eval.checkpoint={cfg.run.dir}/checkpoints/best.pt")
+    write_order_dataset(holed, clips=3, failed=(test_names[0],), missing=(test_names[5],))
+    metrics = evaluate(holed)
+    assert metrics["num_videos"] == 24 and metrics["num_failed"] == 2
+    assert np.array(metrics["confusion_matrix"]).sum() == 22  # the scored videos only
+    assert metrics["top1"] == pytest.approx(metrics["top1_embedded"] * 22 / 24)
+    for accuracy in metrics["per_class"].values():  # 6 test videos per class, the unscored ones included
+        assert accuracy * 6 == pytest.approx(round(accuracy * 6))
+
+
+def test_unscored_videos_lower_every_video_level_number():
+    logits = np.array([[[3.0, 0.0]], [[0.0, 3.0]]])  # two right answers
+    metrics = compute_metrics(logits, np.array([0, 1]), ["A", "B"], unscored_labels=[1, 1])
+    assert metrics["top1_embedded"] == 1.0 and metrics["top1"] == 0.5 and metrics["top5"] == 0.5
+    assert metrics["per_class"] == {"A": 1.0, "B": pytest.approx(1 / 3)}
+    assert metrics["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["num_videos"] == 4 and metrics["num_failed"] == 2
+
+
+def test_report_shows_how_many_test_videos_had_no_features(tmp_path):
+    write_metrics(tmp_path / "a", "bilstm", "1", 0.5)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics.update(num_videos=3783, num_failed=2)
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    header, _, row = result.output.splitlines()[:3]
+    assert "videos" in header and "failed" in header
+    assert row.split()[4:6] == ["3783", "2"] and "counts them as wrong answers" in result.output
