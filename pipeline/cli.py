@@ -282,9 +282,10 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
               help="A file with one run per line (key=value pairs), instead of --grid.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Runs at a time [default: 1 on the CPU, one per GPU, every worker of a cluster].")
-@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ [default: from the varied keys].")
-@click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default="loky",
-              help="joblib backend: local processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
+@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ (letters, digits, -, _, .) "
+                                           "[default: from the varied keys].")
+@click.option("--backend", type=click.Choice(["local", "dask", "ray"]), default="local",
+              help="Local worker processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (tcp://HOST:8786) or Ray cluster address.")
 @reports_errors
@@ -292,15 +293,18 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
     """Train and evaluate many runs on one feature cache; write and print the sweep's leaderboard.
 
     Each run is an ordinary run dir under runs/sweeps/NAME/ named from the keys it varies. Finished runs
-    are skipped and interrupted ones resume, so running the same command again completes a sweep.
+    are skipped and interrupted ones resume, so running the same command again completes a sweep. Exits
+    non-zero when a run failed.
     """
-    from pipeline.experiments.sweep import parse_grid, parse_runs_file, run_sweep
+    from pipeline.experiments.sweep import run_sweep
 
-    if bool(grids) == bool(runs_file):
-        raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
-    variants = parse_runs_file(runs_file) if runs_file else parse_grid(grids)
-    result = run_sweep(config_path, overrides, variants, name=name, jobs=jobs, backend=backend, scheduler=scheduler)
-    click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
+    result = run_sweep(config_path, overrides, grids, runs_file, name=name, jobs=jobs, backend=backend,
+                       scheduler=scheduler)
+    board = Path(result["folder"]) / "leaderboard.md"
+    click.echo(board.read_text(), nl=False)
+    if result["failed"]:
+        raise ActrecError(f"{result['failed']} of {len(result['rows'])} runs failed (their errors are in {board}); "
+                          f"fix the cause and run the same command again to run them")
 
 
 @cli.command()
@@ -340,7 +344,7 @@ def show_config(config_path, overrides, key):
 def report(run_dirs):
     """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean); a
     sweep folder (runs/sweeps/NAME) prints its leaderboard."""
-    from pipeline.sequence.evaluate import report_text
+    from pipeline.experiments.report import report_text
 
     click.echo(report_text(run_dirs))
 
