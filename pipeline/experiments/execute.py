@@ -263,7 +263,12 @@ def worker_environment(gpu: str | None):
 def local_worker(conn, threads: int, parent: int) -> None:
     """The body of a local worker process: die with the sweep's process, then run the runs it is sent (until
     None), logging warnings under each run's name."""
+    from tqdm import tqdm
+
     die_with_parent(parent)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker killed mid-run would leak (the resource
+    # tracker then warns at the sweep's end): a thread lock serves the one process.
+    tqdm.set_lock(threading.RLock())
     handler = logging.StreamHandler(sys.stderr)
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = [handler]
