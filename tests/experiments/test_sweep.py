@@ -187,3 +187,11 @@ def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
     rows = read_leaderboard(tmp_path / "sweeps" / "ray")
     assert sorted(row["model.name"] for row in rows) == ["meanpool", "tcn"]
     assert all(row["error"] == "" and 0 <= float(row["test_top1"]) <= 1 for row in rows)
+
+
+def test_make_demo_shows_the_sweep_and_stops_on_its_failure():
+    """The demo's sweep is neither hidden nor ignored: its output reaches the user and its exit status stops make."""
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    (line,) = [line for line in recipe.splitlines() if " sweep " in line]
+    assert ">" not in line and "||" not in line and not line.lstrip().startswith("-")

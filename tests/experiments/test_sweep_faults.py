@@ -19,22 +19,40 @@ LONG = "train.epochs=5000"  # a run still training when the test kills something
 
 
 def start_sweep(tmp_path: Path, lines: list[str], jobs: int) -> subprocess.Popen:
-    """`actrec sweep` of ``lines`` (a runs file) in its own session, as a terminal would run it."""
+    """`actrec sweep` of ``lines`` (a runs file) in its own session, as a terminal would run it; its output goes
+    to files (a pipe would keep the test waiting on any process that outlives the sweep)."""
     write_order_dataset(order_config(tmp_path))
     runs = tmp_path / "runs.txt"
     runs.write_text("\n".join(lines) + "\n")
     sets = tiny_overrides(tmp_path) + ["train.batch_size=8", "train.epochs=2", "train.threads=1", "eval.threads=1"]
     command = [sys.executable, "-m", "pipeline", "sweep", "-c", str(CONFIG), "--runs", str(runs), "--jobs",
                str(jobs), "--name", "faults"] + [a for s in sets for a in ("--set", s)]
-    return subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        return subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=out, stderr=err,
+                                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+
+
+def finish(sweep: subprocess.Popen, tmp_path: Path, timeout: float) -> tuple[str, str]:
+    """Wait for the sweep to exit; its stdout and stderr."""
+    sweep.wait(timeout=timeout)
+    return (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
+
+
+@pytest.fixture
+def leftovers():
+    """Pids a failing test leaves running, killed at its end so they do not outlive it."""
+    pids = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def running_pids(folder: Path, count: int, sweep: subprocess.Popen, timeout: float = 240) -> list[int]:
     """The worker pids of ``count`` runs once each has recorded itself running and written a checkpoint."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert sweep.poll() is None, sweep.communicate()
+        assert sweep.poll() is None, (folder.parent.parent.parent / "err.txt").read_text()
         pids = []
         for record_path in folder.glob("*/sweep.json"):
             try:
@@ -71,11 +89,11 @@ def files_of(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_by_signal_9_fails_its_run_and_the_others_go_on(tmp_path):
+def test_a_worker_killed_by_signal_9_fails_its_run_and_the_others_go_on(tmp_path, leftovers):
     sweep = start_sweep(tmp_path, [f"model.name=meanpool {LONG}", "model.name=tcn"], jobs=1)
     (pid,) = running_pids(tmp_path / "runs" / "sweeps" / "faults", 1, sweep)
     os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer does
-    out, err = sweep.communicate(timeout=300)
+    out, err = finish(sweep, tmp_path, timeout=300)
     assert sweep.returncode == 2 and "Traceback" not in err, err
     assert "failed (the sweep goes on): worker killed, signal 9: out of memory?" in err
     assert err.strip().splitlines()[-1].startswith("error: 1 of 2 runs failed")
@@ -83,12 +101,13 @@ def test_a_worker_killed_by_signal_9_fails_its_run_and_the_others_go_on(tmp_path
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_sweep_takes_its_workers_with_it_and_nothing_is_written_after(tmp_path):
+def test_kill_9_of_the_sweep_takes_its_workers_with_it_and_nothing_is_written_after(tmp_path, leftovers):
     sweep = start_sweep(tmp_path, [f"model.name=meanpool {LONG}", f"model.name=tcn {LONG}"], jobs=2)
     folder = tmp_path / "runs" / "sweeps" / "faults"
     pids = running_pids(folder, 2, sweep)
+    leftovers += pids
     os.kill(sweep.pid, signal.SIGKILL)
-    sweep.communicate()
+    sweep.wait()
     assert wait_gone(pids, timeout=3), "a worker outlived the sweep"
     before = files_of(folder)
     time.sleep(1.5)
@@ -102,12 +121,13 @@ def test_kill_9_of_the_sweep_takes_its_workers_with_it_and_nothing_is_written_af
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_with_one_line_and_no_traceback(tmp_path):
+def test_ctrl_c_stops_the_sweep_with_one_line_and_no_traceback(tmp_path, leftovers):
     sweep = start_sweep(tmp_path, [f"model.name=meanpool {LONG}", f"model.name=tcn {LONG}"], jobs=2)
     folder = tmp_path / "runs" / "sweeps" / "faults"
     pids = running_pids(folder, 2, sweep)
+    leftovers += pids
     os.killpg(sweep.pid, signal.SIGINT)  # what the terminal sends to the whole foreground group
-    _, err = sweep.communicate(timeout=120)
+    _, err = finish(sweep, tmp_path, timeout=120)
     assert sweep.returncode == 130, err
     assert "Traceback" not in err and "resource_tracker" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1] == "interrupted; finished work is kept, run the command again to resume"
