@@ -180,7 +180,17 @@ class LocalWorkers:
         self.idle, self.busy = [], {}  # busy: the worker's connection -> (worker, its run)
 
     def submit(self, run: SweepRun) -> None:
-        worker = self.idle.pop() if self.idle else self.start_worker()
+        while self.idle:
+            worker = self.idle.pop()
+            try:
+                worker.conn.send(run)
+            except OSError:  # it died while idle (killed from outside): a fresh worker takes the run
+                worker.process.join()
+                self.retire(worker)
+                continue
+            self.busy[worker.conn] = (worker, run)
+            return
+        worker = self.start_worker()
         worker.conn.send(run)
         self.busy[worker.conn] = (worker, run)
 
@@ -248,11 +258,13 @@ def worker_environment(gpu: str | None):
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["TQDM_DISABLE"] = "1"
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        if main:
+            signal.signal(signal.SIGINT, handler)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -3,7 +3,7 @@
 Runs are counted before they are expanded (``sweep.max_runs``), every run is checked as a config before any
 starts, keys that would change the features, the validation set or the test set are refused (runs ranked by
 validation must share one validation set), and two runs with the same parsed settings (``0.001`` and ``1e-3``)
-are refused naming both. Planning is linear in the number of runs. ``check_varied_keys``,
+are refused naming both. Planning is linear in the number of runs. ``load_base``, ``check_varied_keys``,
 ``run_config`` and ``comparable_settings`` are the validation ``actrec tune`` shares.
 """
 
@@ -16,7 +16,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import apply_overrides, config_with_overrides, keys_affecting, read_config_file, stable_hash
+from pipeline.config import (
+    Config,
+    apply_overrides,
+    config_with_overrides,
+    keys_affecting,
+    read_config_file,
+    stable_hash,
+)
 from pipeline.errors import ActrecError
 from pipeline.fileio import safe_name
 
@@ -129,9 +136,9 @@ def check_varied_keys(keys, what: str = "a sweep") -> None:
 
 
 def run_config(raw: dict, values: dict[str, str], run_dir: Path, where: str, source: str) -> dict:
-    """The resolved config (``to_dict`` form) of one run: ``raw`` (the config file's sections with the common
-    ``--set`` overrides applied), the run's own ``values`` and its dir; a bad key or value is one line naming
-    ``where``."""
+    """The resolved config (``to_dict`` form) of one run: ``raw`` (from ``load_base``: the config file's sections
+    with the common ``--set`` overrides applied), the run's own ``values`` and its dir; a bad key or value is one
+    line naming ``where``."""
     overrides = [f"{k}={v}" for k, v in values.items()] + [f"run.dir={run_dir}"]
     try:
         return config_with_overrides(raw, overrides, source).to_dict()
@@ -168,10 +175,7 @@ def plan_sweep(config_path, sets=(), grid=(), runs_file=None, name: str | None =
     """The sweep folder and its runs, every run validated before any starts; nothing is written."""
     if bool(grid) == bool(runs_file):
         raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
-    raw = read_config_file(config_path)
-    source = str(config_path) if config_path else "<defaults>"
-    base = config_with_overrides(raw, sets, source)  # the base config alone: its errors are not a run's
-    raw, _ = apply_overrides(raw, sets)
+    raw, base, source = load_base(config_path, sets)
     if grid:
         axes = parse_grid(grid)
         check_varied_keys(axes)
@@ -189,6 +193,16 @@ def plan_sweep(config_path, sets=(), grid=(), runs_file=None, name: str | None =
             for run_name, variant in zip(names, variants)]
     check_distinct(runs)
     return folder, runs
+
+
+def load_base(config_path, sets) -> tuple[dict, Config, str]:
+    """The config every run starts from: its raw sections with ``sets`` applied (for ``run_config``), the
+    validated base config (its errors are not a run's) and the source name for messages."""
+    raw = read_config_file(config_path)
+    source = str(config_path) if config_path else "<defaults>"
+    base = config_with_overrides(raw, sets, source)
+    raw, _ = apply_overrides(raw, sets)
+    return raw, base, source
 
 
 def check_distinct(runs: list[SweepRun]) -> None:
