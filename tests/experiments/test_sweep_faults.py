@@ -133,3 +133,27 @@ def test_ctrl_c_stops_the_sweep_with_one_line_and_no_traceback(tmp_path, leftove
     assert err.strip().splitlines()[-1] == "interrupted; finished work is kept, run the command again to resume"
     assert wait_gone(pids, timeout=3)
     assert "not run yet" in (folder / "leaderboard.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_is_replaced_for_the_next_run(tmp_path, leftovers):
+    from pipeline.experiments.execute import LocalWorkers
+    from pipeline.experiments.plan import plan_sweep
+
+    # Runs on a cache that does not exist: each fails in its worker at once, which is all this test needs.
+    _, runs = plan_sweep(CONFIG, tiny_overrides(tmp_path), grid=["model.name=meanpool,tcn"], name="idle",
+                         root=tmp_path / "sweeps")
+    workers = LocalWorkers([], threads=1)
+    try:
+        workers.submit(runs[0])
+        first = workers.next_done()
+        (idle,) = workers.idle
+        leftovers.append(idle.process.pid)
+        os.kill(idle.process.pid, signal.SIGKILL)
+        idle.process.join()
+        workers.submit(runs[1])
+        second = workers.next_done()
+    finally:
+        workers.stop()
+    assert first["status"] == second["status"] == "failed" and "tiny.h5" in second["error"]
+    assert second["pid"] != first["pid"] and second["name"] == runs[1].name
