@@ -214,9 +214,8 @@ def predict(video, checkpoint, out, json_path, hop, device):
     from pipeline.sequence.predict import format_prediction
     from pipeline.sequence.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
-    if "video_top5" in result:  # one video; a folder's results are in its CSV
-        click.echo(format_prediction(result))
+    click.echo(format_prediction(run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop,
+                                             device=device)))
 
 
 @cli.command()
