@@ -131,33 +131,36 @@ def build_page(service: PredictionService) -> gr.Blocks:
         with gr.Tab("Predict"):
             with gr.Row():
                 with gr.Column():
-                    upload = gr.Video(label="Video to label", sources=["upload"], format=None)
-                    upload_button = gr.Button("Predict the uploaded video", variant="primary")
+                    upload = gr.Video(label="Video to label", sources=["upload"], format=None, elem_id="upload")
+                    upload_button = gr.Button("Predict the uploaded video", variant="primary", elem_id="predict")
                     # Custom values: the choices follow the chosen run; the service checks each name it is given.
                     test_choice = gr.Dropdown(label="...or one of the run's test videos", allow_custom_value=True,
                                               choices=sorted(first.test_videos))
                     test_button = gr.Button("Predict this test video")
                 with gr.Column():
                     annotated = gr.Video(label="Annotated video", interactive=False)
-                    top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False)
+                    top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
+                                        elem_id="top5")
             timeline = gr.LinePlot(label="Timeline: the top labels' probabilities over the video", **TIMELINE)
         with gr.Tab("Errors"):
             note = gr.Markdown()
             class_filter = gr.Dropdown(label="True class", choices=[ALL_CLASSES] + first.class_names,
                                        value=ALL_CLASSES, allow_custom_value=True)
             errors = gr.Dataframe(headers=ERROR_HEADERS, label="Wrong test videos", interactive=False)
-            strips = gr.Gallery(label="Thumbnails", columns=1, height="auto", object_fit="contain", allow_preview=False)
+            strips = gr.Gallery(label="Thumbnails", columns=1, height="auto", object_fit="contain", allow_preview=False,
+                                elem_id="strips")
             chosen = gr.Markdown()
             with gr.Row():
                 error_video = gr.Video(label="Annotated video", interactive=False)
-                error_top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False)
+                error_top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
+                                          elem_id="error_top5")
             error_timeline = gr.LinePlot(label="Timeline", **TIMELINE)
         with gr.Tab("Runs"):
             gr.Dataframe(value=pd.DataFrame(leaderboard(list(service.runs.values()))), interactive=False,
                          label="Leaderboard (click a column title to sort)")
             figure_choice = gr.Dropdown(choices=names, value=names[0], label="Run")
             with gr.Row():
-                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
+                curves = gr.Image(label="Training curves", type="filepath", interactive=False, elem_id="curves")
                 confusion = gr.Image(label="Confusion matrix (test)", type="filepath", interactive=False)
 
         prediction = [annotated, timeline, top5]
