@@ -25,6 +25,7 @@ MAX_STRIPS = 24  # thumbnail strips drawn on the Errors tab: the most confident 
 TIMELINE = {"x": "seconds", "y": "probability", "color": "label", "x_title": "seconds", "y_lim": [0, 1],
             "height": 280}
 TOP5_HEADERS = ["label", "probability"]
+VIDEO_HEIGHT = 320  # pixels: the annotated video leaves room for the timeline below it
 ERROR_HEADERS = ["video", "true label", "predicted", "probability"]
 # System fonts: the page must not wait on a font server the machine cannot reach.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -138,7 +139,7 @@ def build_page(service: PredictionService) -> gr.Blocks:
                                               choices=sorted(first.test_videos))
                     test_button = gr.Button("Predict this test video")
                 with gr.Column():
-                    annotated = gr.Video(label="Annotated video", interactive=False)
+                    annotated = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
                     top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
                                         elem_id="top5")
             timeline = gr.LinePlot(label="Timeline: the top labels' probabilities over the video", **TIMELINE)
@@ -146,12 +147,12 @@ def build_page(service: PredictionService) -> gr.Blocks:
             note = gr.Markdown()
             class_filter = gr.Dropdown(label="True class", choices=[ALL_CLASSES] + first.class_names,
                                        value=ALL_CLASSES, allow_custom_value=True)
-            errors = gr.Dataframe(headers=ERROR_HEADERS, label="Wrong test videos", interactive=False)
-            strips = gr.Gallery(label="Thumbnails", columns=1, height="auto", object_fit="contain", allow_preview=False,
-                                elem_id="strips")
+            errors = gr.Dataframe(headers=ERROR_HEADERS, label="Wrong test videos", interactive=False, max_height=300)
+            strips = gr.Gallery(label="Thumbnails (select one to see its timeline)", columns=3, height=300,
+                                object_fit="contain", allow_preview=False, elem_id="strips")
             chosen = gr.Markdown()
             with gr.Row():
-                error_video = gr.Video(label="Annotated video", interactive=False)
+                error_video = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
                 error_top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
                                           elem_id="error_top5")
             error_timeline = gr.LinePlot(label="Timeline", **TIMELINE)

@@ -100,6 +100,10 @@ def test_json_schema_and_annotated_video(trained, tmp_path):
     assert data["frames"] == len(read_video(video)) == report.predictions[0].frames
     assert data["video_top5"] == report.predictions[0].video_top(5) and report.failures == {}
     assert report.outputs == {"annotated video": str(tmp_path / "out.mp4"), "JSON timeline": str(tmp_path / "out.json")}
+    printed = format_prediction(report).splitlines()
+    ranked = printed[1:1 + len(data["video_top5"])]
+    assert [line.split()[1] for line in ranked] == [e["label"] for e in data["video_top5"]]
+    assert printed[-1] == f"  JSON timeline: {tmp_path / 'out.json'}"
     # The training clips spanned whole videos of this dataset: a window spans as long, at this video's rate.
     clip_seconds = torch.load(best, weights_only=True)["clip_seconds"]
     assert clip_seconds == pytest.approx(cfg.synth.frames / cfg.synth.fps)

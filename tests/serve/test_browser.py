@@ -9,7 +9,6 @@ screenshots are made from `make demo`'s runs/sweeps/demo).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,6 +51,28 @@ def served_folder(tiny_dataset_root, tmp_path) -> Path:
     return Path(given).resolve() if given else Path(tiny_run(tiny_dataset_root, tmp_path / "work").run.dir)
 
 
+def clips_of_several_classes(run, out: Path, classes: int = 4) -> Path:
+    """One test video of each of the first ``classes`` classes, one after the other: a video whose labels
+    change over time, for the timeline."""
+    import cv2
+    import numpy as np
+
+    from pipeline.inputs.video import video_fps
+    from tests.helpers import read_video
+
+    firsts = {}
+    for item in run.split.test:
+        firsts.setdefault(item.label, item.path)
+    paths = [firsts[label] for label in sorted(firsts)[:classes]]
+    frames = np.concatenate([read_video(path) for path in paths])
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), video_fps(paths[0]),
+                             (frames.shape[2], frames.shape[1]))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return out
+
+
 def expected_top_label(run, video: Path, tmp_path) -> str:
     """The top label `actrec predict` gives ``video`` with the run's checkpoint."""
     import json
@@ -69,8 +90,7 @@ def test_page_in_a_real_browser(browser, tiny_dataset_root, tmp_path):
 
     folder = served_folder(tiny_dataset_root, tmp_path)
     run = find_runs([folder])[0]  # the run the page shows first
-    video = tmp_path / "upload.avi"
-    shutil.copy(next(iter(run.test_videos.values())), video)
+    video = clips_of_several_classes(run, tmp_path / "upload.avi")
     expected = expected_top_label(run, video, tmp_path)
     server = Server([folder], tmp_path / "server.log")
     try:
@@ -82,7 +102,7 @@ def test_page_in_a_real_browser(browser, tiny_dataset_root, tmp_path):
         browser.find_element(By.ID, "predict").click()
         wait.until(lambda d: first_label(d.find_element(By.ID, "top5").text, run.class_names) is not None)
         assert first_label(browser.find_element(By.ID, "top5").text, run.class_names) == expected
-        browser.save_screenshot(str(tmp_path / "predict.png"))
+        screenshot(browser, tmp_path / "predict.png")
 
         tab(browser, "Errors").click()
         wait.until(lambda d: "wrong test videos" in d.page_source or "No errors to show" in d.page_source)
@@ -90,15 +110,23 @@ def test_page_in_a_real_browser(browser, tiny_dataset_root, tmp_path):
         if thumbnails:  # show the most confident mistake's timeline
             thumbnails[0].click()
             wait.until(lambda d: first_label(d.find_element(By.ID, "error_top5").text, run.class_names))
-        browser.save_screenshot(str(tmp_path / "errors.png"))
+        screenshot(browser, tmp_path / "errors.png")
 
         tab(browser, "Runs").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#curves img"))
-        browser.save_screenshot(str(tmp_path / "runs.png"))
+        screenshot(browser, tmp_path / "runs.png")
         assert server.process.poll() is None
     finally:
         server.stop()
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in ("predict", "errors", "runs"))
+
+
+def screenshot(browser, path: Path) -> None:
+    """The whole page: the window is made as tall as the page first."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 800), 4000))
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1280, 1400)
 
 
 def tab(browser, title: str):
