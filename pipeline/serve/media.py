@@ -16,15 +16,17 @@ THUMB_HEIGHT = 72  # pixels of each frame of a thumbnail strip
 
 def timeline_rows(prediction: VideoPrediction, labels: int) -> list[dict]:
     """Rows (seconds, label, probability) of the video's ``labels`` most probable labels, one per window:
-    the x of a window is its centre, in seconds."""
+    the x of a window is its centre, in seconds. A video of one window gets its start and end instead, so that
+    the chart draws a line rather than a lone point."""
     chosen = [entry["label"] for entry in prediction.video_top(labels)]
     columns = [prediction.class_names.index(label) for label in chosen]
     rows = []
     for i in range(len(prediction.starts)):
         start, end = prediction.window_seconds(i)
-        rows += [{"seconds": round((start + end) / 2, 3), "label": label,
+        times = (start, end) if len(prediction.starts) == 1 else ((start + end) / 2,)
+        rows += [{"seconds": round(t, 3), "label": label,
                   "probability": round(float(prediction.probabilities[i, column]), 4)}
-                 for label, column in zip(chosen, columns)]
+                 for t in times for label, column in zip(chosen, columns)]
     return rows
 
 

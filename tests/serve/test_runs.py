@@ -61,6 +61,9 @@ def test_timeline_follows_the_videos_top_labels_at_window_centres():
     assert [row["label"] for row in rows[:2]] == ["c", "a"]  # the video-level ranking: c 0.5, a 0.3
     assert [row["seconds"] for row in rows] == [0.5, 0.5, 1.5, 1.5, 2.5, 2.5]
     assert [row["probability"] for row in rows if row["label"] == "c"] == [0.1, 0.6, 0.8]
+    single = VideoPrediction(video="v.avi", frames=8, fps=10.0, sequence_length=8, window_frames=10, hop_seconds=1.0,
+                             starts=[0], probabilities=probabilities[:1], class_names=["a", "b", "c"])
+    assert [(row["seconds"], row["label"]) for row in timeline_rows(single, 1)] == [(0.0, "a"), (0.8, "a")]
 
 
 def test_thumbnail_strip(tiny_dataset_root, tmp_path):
