@@ -101,11 +101,27 @@ def test_paths_outside_the_served_folders_are_refused(served, client):
     test_video = load_split(cfg).test[0].path  # a real file, outside the served run dir
     for path in (test_video, f"{cfg.run.dir}/../tiny.h5", "/etc/passwd", f"{cfg.run.dir}/../../../../etc/passwd"):
         assert server.status(f"gradio_api/file={path}") in (403, 404), path
+    answer = call_with_a_server_path(server, test_video)  # a path the client never uploaded
+    assert answer.startswith("event: error") and "complete" not in answer
     with pytest.raises(AppError, match="not a test video"):
         client.predict("run", f"../../{test_video.stem}", api_name="/predict_test_video")
     with pytest.raises(AppError, match="no run named|not in the list of choices"):
         client.predict("/etc", load_split(cfg).test[0].name, api_name="/predict_test_video")
     assert server.status("") == 200
+
+
+def call_with_a_server_path(server, path) -> str:
+    """What the predict endpoint answers, over plain HTTP, to a video given as a path on the server."""
+    import urllib.request
+
+    call = f"{server.url}gradio_api/call/predict"
+    video = {"video": {"path": str(path), "meta": {"_type": "gradio.FileData"}}, "subtitles": None}
+    request = urllib.request.Request(call, data=json.dumps({"data": ["run", video]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{call}/{event}", timeout=120) as response:
+        return response.read().decode()
 
 
 def test_garbage_and_oversized_uploads_are_refused_and_the_server_keeps_serving(served, client, tmp_path):
