@@ -233,7 +233,7 @@ class ServeConfig:
     max_upload_mb: int = _key(500, "largest video `actrec serve` accepts as an upload, in MB (larger ones get an "
                               "error message in the page)", min=1, max=1_000_000)
     timeline_labels: int = _key(5, "labels drawn on `actrec serve`'s timeline charts: the video's most probable "
-                                "ones", min=1, max=20)
+                                "ones", min=1, max=10)
     thumbnails: int = _key(6, "frames in each thumbnail strip of `actrec serve`'s Errors tab", min=1, max=32)
 
 

@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 ALL_CLASSES = "all classes"
 MAX_STRIPS = 24  # thumbnail strips drawn on the Errors tab: the most confident mistakes
 TIMELINE = {"x": "seconds", "y": "probability", "color": "label", "x_title": "seconds", "y_lim": [0, 1],
-            "height": 280}
+            "height": 380}
 TOP5_HEADERS = ["label", "probability"]
+# One colour per timeline label (serve.timeline_labels is at most 10), named in the chart's title: the plot's own
+# legend shows no entries in this Gradio.
+PALETTE = {"blue": "#1f77b4", "orange": "#ff7f0e", "green": "#2ca02c", "red": "#d62728", "purple": "#9467bd",
+           "brown": "#8c564b", "pink": "#e377c2", "grey": "#7f7f7f", "olive": "#bcbd22", "cyan": "#17becf"}
 VIDEO_HEIGHT = 320  # pixels: the annotated video leaves room for the timeline below it
 ERROR_HEADERS = ["video", "true label", "predicted", "probability"]
 # System fonts: the page must not wait on a font server the machine cannot reach.
@@ -47,8 +51,14 @@ def shown_in_page(handler):
 
 def prediction_outputs(result: PagePrediction, labels: int):
     """(annotated video, timeline, top-5) as the page's components take them."""
-    top5 = pd.DataFrame([[e["label"], e["probability"]] for e in result.prediction.video_top(5)], columns=TOP5_HEADERS)
-    return str(result.annotated), pd.DataFrame(timeline_rows(result.prediction, labels)), top5
+    prediction = result.prediction
+    top5 = pd.DataFrame([[e["label"], e["probability"]] for e in prediction.video_top(5)], columns=TOP5_HEADERS)
+    shown = [e["label"] for e in prediction.video_top(labels)]
+    colours = dict(zip(shown, PALETTE))
+    timeline = gr.LinePlot(value=pd.DataFrame(timeline_rows(prediction, labels)),
+                           color_map={label: PALETTE[name] for label, name in colours.items()},
+                           label="Timeline: " + ", ".join(f"{label} ({name})" for label, name in colours.items()))
+    return str(result.annotated), timeline, top5
 
 
 def build_page(service: PredictionService) -> gr.Blocks:

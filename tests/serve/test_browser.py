@@ -123,8 +123,10 @@ def test_page_in_a_real_browser(browser, tiny_dataset_root, tmp_path):
 
 def screenshot(browser, path: Path) -> None:
     """The whole page: the window is made as tall as the page first."""
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, min(max(height, 800), 4000))
+    height = browser.execute_script(
+        "return Math.max(...[document.documentElement, document.body, ...document.querySelectorAll('.gradio-container,"
+        " .main, .wrap')].map(e => e.scrollHeight))")
+    browser.set_window_size(1280, min(max(height + 120, 800), 4000))
     browser.save_screenshot(str(path))
     browser.set_window_size(1280, 1400)
 
