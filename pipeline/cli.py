@@ -212,9 +212,27 @@ def predict(video, checkpoint, out, json_path, hop, device):
     from pipeline.sequence.predict import format_prediction
     from pipeline.sequence.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
-    if "video_top5" in result:  # one video; a folder's results are in its CSV
-        click.echo(format_prediction(result))
+    click.echo(format_prediction(run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop,
+                                             device=device)))
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR_OR_SWEEP_DIR...")
+@config_options
+@click.option("--host", default="127.0.0.1", help="Address to bind; anything but loopback exposes a page without "
+                                                   "login to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, help="Port of the page.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Prediction device.")
+@reports_errors
+def serve(folders, config_path, overrides, host, port, device):
+    """A local web page over runs: predict on a video, browse the test errors, compare a sweep's runs.
+
+    Needs Gradio (pip install -e '.[serve]'); the Errors tab reads run.dir/predictions.csv of `actrec evaluate`.
+    Settings (serve.max_upload_mb, ...) come from --config/--set.
+    """
+    from pipeline.serve.server import serve as run_server
+
+    run_server(folders, host, port, load_config(config_path, overrides).serve, device=device)
 
 
 @cli.command()

@@ -236,6 +236,15 @@ class SweepConfig:
 
 
 @dataclass
+class ServeConfig:
+    max_upload_mb: int = _key(500, "largest video `actrec serve` accepts as an upload, in MB (larger ones get an "
+                              "error message in the page)", min=1, max=1_000_000)
+    timeline_labels: int = _key(5, "labels drawn on `actrec serve`'s timeline charts: the video's most probable "
+                                "ones", min=1, max=10)
+    thumbnails: int = _key(6, "frames in each thumbnail strip of `actrec serve`'s Errors tab", min=1, max=32)
+
+
+@dataclass
 class RunConfig:
     dir: str = _key("runs/{data.name}_{model.name}_split{data.split}",
                     "where checkpoints, history, metrics and plots of a run go")
@@ -254,6 +263,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     source: str = field(default="<defaults>", compare=False, repr=False)

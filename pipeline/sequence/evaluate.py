@@ -43,6 +43,7 @@ def evaluate(cfg) -> dict:
     metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
+    write_predictions(Path(cfg.run.dir) / "predictions.csv", split, dataset, video_scores(logits))
     return metrics
 
 
@@ -117,6 +118,32 @@ def write_outputs(metrics: dict, class_names: list[str], run_dir: Path) -> None:
     plot_confusion(np.array(metrics["confusion_matrix"]), class_names, run_dir / "confusion_matrix.png",
                    title=f"{metrics['model']}, split {metrics['split']}: top-1 {metrics['top1']:.3f}")
     log.info(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'confusion_matrix.png'}")
+
+
+PREDICTION_COLUMNS = ["video", "true_label"] + [f"{what}{k}" for k in range(1, 6)
+                                                 for what in ("label", "probability")] + ["failed"]
+
+
+def write_predictions(path: Path, split, dataset, scores: np.ndarray) -> None:
+    """predictions.csv: per test video its true label, video-level top-5 and whether it had no features
+    (``failed``: 1, top-5 left empty). ``scores`` ``[N, C]`` follow ``dataset.rows``."""
+    import csv
+
+    from pipeline.fileio import atomic_path
+
+    names = split.class_names
+    scored = {dataset.cache.names[row]: row_scores for row, row_scores in zip(dataset.rows, scores)}
+    rows = []
+    for item in split.test:
+        if item.name not in scored:
+            rows.append([item.name, names[item.label]] + [""] * 10 + [1])
+            continue
+        top = np.argsort(-scored[item.name], kind="stable")[:5]
+        pairs = [x for c in top for x in (names[c], f"{scored[item.name][c]:.6f}")]
+        rows.append([item.name, names[item.label]] + pairs + [""] * (10 - len(pairs)) + [0])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([PREDICTION_COLUMNS] + rows)
+    log.info(f"wrote {path}")
 
 
 def checkpoint_path(cfg) -> Path:
