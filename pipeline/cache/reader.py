@@ -214,6 +214,11 @@ class FeatureCache:
         self._file = None
         self._file_pid = None
 
+    def settings(self) -> dict:
+        """What this cache's features are, in the terms ``compatibility_differences`` compares."""
+        return {"fingerprint": self.fingerprint, "class_names": self.class_names, "dim": self.dim,
+                "dtype": self.dtype, "has_flip": self.has_flip}
+
     def __contains__(self, name: str) -> bool:
         return name in self._index
 

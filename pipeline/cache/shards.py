@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache.fingerprint import fingerprint_differences
+from pipeline.cache.fingerprint import compatibility_differences
 from pipeline.cache.lock import WriteLock, lock_holder
 from pipeline.cache.reader import COLUMNS, FeatureCache, write_attributes
 from pipeline.cache.writer import FeatureCacheWriter
@@ -98,10 +98,8 @@ def _check_same(sources: list[FeatureCache]) -> None:
     """Refuse shards made with other settings than the first source: one cache never mixes features."""
     first = sources[0]
     for other in sources[1:]:
-        differences = fingerprint_differences(first.fingerprint, other.fingerprint)
-        for key in ("class_names", "dim", "dtype", "has_flip"):
-            if getattr(first, key) != getattr(other, key):
-                differences.append(f"{key}: {getattr(first, key)!r} vs {getattr(other, key)!r}")
+        differences = compatibility_differences(first.settings(), other.settings(),
+                                                (f"{first.path.name} has", f"{other.path.name} has"))
         if differences:
             raise ActrecError(f"{other.path} was made with other settings than {first.path} "
                               f"({'; '.join(differences)}); delete the one that is wrong and run `actrec embed` "
