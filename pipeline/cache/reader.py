@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.cache.fingerprint import fingerprint_differences, mismatch_error, stage_two_differences
 from pipeline.cache.lock import lock_holder
+from pipeline.cache.virtual import check_sources, source_names
 from pipeline.errors import ActrecError
 
 FORMAT_VERSION = 1
@@ -136,6 +137,15 @@ def read_meta(f: h5py.File, path) -> dict:
     return meta
 
 
+def read_checked(f: h5py.File, path) -> dict:
+    """``read_meta``, and for a virtual cache the check that its shards are there and are the ones it was joined
+    from: what every reader's open goes through. ``sources``: those shards (none for a cache of its own)."""
+    meta = read_meta(f, path)
+    check_sources(f, path)
+    meta["sources"] = source_names(f)
+    return meta
+
+
 def write_attributes(f: h5py.File, fingerprint: dict, class_names: list[str], config: dict, dim: int, dtype: str,
                      fps: float | None) -> None:
     """The attributes every cache file carries (what ``read_meta`` reads back), written into a new file ``f``."""
@@ -190,7 +200,7 @@ class FeatureCache:
         if not self.path.exists():
             raise ActrecError(f"no feature cache at {self.path}; run `actrec embed` with the same config first")
         with open_for_reading(self.path) as f:
-            meta = read_meta(f, self.path)
+            meta = read_checked(f, self.path)
         if expected_fingerprint is not None:
             differences = fingerprint_differences(meta["fingerprint"], expected_fingerprint)
             if differences:
@@ -208,6 +218,7 @@ class FeatureCache:
         self.offsets: np.ndarray = meta["offsets"]
         self.lengths: np.ndarray = meta["lengths"]
         self.failures: dict[str, str] = meta["failures"]
+        self.sources: list[str] = meta["sources"]  # a virtual cache's shards, relative to its folder
         self.total_frames = committed_frames(meta)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._memory: dict[bool, np.ndarray] = {}
@@ -240,9 +251,26 @@ class FeatureCache:
             return self._memory[flip]
         if self._file is None or self._file_pid != os.getpid():
             # A handle inherited through fork is not safe to use; each process opens its own.
-            self._file = open_for_reading(self.path, self.chunk_cache_bytes)
+            self._file = self._reopen()
             self._file_pid = os.getpid()
         return self._file["features_flip" if flip else "features"]
+
+    def _reopen(self) -> h5py.File:
+        """Open the file to read features, and make sure it still holds this reader's videos where its index says:
+        a join or a new embed may have replaced it since the index was read (a writer appending is fine)."""
+        f = open_for_reading(self.path, self.chunk_cache_bytes)
+        try:
+            meta = read_checked(f, self.path)
+            n = len(self.names)
+            same = meta["names"][:n] == self.names and all(np.array_equal(meta[column][:n], getattr(self, column))
+                                                            for column in ("labels", "offsets", "lengths"))
+            if not same or meta["fingerprint"] != self.fingerprint:
+                raise ActrecError(f"{self.path} was replaced while this command was reading it (its videos are no "
+                                  f"longer where they were); run the command again")
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def sequence(self, i: int, flip: bool = False) -> np.ndarray:
         """Features of video ``i``, ``[T, D]`` float32."""
@@ -363,6 +391,8 @@ def describe_cache(path) -> str:
     if len(cache.names):
         lengths = cache.lengths
         lines.append(f"length:     {lengths.min()} to {lengths.max()} frames per video (mean {lengths.mean():.1f})")
+    if cache.sources:
+        lines.append(f"join:       virtual, features in {len(cache.sources)} shards ({', '.join(cache.sources)})")
     owner = lock_holder(cache.path)
     if owner:
         lines.append(f"status:     being written by pid {owner} (counts grow until it finishes)")

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.cache.fingerprint import compatibility_differences
 from pipeline.cache.lock import WriteLock, lock_holder
 from pipeline.cache.reader import COLUMNS, FeatureCache, write_attributes
+from pipeline.cache.virtual import identity, record
 from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.errors import ActrecError
 
@@ -184,14 +185,15 @@ def _write_virtual(tmp: Path, first: FeatureCache, names: list[str], where: dict
                               f"it, or join with cache.join=copy") from exc
     runs = _runs(names, where)
     total = sum(run[3] for run in runs)
+    # A path relative to the cache's folder: HDF5 looks there, so the folder can move as a whole.
+    relative = {id(source): os.path.relpath(source.path, tmp.parent) for source, *_ in runs}
     with h5py.File(tmp, "w", libver="latest", locking=False) as f:
         write_attributes(f, first.fingerprint, first.class_names, first.config, first.dim, first.dtype, first.fps)
+        record(f, {relative[id(source)]: identity(source.path, len(source.names)) for source, *_ in runs})
         for dataset in ["features", "features_flip"] if first.has_flip else ["features"]:
             layout = h5py.VirtualLayout((total, first.dim), dtype=first.dtype)
             for source, start, target, rows in runs:
-                # A path relative to the cache's folder: HDF5 looks there, so the folder can move as a whole.
-                relative = os.path.relpath(source.path, tmp.parent)
-                virtual = h5py.VirtualSource(relative, dataset, shape=(source.total_frames, first.dim))
+                virtual = h5py.VirtualSource(relative[id(source)], dataset, shape=(source.total_frames, first.dim))
                 layout[target:target + rows] = virtual[start:start + rows]
             f.create_virtual_dataset(dataset, layout)
         offsets = np.cumsum([0] + [int(where[n][0].lengths[where[n][1]]) for n in names])[:-1]

@@ -1,0 +1,84 @@
+"""A virtual cache's shards: the files it reads, each one's identity recorded at the join, checked at every open.
+
+A cache joined with ``cache.join: virtual`` holds the index; its feature arrays are HDF5 virtual datasets over
+the shards. HDF5 reads a missing source file as zeros without a word, so every open checks that each source
+file is there and, for caches that recorded it at the join (attribute ``shards``), that it is the shard it
+was joined from. The identity is the shard's creation stamp and a digest of its fingerprint and of the index
+rows the join found in it. Those rows never change while the shard lives (a writer only appends, and its
+recovery copies them as they were), so a shard that a later embed extended is still the same shard; its size
+is therefore not part of the identity. Caches joined before the identity was recorded are checked for the
+files' presence only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.errors import ActrecError
+
+SHARDS_ATTR = "shards"  # JSON: {source file name as the virtual datasets store it: identity}
+INDEX_COLUMNS = ("names", "labels", "offsets", "lengths")
+
+
+def identity(shard: Path, videos: int | None = None) -> dict:
+    """The shard's creation stamp, and a digest of its fingerprint and of its first ``videos`` index rows (all
+    committed rows by default). Raises OSError, KeyError or ValueError for a file that is no readable cache."""
+    with h5py.File(shard, "r", swmr=True, locking=False) as f:
+        count = int(f["index/count"][0]) if videos is None else videos
+        digest = hashlib.sha256(str(f.attrs["fingerprint"]).encode("utf-8"))
+        for column in INDEX_COLUMNS:
+            rows = f[f"index/{column}"][:count]
+            if len(rows) < count:
+                raise ValueError(f"it holds {len(rows)} videos, the join took {count}")
+            digest.update(np.ascontiguousarray(rows).tobytes())
+        return {"created": str(f.attrs["created"]), "videos": count, "index_sha256": digest.hexdigest()}
+
+
+def source_names(f: h5py.File) -> list[str]:
+    """The source file names of an open cache's virtual feature arrays, as stored (relative to its folder)."""
+    names = set()
+    for dataset in ("features", "features_flip"):
+        if dataset in f and f[dataset].is_virtual:
+            names.update(source.file_name for source in f[dataset].virtual_sources())
+    return sorted(names)
+
+
+def record(f: h5py.File, identities: dict[str, dict]) -> None:
+    """Store the identity of each source (name as the virtual datasets store it) in a cache being joined."""
+    f.attrs[SHARDS_ATTR] = json.dumps(identities, sort_keys=True)
+
+
+def check_sources(f: h5py.File, cache_path) -> None:
+    """Refuse a virtual cache whose source files are missing or are not the shards it was joined from."""
+    recorded = json.loads(f.attrs[SHARDS_ATTR]) if SHARDS_ATTR in f.attrs else {}
+    folder = Path(cache_path).parent
+    for name in source_names(f):
+        shard = folder / name  # HDF5 looks for a relative source in the cache's folder
+        if not shard.is_file():
+            raise ActrecError(f"{cache_path} reads its features from the shard {shard}, which is missing; put it "
+                              f"back, or delete {cache_path} and run `actrec embed` again (it embeds what the "
+                              f"remaining shards lack)")
+        if name in recorded:
+            why = _differs(shard, recorded[name])
+            if why:
+                raise ActrecError(f"{cache_path} reads its features from the shard {shard}, but that file is not the "
+                                  f"shard it was joined from ({why}); put the right one back, or delete {cache_path} "
+                                  f"and run `actrec embed` again")
+
+
+def _differs(shard: Path, expected: dict) -> str:
+    """Why ``shard`` is not the file described by ``expected`` ('' when it is)."""
+    try:
+        found = identity(shard, expected["videos"])
+    except (OSError, KeyError, ValueError) as exc:
+        return f"cannot read it as that shard: {str(exc).splitlines()[0][:200]}"
+    if found["created"] != expected["created"]:
+        return f"created {found['created']}, the joined one {expected['created']}"
+    if found != expected:
+        return f"its first {expected['videos']} videos or its fingerprint differ"
+    return ""

@@ -1,0 +1,121 @@
+"""Shards and their join without an embed: virtual caches that check their shards, a cache replaced while open,
+stray files in a shards folder, shards of different devices."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cache.reader import FeatureCache, describe_cache
+from pipeline.cache.shards import join, shard_path
+from pipeline.cache.virtual import SHARDS_ATTR
+from pipeline.cache.writer import FeatureCacheWriter
+from pipeline.cli import cli
+from pipeline.errors import ActrecError
+
+FINGERPRINT = {"backbone": "resnet18", "img_dim": 32}
+CLASSES = ["Apply", "Brush"]
+DIM = 4
+
+
+def features(index: int) -> np.ndarray:
+    return np.random.default_rng(index).standard_normal((2 + index % 3, DIM)).astype(np.float32)
+
+
+def write_shard(path, indices, fingerprint=FINGERPRINT) -> None:
+    with FeatureCacheWriter(path, fingerprint, CLASSES, DIM) as writer:
+        for i in indices:
+            writer.add(f"Apply/v_{i:02d}", i % 2, features(i))
+
+
+def two_shards(cache, fingerprints=(FINGERPRINT, FINGERPRINT)) -> None:
+    """Videos 0..5 shared by two ranks, as torchrun leaves them."""
+    for rank, fingerprint in enumerate(fingerprints):
+        write_shard(shard_path(cache, rank, 2), range(rank, 6, 2), fingerprint)
+
+
+def assert_reads_every_video(cache) -> None:
+    reader = FeatureCache(cache)
+    assert reader.names == [f"Apply/v_{i:02d}" for i in range(6)]
+    for i in range(6):
+        np.testing.assert_array_equal(reader.sequence(i), features(i).astype(np.float16).astype(np.float32))
+
+
+def info(cache):
+    return CliRunner().invoke(cli, ["info", str(cache)])
+
+
+def test_virtual_cache_refuses_a_missing_shard_by_name_and_info_says_so(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    assert_reads_every_video(cache)
+    assert "join:       virtual, features in 2 shards (c.h5.shards/rank0000-of-0002.h5" in describe_cache(cache)
+    missing = shard_path(cache, 1, 2)
+    missing.rename(tmp_path / "elsewhere.h5")
+    with pytest.raises(ActrecError, match=rf"{missing}, which is missing; put it back, or delete {cache} "):
+        FeatureCache(cache)  # without the check, HDF5 reads its rows as zeros
+    result = info(cache)
+    assert result.exit_code == 2 and f"the shard {missing}, which is missing" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    (tmp_path / "elsewhere.h5").rename(missing)  # put back: reads again
+    assert_reads_every_video(cache)
+
+
+def test_virtual_cache_refuses_a_shard_replaced_by_another_file(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    first, second = shard_path(cache, 0, 2), shard_path(cache, 1, 2)
+    first.rename(tmp_path / "first.h5")
+    second.rename(first)  # the ranks' shards swapped: same fingerprint, other videos
+    with pytest.raises(ActrecError, match=rf"the shard {first}, but that file is not the shard it was joined from"):
+        FeatureCache(cache)
+    first.unlink()
+    write_shard(first, range(0, 6, 2))  # the same videos embedded again: a new file all the same
+    with h5py.File(first, "r+", locking=False) as f:
+        f.attrs["created"] = "2000-01-01T00:00:00+0000"
+    with pytest.raises(ActrecError, match="created 2000-01-01"):
+        FeatureCache(cache)
+    assert info(cache).exit_code == 2
+
+
+def test_virtual_cache_still_opens_after_a_later_embed_extends_a_shard(tmp_path):
+    """A shard only grows (an embed that retries failures appends to it); the rows the join took stay put."""
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    with FeatureCacheWriter(shard_path(cache, 1, 2), FINGERPRINT, CLASSES, DIM) as writer:
+        writer.add("Apply/v_07", 1, features(7))
+    assert_reads_every_video(cache)
+
+
+def test_virtual_cache_joined_before_identities_were_recorded_is_checked_for_presence(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    with h5py.File(cache, "r+", locking=False) as f:
+        del f.attrs[SHARDS_ATTR]
+    assert_reads_every_video(cache)
+    shard_path(cache, 0, 2).unlink()
+    with pytest.raises(ActrecError, match="rank0000-of-0002.h5, which is missing"):
+        FeatureCache(cache)
+
+
+def test_a_cache_replaced_while_a_reader_has_its_index_is_refused_not_misread(tmp_path):
+    cache = tmp_path / "c.h5"
+    write_shard(cache, [0, 1])
+    reader = FeatureCache(cache)
+    with FeatureCacheWriter(cache, FINGERPRINT, CLASSES, DIM) as writer:  # appending leaves the rows in place
+        writer.add("Apply/v_02", 0, features(2))
+    np.testing.assert_array_equal(reader.sequence(1), FeatureCache(cache).sequence(1))
+    reader.close()
+    replacement = tmp_path / "new.h5"
+    write_shard(replacement, [1, 0])  # e.g. a join that wrote the videos in another order
+    os.replace(replacement, cache)
+    with pytest.raises(ActrecError, match="was replaced while this command was reading it"):
+        reader.sequence(1)
