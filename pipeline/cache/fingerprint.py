@@ -25,7 +25,10 @@ FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_aff
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
 # Compared only where both sides record it.
-MACHINE_KEYS = {"forward_dtype"}
+# ``device`` is the kind of device the forward pass ran on (``pipeline.embed.fingerprint.device_kind``): shards of
+# one cache written on different kinds are joined only on request (``actrec merge-cache --mixed-devices``), and
+# the joined cache then records the list of them.
+MACHINE_KEYS = {"forward_dtype", "device"}
 # Keys added after caches of format 1 were written: compared where the cache records them, so those
 # caches stay readable (they were written with one batch size throughout, as embed never changed it).
 LATER_KEYS = {"batch_size"}

@@ -66,10 +66,12 @@ def is_virtual(cache_path) -> bool:
 def committed_names(cache_path, fingerprint: dict | None = None) -> set[str]:
     """Names committed in the cache and in every shard (of any world size): what no rank has to embed again.
 
-    With ``fingerprint``, a cache or shard made with other settings is refused, naming it."""
+    With ``fingerprint``, a cache or shard made with other settings is refused, naming it; the device it was
+    made on is the join's to judge (shards of several machines may differ in it: ``--mixed-devices``)."""
+    expected = None if fingerprint is None else {k: v for k, v in fingerprint.items() if k != "device"}
     names = set()
     for path in ([Path(cache_path)] if Path(cache_path).exists() else []) + shard_files(cache_path):
-        names.update(FeatureCache(path, expected_fingerprint=fingerprint).names)
+        names.update(FeatureCache(path, expected_fingerprint=expected).names)
     return names
 
 
@@ -95,22 +97,45 @@ def _sources(cache_path: Path, mode: str) -> list[FeatureCache]:
     return base + [FeatureCache(path) for path in shards]
 
 
-def _check_same(sources: list[FeatureCache]) -> None:
-    """Refuse shards made with other settings than the first source: one cache never mixes features."""
+def _check_same(cache_path: Path, sources: list[FeatureCache], mixed_devices: bool) -> None:
+    """Refuse shards made with other settings than the first source: one cache never mixes features. Devices
+    may differ when ``mixed_devices`` says so."""
     first = sources[0]
     for other in sources[1:]:
         differences = compatibility_differences(first.settings(), other.settings(),
-                                                (f"{first.path.name} has", f"{other.path.name} has"))
+                                                (f"{first.path.name} has", f"{other.path.name} has"),
+                                                ignore={"device"} if mixed_devices else set())
+        if differences and all(line.startswith("device:") for line in differences):
+            raise ActrecError(f"{other.path} was embedded on another kind of device than {first.path} "
+                              f"({'; '.join(differences)}), so their features may differ in the last bits. Join "
+                              f"them anyway with `actrec merge-cache {cache_path} --mixed-devices` (the cache then "
+                              f"records every device) or embed again on one kind of device")
         if differences:
             raise ActrecError(f"{other.path} was made with other settings than {first.path} "
                               f"({'; '.join(differences)}); delete the one that is wrong and run `actrec embed` "
                               f"again")
 
 
-def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
+def _devices(fingerprint: dict) -> list[str]:
+    """The devices a fingerprint records: none (written before they were), one, or the list of a mixed join."""
+    device = fingerprint.get("device")
+    return [] if device is None else list(device) if isinstance(device, list) else [device]
+
+
+def _joined_fingerprint(sources: list[FeatureCache]) -> dict:
+    """The first source's fingerprint, with every device when the sources were embedded on several."""
+    fingerprint = dict(sources[0].fingerprint)
+    devices = sorted({device for source in sources for device in _devices(source.fingerprint)})
+    if len(devices) > 1:
+        fingerprint["device"] = devices
+    return fingerprint
+
+
+def join(cache_path, mode: str = "copy", locked: bool = False, mixed_devices: bool = False) -> dict:
     """Write ``cache_path`` from the shards (and what it held), videos sorted by name; return the counts.
 
-    ``locked``: the caller already holds the cache's write lock (the embed's rank 0 does)."""
+    ``locked``: the caller already holds the cache's write lock (the embed's rank 0 does). ``mixed_devices``:
+    join shards embedded on different kinds of device (refused otherwise)."""
     if mode not in JOIN_MODES:
         raise ActrecError(f"cache.join={mode!r}: use one of {', '.join(JOIN_MODES)}")
     cache_path = Path(cache_path)
@@ -120,7 +145,7 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
     try:
         sources = _sources(cache_path, mode)
         shard_paths = [source.path for source in sources if source.path != cache_path]
-        _check_same(sources)
+        _check_same(cache_path, sources, mixed_devices)
         where = {}
         for source in sources:
             for row, name in enumerate(source.names):
@@ -130,7 +155,8 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
         names = sorted(where)
         tmp = cache_path.with_name(cache_path.name + ".joining")
         tmp.unlink(missing_ok=True)  # left by a join that was killed
-        (_write_copy if mode == "copy" else _write_virtual)(tmp, sources[0], names, where, failures)
+        write = _write_copy if mode == "copy" else _write_virtual
+        write(tmp, sources[0], _joined_fingerprint(sources), names, where, failures)
         os.replace(tmp, cache_path)
         for leftover in (Path(str(tmp) + ".lock"), Path(str(tmp) + ".lock.pid")):
             leftover.unlink(missing_ok=True)
@@ -148,9 +174,10 @@ def join(cache_path, mode: str = "copy", locked: bool = False) -> dict:
     return {"videos": len(names), "frames": frames, "failed": len(failures), "mode": mode, "cache": str(cache_path)}
 
 
-def _write_copy(tmp: Path, first: FeatureCache, names: list[str], where: dict, failures: dict) -> None:
+def _write_copy(tmp: Path, first: FeatureCache, fingerprint: dict, names: list[str], where: dict,
+                failures: dict) -> None:
     """Copy every video's stored features (no dtype round trip changes them: float16 -> float32 -> float16)."""
-    with FeatureCacheWriter(tmp, first.fingerprint, first.class_names, first.dim, flip=first.has_flip,
+    with FeatureCacheWriter(tmp, fingerprint, first.class_names, first.dim, flip=first.has_flip,
                             dtype=first.dtype, config=first.config, fps=first.fps) as writer:
         for name in names:
             source, row = where[name]
@@ -175,7 +202,8 @@ def _runs(names: list[str], where: dict) -> list[tuple[FeatureCache, int, int, i
     return runs
 
 
-def _write_virtual(tmp: Path, first: FeatureCache, names: list[str], where: dict, failures: dict) -> None:
+def _write_virtual(tmp: Path, first: FeatureCache, fingerprint: dict, names: list[str], where: dict,
+                   failures: dict) -> None:
     """A cache file whose index is real and whose feature arrays are virtual datasets over the shards."""
     for source in {id(where[n][0]): where[n][0] for n in names}.values():
         try:
@@ -188,7 +216,7 @@ def _write_virtual(tmp: Path, first: FeatureCache, names: list[str], where: dict
     # A path relative to the cache's folder: HDF5 looks there, so the folder can move as a whole.
     relative = {id(source): os.path.relpath(source.path, tmp.parent) for source, *_ in runs}
     with h5py.File(tmp, "w", libver="latest", locking=False) as f:
-        write_attributes(f, first.fingerprint, first.class_names, first.config, first.dim, first.dtype, first.fps)
+        write_attributes(f, fingerprint, first.class_names, first.config, first.dim, first.dtype, first.fps)
         record(f, {relative[id(source)]: identity(source.path, len(source.names)) for source, *_ in runs})
         for dataset in ["features", "features_flip"] if first.has_flip else ["features"]:
             layout = h5py.VirtualLayout((total, first.dim), dtype=first.dtype)

@@ -36,7 +36,7 @@ from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.embed import feed
 from pipeline.embed.backbone import frame_resize, load_backbone
-from pipeline.embed.fingerprint import embed_fingerprint
+from pipeline.embed.fingerprint import device_kind, embed_fingerprint
 from pipeline.embed.workers import Piece, pieces, resolve_workers
 from pipeline.errors import ActrecError
 from pipeline.inputs.datasets import VideoItem, embed_items, frames_dir
@@ -103,6 +103,7 @@ def embed(cfg) -> dict:
         amp_dtype = autocast_dtype(device, cfg.embed.precision)
         model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
         fingerprint["forward_dtype"] = dtype_name(amp_dtype)
+        fingerprint["device"] = device_kind(device)
         run = _Run(cfg, rank, model, device, amp_dtype, fingerprint, class_names,
                    typical_fps([item.path for item in items]))
         sharded = rank.launched or bool(shard_files(path))

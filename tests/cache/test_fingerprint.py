@@ -65,7 +65,7 @@ def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):
 
 
 def test_machine_keys_compared_only_where_both_sides_record_them():
-    assert MACHINE_KEYS == {"forward_dtype"}
+    assert MACHINE_KEYS == {"forward_dtype", "device"}
     cached = {"img_dim": 32, "forward_dtype": "bfloat16"}
     assert fingerprint_differences(cached, {"img_dim": 32}) == []  # stage two: the config cannot know it
     assert fingerprint_differences(cached, {"img_dim": 32, "forward_dtype": "bfloat16"}) == []
@@ -133,3 +133,12 @@ def test_one_compatibility_check_for_a_resumed_writer_and_a_join(tmp_path):
     with pytest.raises(ActrecError, match=r"\(dim: cache has 8, this embed writes 16\)"):
         FeatureCacheWriter(shard_path(cache, 0, 2), {"img_dim": 32}, ["a"], 16)
     assert len(FeatureCache(shard_path(cache, 0, 2))) == 1 and not cache.exists()
+
+
+def test_device_kind_is_a_machine_key():
+    from pipeline.embed.fingerprint import device_kind
+
+    assert device_kind(torch.device("cpu")) == "cpu"
+    [line] = fingerprint_differences({"device": "cpu"}, {"device": "NVIDIA H200 (CUDA 12.8, cuDNN 91002)"})
+    assert line.startswith("device: cache has 'cpu', this machine")
+    assert fingerprint_differences({"device": "cpu"}, {}) == [] == fingerprint_differences({}, {"device": "cpu"})

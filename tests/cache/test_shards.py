@@ -119,3 +119,34 @@ def test_a_cache_replaced_while_a_reader_has_its_index_is_refused_not_misread(tm
     os.replace(replacement, cache)
     with pytest.raises(ActrecError, match="was replaced while this command was reading it"):
         reader.sequence(1)
+
+
+A100 = "NVIDIA A100-SXM4-80GB (CUDA 12.8, cuDNN 91002)"
+H100 = "NVIDIA H100 80GB HBM3 (CUDA 12.8, cuDNN 91002)"
+
+
+@pytest.mark.parametrize("mode", ["copy", "virtual"])
+def test_shards_of_different_devices_are_joined_only_on_request_and_recorded(tmp_path, mode):
+    cache = tmp_path / "c.h5"
+    two_shards(cache, ({**FINGERPRINT, "device": A100}, {**FINGERPRINT, "device": H100}))
+    result = CliRunner().invoke(cli, ["merge-cache", str(cache), "--join", mode])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"embedded on another kind of device than {shard_path(cache, 0, 2)} (device: rank0000-of-0002.h5 has " \
+           f"'{A100}', rank0001-of-0002.h5 has '{H100}')" in result.output
+    assert f"`actrec merge-cache {cache} --mixed-devices`" in result.output and not cache.exists()
+    result = CliRunner().invoke(cli, ["merge-cache", str(cache), "--join", mode, "--mixed-devices"])
+    assert result.exit_code == 0, result.output
+    assert FeatureCache(cache).fingerprint["device"] == [A100, H100]
+    assert_reads_every_video(cache)
+    # Stage two does not ask which device embedded a cache; a resumed embed on one device must match it.
+    assert FeatureCache(cache, expected_fingerprint=FINGERPRINT).names
+    with pytest.raises(ActrecError, match=r"device: cache has \['NVIDIA A100"):
+        FeatureCacheWriter(cache, {**FINGERPRINT, "device": A100}, CLASSES, DIM)
+
+
+def test_shards_that_record_no_device_still_join_with_ones_that_do(tmp_path):
+    """Shards written before the device was recorded say nothing about it: the join cannot hold it against them."""
+    cache = tmp_path / "c.h5"
+    two_shards(cache, (FINGERPRINT, {**FINGERPRINT, "device": "cpu"}))
+    join(cache)
+    assert_reads_every_video(cache)

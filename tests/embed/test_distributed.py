@@ -204,3 +204,7 @@ def test_a_shard_of_other_settings_is_refused_before_embedding(reference, tmp_pa
     with pytest.raises(ActrecError, match=r"rank0000-of-0002.h5 was made with other settings \(img_dim"):
         embed(reference)
     assert len(FeatureCache(shard_path(cache, 0, 2))) == 2 and not cache.exists()
+
+
+def test_embed_records_the_kind_of_device_it_ran_on(reference):
+    assert FeatureCache(reference.cache.path).fingerprint["device"] == "cpu"
