@@ -12,13 +12,16 @@ import datetime
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from pipeline.errors import ActrecError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A barrier waits for the slowest rank's whole share of stage one, which can take hours; torchrun's agent,
 # not this timeout, is what notices a dead rank (it stops the others and restarts or gives up).
@@ -111,6 +114,30 @@ def barrier(rank: Rank) -> None:
     """Wait for every rank (no-op for a single process)."""
     if rank.launched and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def agreed(rank: Rank, action: Callable[[], T]) -> T:
+    """Run ``action`` on rank 0 and give every rank its result, or its refusal: then every rank raises the same
+    one-line error and none is left waiting in a later collective for a rank that has gone (which gloo reports
+    as a "Connection closed by peer" traceback). Just runs ``action`` in a single process."""
+    if not rank.launched or not torch.distributed.is_initialized():
+        return action()
+    outcome: list = [None]
+    failure = None
+    if rank.rank == 0:
+        try:
+            outcome[0] = (True, action())
+        except Exception as exc:  # whatever stops rank 0 must stop the others too
+            failure = exc
+            outcome[0] = (False, str(exc) if isinstance(exc, ActrecError) else
+                          f"rank 0 stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    ok, value = outcome[0]
+    if not ok:
+        raise ActrecError(value)
+    return value
 
 
 def shutdown() -> None:

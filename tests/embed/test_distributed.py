@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import distributed
-from pipeline.cache.lock import lock_holder
+from pipeline.cache.lock import WriteLock, lock_holder
 from pipeline.cache.reader import FeatureCache
 from pipeline.cache.shards import join, shard_dir, shard_files, shard_path
 from pipeline.cache.writer import FeatureCacheWriter
@@ -208,3 +208,24 @@ def test_a_shard_of_other_settings_is_refused_before_embedding(reference, tmp_pa
 
 def test_embed_records_the_kind_of_device_it_ran_on(reference):
     assert FeatureCache(reference.cache.path).fingerprint["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_cache_another_embed_writes_stops_every_rank_with_one_line(tiny_dataset_root, tmp_path):
+    """Rank 0 is refused the lock (held here, by this process, as a running embed holds it); its other rank learns
+    it from rank 0 and stops with the same line, not with a gloo "Connection closed by peer" traceback."""
+    cache = tmp_path / "busy" / "cache.h5"
+    cache.parent.mkdir()
+    lock = WriteLock(cache)
+    lock.acquire()
+    try:
+        out, _ = torchrun(tiny_dataset_root, cache).communicate(timeout=120)
+    finally:
+        lock.release()
+    refusals = [line for line in out.splitlines() if "another embed is writing" in line]
+    assert len(refusals) == 2, out
+    assert all(line == f"error: another embed is writing {cache} (pid {os.getpid()}); wait for it to finish or stop "
+               f"it, then run again" for line in refusals), out
+    assert "Connection closed" not in out and "gloo::" not in out.lower(), out
+    assert f'File "{PROJECT_ROOT / "pipeline"}' not in out, out  # no traceback through our code on any rank
+    assert not cache.exists() and shard_files(cache) == []
