@@ -42,11 +42,37 @@ def shard_path(cache_path, rank: int, world_size: int) -> Path:
 
 
 def shard_files(cache_path) -> list[Path]:
-    """The shard files next to ``cache_path``, of any world size, in name order."""
+    """The shard files next to ``cache_path``, of any world size, in name order.
+
+    A shards folder holding anything else is refused, naming it: the join would leave it out without a word
+    (and a copy join, which removes the folder, would delete it)."""
     folder = shard_dir(cache_path)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _SHARD_NAME.fullmatch(p.name))
+    entries = sorted(folder.iterdir())
+    # Hidden files are the file system's (NFS keeps .nfsXXXX for files deleted while open), not a user's.
+    stray = [p.name for p in entries if not p.name.startswith(".") and not _ours(p.name)]
+    if stray:
+        more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
+        raise ActrecError(f"{folder} holds {stray[0]}{more}, which is not a shard of {cache_path} "
+                          f"(rankRRRR-of-WWWW.h5, RRRR < WWWW); move it out of {folder}, then run again")
+    return [p for p in entries if _is_shard(p.name)]
+
+
+# The files a shard's writer keeps or may leave next to it (lock.py, writer.py): the lock, the holder's pid, the
+# reserve, and the temporary files of a creation or a recovery.
+WRITER_SUFFIXES = (".lock", ".lock.pid", ".lock.pid.tmp", ".reserve", ".tmp", ".recovered", ".recovered.tmp")
+
+
+def _is_shard(name: str) -> bool:
+    match = _SHARD_NAME.fullmatch(name)
+    return bool(match) and int(match.group(1)) < int(match.group(2))
+
+
+def _ours(name: str) -> bool:
+    """A shard, or a file its writer keeps or leaves next to it."""
+    return _is_shard(name) or any(name.endswith(suffix) and _is_shard(name[:-len(suffix)])
+                                  for suffix in WRITER_SUFFIXES)
 
 
 def world_sizes(cache_path) -> set[int]:

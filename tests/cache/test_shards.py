@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cache.reader import FeatureCache, describe_cache
-from pipeline.cache.shards import join, shard_path
+from pipeline.cache.shards import join, shard_dir, shard_path
 from pipeline.cache.virtual import SHARDS_ATTR
 from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.cli import cli
@@ -150,3 +150,21 @@ def test_shards_that_record_no_device_still_join_with_ones_that_do(tmp_path):
     two_shards(cache, (FINGERPRINT, {**FINGERPRINT, "device": "cpu"}))
     join(cache)
     assert_reads_every_video(cache)
+
+
+def test_a_shards_folder_with_a_stray_file_is_refused_and_nothing_is_deleted(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    folder = shard_dir(cache)
+    (folder / ".nfs0000000001").write_bytes(b"")  # the file system's, ignored
+    assert (folder / "rank0000-of-0002.h5.lock").exists()  # the writers' own files are no strays
+    for stray in ("rank0001-of-0002 (copy).h5", "rank0002-of-0002.h5", "notes.txt"):
+        (folder / stray).write_text("mine")
+        result = CliRunner().invoke(cli, ["merge-cache", str(cache)])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{folder} holds {stray}, which is not a shard of {cache}" in result.output
+        assert (folder / stray).read_text() == "mine" and not cache.exists()
+        (folder / stray).unlink()
+    join(cache)
+    assert_reads_every_video(cache)
+    assert not folder.exists()
