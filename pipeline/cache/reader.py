@@ -2,11 +2,12 @@
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md; ``cache_writer.py`` writes it,
-``fingerprint.py`` decides what goes into the stored fingerprint, and ``writelock.py``
-lets one writer at a time in. Stage two opens a cache with ``open_cache``, finds its
-videos with ``cache_rows`` and puts the features in memory or leaves them on disk with
-``FeatureCache.place``. A reader sees the committed videos only, also while a writer appends.
+length). The layout is documented in cache/README.md; ``writer.py`` writes it,
+``fingerprint.py`` compares the stored fingerprint, ``lock.py`` lets one writer at a
+time in, and ``virtual.py`` checks the shards a virtual join reads from. Stage two opens
+a cache with ``open_cache``, finds its videos with ``cache_rows`` and puts the features
+in memory or leaves them on disk with ``FeatureCache.place``. A reader sees the committed
+videos only, also while a writer appends.
 """
 
 from __future__ import annotations

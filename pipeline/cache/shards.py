@@ -118,8 +118,11 @@ def _sources(cache_path: Path, mode: str) -> list[FeatureCache]:
             raise ActrecError(f"{cache_path} holds features of its own; a virtual join can only point at shards. "
                               f"Join with cache.join=copy, or move it to {shard_path(cache_path, 0, 1)} (if that "
                               f"name is free) and join again")
+        # Read even when a virtual join replaces it: one whose shards are missing is refused by name, where
+        # joining what is left would drop their videos without a word.
+        current = FeatureCache(cache_path)
         if mode == "copy":
-            base = [FeatureCache(cache_path)]
+            base = [current]
     return base + [FeatureCache(path) for path in shards]
 
 

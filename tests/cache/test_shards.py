@@ -168,3 +168,15 @@ def test_a_shards_folder_with_a_stray_file_is_refused_and_nothing_is_deleted(tmp
     join(cache)
     assert_reads_every_video(cache)
     assert not folder.exists()
+
+
+def test_joining_again_without_a_shard_the_virtual_cache_reads_is_refused(tmp_path):
+    """Else the new join would leave that shard's videos out without a word."""
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    shard_path(cache, 1, 2).unlink()
+    for mode in ("virtual", "copy"):
+        with pytest.raises(ActrecError, match="rank0001-of-0002.h5, which is missing"):
+            join(cache, mode)
+    assert len(h5py.File(cache, "r", locking=False)["index/names"]) == 6  # untouched
