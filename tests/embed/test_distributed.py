@@ -229,3 +229,19 @@ def test_torchrun_on_a_cache_another_embed_writes_stops_every_rank_with_one_line
     assert "Connection closed" not in out and "gloo::" not in out.lower(), out
     assert f'File "{PROJECT_ROOT / "pipeline"}' not in out, out  # no traceback through our code on any rank
     assert not cache.exists() and shard_files(cache) == []
+
+
+def test_stage_two_refuses_a_virtual_cache_whose_shard_is_gone(reference, tmp_path):
+    """Before, HDF5 filled the missing shard's rows with zeros and training ran to the end on them."""
+    from pipeline.cache.reader import open_cache
+
+    names = FeatureCache(reference.cache.path).names
+    cache = tmp_path / "virtual" / "cache.h5"
+    fake_shard(reference, cache, 0, 2, names[0::2])
+    fake_shard(reference, cache, 1, 2, names[1::2])
+    join(cache, "virtual")
+    reference.cache.path = str(cache)
+    assert len(open_cache(reference)) == 32
+    shard_path(cache, 0, 2).unlink()
+    with pytest.raises(ActrecError, match=rf"the shard {shard_path(cache, 0, 2)}, which is missing"):
+        open_cache(reference)
