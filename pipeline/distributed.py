@@ -1,4 +1,4 @@
-"""Where this process stands among torchrun's workers: rank, world size, its device, and the barrier.
+"""Where this process stands among torchrun's workers: rank, world size, its device, barrier and agreement.
 
 Launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment), each process is one
 rank; otherwise the process is the whole world (rank 0 of 1) and nothing is initialised. The process
@@ -129,8 +129,7 @@ def agreed(rank: Rank, action: Callable[[], T]) -> T:
             outcome[0] = (True, action())
         except Exception as exc:  # whatever stops rank 0 must stop the others too
             failure = exc
-            outcome[0] = (False, str(exc) if isinstance(exc, ActrecError) else
-                          f"rank 0 stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            outcome[0] = (False, _refusal(exc))
     torch.distributed.broadcast_object_list(outcome, src=0)
     if failure is not None:
         raise failure
@@ -138,6 +137,14 @@ def agreed(rank: Rank, action: Callable[[], T]) -> T:
     if not ok:
         raise ActrecError(value)
     return value
+
+
+def _refusal(exc: Exception) -> str:
+    """The line the other ranks stop with when ``exc`` stopped rank 0: its own line if it has one."""
+    if isinstance(exc, ActrecError):
+        return str(exc)
+    first = (str(exc).splitlines() or [""])[0][:300]
+    return f"rank 0 stopped ({type(exc).__name__}: {first}); see its error"
 
 
 def shutdown() -> None:

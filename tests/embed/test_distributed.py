@@ -245,3 +245,34 @@ def test_stage_two_refuses_a_virtual_cache_whose_shard_is_gone(reference, tmp_pa
     shard_path(cache, 0, 2).unlink()
     with pytest.raises(ActrecError, match=rf"the shard {shard_path(cache, 0, 2)}, which is missing"):
         open_cache(reference)
+
+
+def _agree_on_rank(rank: int, store: str, out: str) -> None:
+    """One rank of test_every_rank_gets_rank_zeros_result_or_its_refusal (spawned: a real gloo group of 2)."""
+    import torch
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    me = distributed.Rank(rank, 2, rank)
+    lines = [repr(distributed.agreed(me, lambda: sorted({"b", "a"}) if me.rank == 0 else None))]
+    for exc in (ActrecError("c.h5 is busy"), OSError(28, "No space left on device")):
+        def fail(exc=exc):
+            raise exc
+        try:
+            distributed.agreed(me, fail)
+        except Exception as got:  # what each rank stops with is what is checked
+            lines.append(f"{type(got).__name__}: {got}")
+    distributed.barrier(me)  # the group is still whole after the refusals
+    Path(out, f"rank{rank}").write_text("\n".join(lines))
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_every_rank_gets_rank_zeros_result_or_its_refusal(tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_agree_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank0").read_text().splitlines() == [
+        "['a', 'b']", "ActrecError: c.h5 is busy", "OSError: [Errno 28] No space left on device"]
+    assert (tmp_path / "rank1").read_text().splitlines() == [
+        "['a', 'b']", "ActrecError: c.h5 is busy",
+        "ActrecError: rank 0 stopped (OSError: [Errno 28] No space left on device); see its error"]
