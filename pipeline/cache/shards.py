@@ -127,22 +127,28 @@ def _sources(cache_path: Path, mode: str) -> list[FeatureCache]:
 
 
 def _check_same(cache_path: Path, sources: list[FeatureCache], mixed_devices: bool) -> None:
-    """Refuse shards made with other settings than the first source: one cache never mixes features. Devices
-    may differ when ``mixed_devices`` says so."""
-    first = sources[0]
-    for other in sources[1:]:
-        differences = compatibility_differences(first.settings(), other.settings(),
-                                                (f"{first.path.name} has", f"{other.path.name} has"),
-                                                ignore={"device"} if mixed_devices else set())
-        if differences and all(line.startswith("device:") for line in differences):
-            raise ActrecError(f"{other.path} was embedded on another kind of device than {first.path} "
-                              f"({'; '.join(differences)}), so their features may differ in the last bits. Join "
-                              f"them anyway with `actrec merge-cache {cache_path} --mixed-devices` (the cache then "
-                              f"records every device) or embed again on one kind of device")
-        if differences:
-            raise ActrecError(f"{other.path} was made with other settings than {first.path} "
-                              f"({'; '.join(differences)}); delete the one that is wrong and run `actrec embed` "
-                              f"again")
+    """Refuse sources made with other settings than one another: one cache never mixes features. Devices may
+    differ when ``mixed_devices`` says so. Every pair is compared: a source written before devices were recorded
+    matches any, so two that record different ones may both match a third."""
+    for i, other in enumerate(sources):
+        for earlier in sources[:i]:
+            _check_pair(cache_path, earlier, other, mixed_devices)
+
+
+def _check_pair(cache_path: Path, earlier: FeatureCache, other: FeatureCache, mixed_devices: bool) -> None:
+    """Refuse ``other`` if its features may not sit in one cache with ``earlier``'s, naming both."""
+    differences = compatibility_differences(earlier.settings(), other.settings(),
+                                            (f"{earlier.path.name} has", f"{other.path.name} has"),
+                                            ignore={"device"} if mixed_devices else set())
+    if differences and all(line.startswith("device:") for line in differences):
+        raise ActrecError(f"{other.path} was embedded on another kind of device than {earlier.path} "
+                          f"({'; '.join(differences)}), so their features may differ in the last bits. Join "
+                          f"them anyway with `actrec merge-cache {cache_path} --mixed-devices` (the cache then "
+                          f"records every device) or embed again on one kind of device")
+    if differences:
+        raise ActrecError(f"{other.path} was made with other settings than {earlier.path} "
+                          f"({'; '.join(differences)}); delete the one that is wrong and run `actrec embed` "
+                          f"again")
 
 
 def _devices(fingerprint: dict) -> list[str]:

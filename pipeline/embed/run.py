@@ -163,14 +163,14 @@ def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]
 
     def claim() -> set[str]:
         lock.acquire()
+        others = world_sizes(path) - {rank.world_size}
+        if others:
+            log.info("embed: keeping the finished videos of shards written with %s rank(s); the remaining videos "
+                     "are shared among %d", "/".join(map(str, sorted(others))), rank.world_size)
         return committed_names(path, run.fingerprint) & {item.name for item in items}
 
     try:
         done = distributed.agreed(rank, claim)
-        others = world_sizes(path) - {rank.world_size}
-        if others and rank.rank == 0:
-            log.info("embed: keeping the finished videos of shards written with %s rank(s); the remaining videos "
-                     "are shared among %d", "/".join(map(str, sorted(others))), rank.world_size)
         mine = distributed.share([item for item in items if item.name not in done], rank)
         with run.writer(shard_path(path, rank.rank, rank.world_size)) as writer:
             counts, seconds = run.embed_into(writer, [item for item in mine if item.name not in writer.done],

@@ -180,3 +180,15 @@ def test_joining_again_without_a_shard_the_virtual_cache_reads_is_refused(tmp_pa
         with pytest.raises(ActrecError, match="rank0001-of-0002.h5, which is missing"):
             join(cache, mode)
     assert len(h5py.File(cache, "r", locking=False)["index/names"]) == 6  # untouched
+
+
+def test_two_devices_are_noticed_past_a_shard_that_records_none(tmp_path):
+    cache = tmp_path / "c.h5"
+    for rank, fingerprint in enumerate((FINGERPRINT, {**FINGERPRINT, "device": A100}, {**FINGERPRINT, "device": H100})):
+        write_shard(shard_path(cache, rank, 3), range(rank, 6, 3), fingerprint)
+    with pytest.raises(ActrecError, match="rank0002-of-0003.h5 was embedded on another kind of device than .*"
+                                          "rank0001-of-0003.h5"):
+        join(cache)
+    join(cache, mixed_devices=True)
+    assert FeatureCache(cache).fingerprint["device"] == [A100, H100]
+    assert_reads_every_video(cache)
