@@ -28,7 +28,7 @@ INDEX_COLUMNS = ("names", "labels", "offsets", "lengths")
 def identity(shard: Path, videos: int | None = None) -> dict:
     """The shard's creation stamp, and a digest of its fingerprint and of its first ``videos`` index rows (all
     committed rows by default). Raises OSError, KeyError or ValueError for a file that is no readable cache."""
-    with h5py.File(shard, "r", swmr=True, locking=False) as f:
+    with _open(shard) as f:
         count = int(f["index/count"][0]) if videos is None else videos
         digest = hashlib.sha256(str(f.attrs["fingerprint"]).encode("utf-8"))
         for column in INDEX_COLUMNS:
@@ -37,6 +37,18 @@ def identity(shard: Path, videos: int | None = None) -> dict:
                 raise ValueError(f"it holds {len(rows)} videos, the join took {count}")
             digest.update(np.ascontiguousarray(rows).tobytes())
         return {"created": str(f.attrs["created"]), "videos": count, "index_sha256": digest.hexdigest()}
+
+
+def _open(shard: Path) -> h5py.File:
+    """Open read-only as HDF5 reads a virtual source, which checks the file's length (a shard cut off by a
+    copy is refused, where a SWMR reader waits minutes for the missing bytes); in SWMR mode while an embed
+    appends to it, which only a SWMR reader may open."""
+    try:
+        return h5py.File(shard, "r", locking=False)
+    except OSError as exc:
+        if "truncated file" in str(exc):
+            raise
+        return h5py.File(shard, "r", swmr=True, locking=False)
 
 
 def source_names(f: h5py.File) -> list[str]:

@@ -192,3 +192,14 @@ def test_two_devices_are_noticed_past_a_shard_that_records_none(tmp_path):
     join(cache, mixed_devices=True)
     assert FeatureCache(cache).fingerprint["device"] == [A100, H100]
     assert_reads_every_video(cache)
+
+
+def test_virtual_cache_refuses_a_shard_cut_short(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    join(cache, "virtual")
+    shard = shard_path(cache, 1, 2)
+    os.truncate(shard, shard.stat().st_size // 2)  # a copy that stopped half-way
+    with pytest.raises(ActrecError, match=rf"the shard {shard}, but that file is not the shard it was joined from "
+                                          r"\(cannot read it as that shard: .*truncated file"):
+        FeatureCache(cache)
