@@ -80,15 +80,6 @@ def world_sizes(cache_path) -> set[int]:
     return {int(_SHARD_NAME.fullmatch(p.name).group(2)) for p in shard_files(cache_path)}
 
 
-def is_virtual(cache_path) -> bool:
-    """Whether ``cache_path`` is a virtual join (its features live in the shards)."""
-    try:
-        with h5py.File(cache_path, "r", swmr=True, locking=False) as f:
-            return "features" in f and f["features"].is_virtual
-    except OSError:
-        return False
-
-
 def committed_names(cache_path, fingerprint: dict | None = None) -> set[str]:
     """Names committed in the cache and in every shard (of any world size): what no rank has to embed again.
 
@@ -112,18 +103,16 @@ def _sources(cache_path: Path, mode: str) -> list[FeatureCache]:
         owner = lock_holder(shard)
         if owner:
             raise ActrecError(f"{shard} is being written by pid {owner}; join after every rank has finished")
-    base = []
-    if cache_path.exists():
-        if mode == "virtual" and not is_virtual(cache_path):
-            raise ActrecError(f"{cache_path} holds features of its own; a virtual join can only point at shards. "
-                              f"Join with cache.join=copy, or move it to {shard_path(cache_path, 0, 1)} (if that "
-                              f"name is free) and join again")
-        # Read even when a virtual join replaces it: one whose shards are missing is refused by name, where
-        # joining what is left would drop their videos without a word.
-        current = FeatureCache(cache_path)
-        if mode == "copy":
-            base = [current]
-    return base + [FeatureCache(path) for path in shards]
+    if not cache_path.exists():
+        return [FeatureCache(path) for path in shards]
+    # Read even when a virtual join replaces it: one whose shards are missing is refused by name, where joining
+    # what is left would drop their videos without a word.
+    current = FeatureCache(cache_path)
+    if mode == "virtual" and not current.sources:
+        raise ActrecError(f"{cache_path} holds features of its own; a virtual join can only point at shards. "
+                          f"Join with cache.join=copy, or move it to {shard_path(cache_path, 0, 1)} (if that "
+                          f"name is free) and join again")
+    return ([current] if mode == "copy" else []) + [FeatureCache(path) for path in shards]
 
 
 def _check_same(cache_path: Path, sources: list[FeatureCache], mixed_devices: bool) -> None:

@@ -203,3 +203,14 @@ def test_virtual_cache_refuses_a_shard_cut_short(tmp_path):
     with pytest.raises(ActrecError, match=rf"the shard {shard}, but that file is not the shard it was joined from "
                                           r"\(cannot read it as that shard: .*truncated file"):
         FeatureCache(cache)
+
+
+def test_a_virtual_join_over_a_cache_of_its_own_or_a_damaged_one_is_refused(tmp_path):
+    cache = tmp_path / "c.h5"
+    two_shards(cache)
+    write_shard(cache, [7])
+    with pytest.raises(ActrecError, match="holds features of its own; a virtual join can only point at shards"):
+        join(cache, "virtual")
+    cache.write_bytes(cache.read_bytes()[:2000])
+    with pytest.raises(ActrecError, match="the feature cache is damaged"):
+        join(cache, "virtual")
