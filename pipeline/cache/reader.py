@@ -94,12 +94,21 @@ def _check_committed(meta: dict, f: h5py.File, path) -> None:
         raise damaged_error(path, f"its index lists {count} videos but their rows are not all stored")
 
 
-def _rows(f: h5py.File, name: str) -> int:
-    """Rows of a dataset now: a SWMR reader refreshes it, as a writer may have grown it since it was first read."""
+def _fresh(f: h5py.File, name: str) -> h5py.Dataset:
+    """A dataset as it is now: a SWMR reader holds the shape it saw first, and a writer may have grown it since."""
     dataset = f[name]
     if f.swmr_mode:
         dataset.refresh()
-    return dataset.shape[0]
+    return dataset
+
+
+def _rows(f: h5py.File, name: str) -> int:
+    return _fresh(f, name).shape[0]
+
+
+def _head(f: h5py.File, name: str, count: int) -> np.ndarray:
+    """The first ``count`` rows of a column, refreshed (``count`` is read after the rows were written)."""
+    return _fresh(f, name)[:count]
 
 
 def read_meta(f: h5py.File, path) -> dict:
@@ -124,13 +133,13 @@ def read_meta(f: h5py.File, path) -> dict:
                           f"Delete it and run `actrec embed` again")
     check_layout(f, path)
     count = int(f["index/count"][0])
-    meta["names"] = _decode(f["index/names"][:count])
-    meta["labels"] = f["index/labels"][:count].astype(np.int64)
-    meta["offsets"] = f["index/offsets"][:count].astype(np.int64)
-    meta["lengths"] = f["index/lengths"][:count].astype(np.int64)
+    meta["names"] = _decode(_head(f, "index/names", count))
+    meta["labels"] = _head(f, "index/labels", count).astype(np.int64)
+    meta["offsets"] = _head(f, "index/offsets", count).astype(np.int64)
+    meta["lengths"] = _head(f, "index/lengths", count).astype(np.int64)
     n_failed = int(f["failures/count"][0])
     # A later record for the same name replaces an earlier one; a name that was embedded since is no failure.
-    failures = dict(zip(_decode(f["failures/names"][:n_failed]), _decode(f["failures/reasons"][:n_failed])))
+    failures = dict(zip(_decode(_head(f, "failures/names", n_failed)), _decode(_head(f, "failures/reasons", n_failed))))
     committed = set(meta["names"])
     meta["failures"] = {name: reason for name, reason in failures.items() if name not in committed}
     meta["failure_rows"] = failures
