@@ -172,10 +172,12 @@ def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]
     try:
         done = distributed.agreed(rank, claim)
         mine = distributed.share([item for item in items if item.name not in done], rank)
-        with run.writer(shard_path(path, rank.rank, rank.world_size)) as writer:
-            counts, seconds = run.embed_into(writer, [item for item in mine if item.name not in writer.done],
-                                             len(done))
-        distributed.barrier(rank)
+
+        def embed_share() -> tuple[dict, float]:
+            with run.writer(shard_path(path, rank.rank, rank.world_size)) as writer:
+                return run.embed_into(writer, [item for item in mine if item.name not in writer.done], len(done))
+
+        counts, seconds = distributed.together(rank, embed_share)  # a rank that failed stops the others
         # The others return once the joined cache is in place, or with rank 0's refusal to join.
         distributed.agreed(rank, lambda: join(path, run.cfg.cache.join, locked=True))
     finally:

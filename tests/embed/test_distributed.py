@@ -23,6 +23,7 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
+from tests.embed.spawned_ranks import agree_on_rank
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 
 
@@ -247,32 +248,15 @@ def test_stage_two_refuses_a_virtual_cache_whose_shard_is_gone(reference, tmp_pa
         open_cache(reference)
 
 
-def _agree_on_rank(rank: int, store: str, out: str) -> None:
-    """One rank of test_every_rank_gets_rank_zeros_result_or_its_refusal (spawned: a real gloo group of 2)."""
-    import torch
-
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    me = distributed.Rank(rank, 2, rank)
-    lines = [repr(distributed.agreed(me, lambda: sorted({"b", "a"}) if me.rank == 0 else None))]
-    for exc in (ActrecError("c.h5 is busy"), OSError(28, "No space left on device")):
-        def fail(exc=exc):
-            raise exc
-        try:
-            distributed.agreed(me, fail)
-        except Exception as got:  # what each rank stops with is what is checked
-            lines.append(f"{type(got).__name__}: {got}")
-    distributed.barrier(me)  # the group is still whole after the refusals
-    Path(out, f"rank{rank}").write_text("\n".join(lines))
-    distributed.shutdown()
-
-
 @pytest.mark.slow
-def test_every_rank_gets_rank_zeros_result_or_its_refusal(tmp_path):
+def test_every_rank_stops_with_the_failing_ranks_line(tmp_path):
     import torch.multiprocessing
 
-    torch.multiprocessing.spawn(_agree_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(agree_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     assert (tmp_path / "rank0").read_text().splitlines() == [
-        "['a', 'b']", "ActrecError: c.h5 is busy", "OSError: [Errno 28] No space left on device"]
+        "['a', 'b']", "ActrecError: c.h5 is busy", "OSError: [Errno 28] No space left on device",
+        "ActrecError: disk full", "0"]
     assert (tmp_path / "rank1").read_text().splitlines() == [
         "['a', 'b']", "ActrecError: c.h5 is busy",
-        "ActrecError: rank 0 stopped (OSError: [Errno 28] No space left on device); see its error"]
+        "ActrecError: rank 0 stopped (OSError: [Errno 28] No space left on device); see its error",
+        "ActrecError: disk full", "1"]
