@@ -78,6 +78,7 @@ def reference(reference_cache, tiny_dataset_config):
 
 
 
+@pytest.mark.slow
 def test_two_ranks_join_equals_one_process(tiny_dataset_root, reference, tmp_path):
     cache = tmp_path / "two" / "cache.h5"
     proc = torchrun(tiny_dataset_root, cache, extra=REFERENCE_SETS)
@@ -88,6 +89,7 @@ def test_two_ranks_join_equals_one_process(tiny_dataset_root, reference, tmp_pat
     assert not shard_dir(cache).exists()  # copied, so the shards are gone
 
 
+@pytest.mark.slow
 def test_rank_killed_mid_way_is_restarted_and_resumes_its_shard(tiny_dataset_root, reference, tmp_path):
     """torchrun --max-restarts=1: rank 1 killed with SIGKILL mid-way; the restarted ranks resume their shards and
     the joined cache still equals the one-process cache."""
@@ -129,6 +131,7 @@ def fake_shard(reference_cfg, cache: Path, rank: int, world: int, names: list[st
             writer.add(name, int(ref.labels[i]), ref.sequence(i), ref.sequence(i, flip=True))
 
 
+@pytest.mark.slow
 def test_changed_world_size_keeps_finished_videos_and_redistributes(reference, tmp_path, caplog):
     cfg = reference
     names = FeatureCache(cfg.cache.path).names
