@@ -29,13 +29,13 @@ def identity(shard: Path, videos: int | None = None) -> dict:
     """The shard's creation stamp, and a digest of its fingerprint and of its first ``videos`` index rows (all
     committed rows by default). Raises OSError, KeyError or ValueError for a file that is no readable cache."""
     with _open(shard) as f:
-        count = int(f["index/count"][0]) if videos is None else videos
+        committed = int(f["index/count"][0])
+        count = committed if videos is None else videos
+        if count > committed:
+            raise ValueError(f"it holds {committed} videos, the join took {count}")
         digest = hashlib.sha256(str(f.attrs["fingerprint"]).encode("utf-8"))
         for column in INDEX_COLUMNS:
-            rows = f[f"index/{column}"][:count]
-            if len(rows) < count:
-                raise ValueError(f"it holds {len(rows)} videos, the join took {count}")
-            digest.update(np.ascontiguousarray(rows).tobytes())
+            digest.update(np.ascontiguousarray(f[f"index/{column}"][:count]).tobytes())
         return {"created": str(f.attrs["created"]), "videos": count, "index_sha256": digest.hexdigest()}
 
 
