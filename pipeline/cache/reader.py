@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.cache.fingerprint import fingerprint_differences, mismatch_error, stage_two_differences
 from pipeline.cache.lock import lock_holder
-from pipeline.cache.virtual import check_sources, source_names
+from pipeline.cache.virtual import check_sources
 from pipeline.errors import ActrecError
 
 FORMAT_VERSION = 1
@@ -151,8 +151,7 @@ def read_checked(f: h5py.File, path) -> dict:
     """``read_meta``, and for a virtual cache the check that its shards are there and are the ones it was joined
     from: what every reader's open goes through. ``sources``: those shards (none for a cache of its own)."""
     meta = read_meta(f, path)
-    check_sources(f, path)
-    meta["sources"] = source_names(f)
+    meta["sources"] = check_sources(f, path)
     return meta
 
 

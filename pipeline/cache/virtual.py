@@ -56,7 +56,8 @@ def source_names(f: h5py.File) -> list[str]:
     names = set()
     for dataset in ("features", "features_flip"):
         if dataset in f and f[dataset].is_virtual:
-            names.update(source.file_name for source in f[dataset].virtual_sources())
+            plist = f[dataset].id.get_create_plist()  # one mapping per run of rows: thousands, read them cheaply
+            names.update(plist.get_virtual_filename(i) for i in range(plist.get_virtual_count()))
     return sorted(names)
 
 
@@ -65,22 +66,30 @@ def record(f: h5py.File, identities: dict[str, dict]) -> None:
     f.attrs[SHARDS_ATTR] = json.dumps(identities, sort_keys=True)
 
 
-def check_sources(f: h5py.File, cache_path) -> None:
-    """Refuse a virtual cache whose source files are missing or are not the shards it was joined from."""
-    recorded = json.loads(f.attrs[SHARDS_ATTR]) if SHARDS_ATTR in f.attrs else {}
+def recorded(f: h5py.File) -> dict[str, dict]:
+    """The identities a join recorded (none in a cache of its own, or one joined before they were recorded)."""
+    return json.loads(f.attrs[SHARDS_ATTR]) if SHARDS_ATTR in f.attrs else {}
+
+
+def check_sources(f: h5py.File, cache_path) -> list[str]:
+    """Refuse a virtual cache whose source files are missing or are not the shards it was joined from; return
+    their names (relative to the cache's folder), none for a cache of its own."""
+    identities = recorded(f)
     folder = Path(cache_path).parent
-    for name in source_names(f):
+    names = sorted(identities) or source_names(f)  # the join records every source it wrote
+    for name in names:
         shard = folder / name  # HDF5 looks for a relative source in the cache's folder
         if not shard.is_file():
             raise ActrecError(f"{cache_path} reads its features from the shard {shard}, which is missing; put it "
                               f"back, or delete {cache_path} and run `actrec embed` again (it embeds what the "
                               f"remaining shards lack)")
-        if name in recorded:
-            why = _differs(shard, recorded[name])
+        if name in identities:
+            why = _differs(shard, identities[name])
             if why:
                 raise ActrecError(f"{cache_path} reads its features from the shard {shard}, but that file is not the "
                                   f"shard it was joined from ({why}); put the right one back, or delete {cache_path} "
                                   f"and run `actrec embed` again")
+    return names
 
 
 def _differs(shard: Path, expected: dict) -> str:
