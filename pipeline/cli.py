@@ -250,8 +250,11 @@ def info(cache_path):
 @click.option("--join", "mode", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
               help="Copy the shards' features into CACHE_PATH (then remove the shards), or write an HDF5 virtual "
                    "dataset over them (keep the shards).")
+@click.option("--mixed-devices", is_flag=True, default=False,
+              help="Join shards embedded on different kinds of device (GPU models, CUDA/cuDNN versions, CPU), whose "
+                   "features may differ in the last bits; the cache records every device. Refused without it.")
 @reports_errors
-def merge_cache(cache_path, mode):
+def merge_cache(cache_path, mode, mixed_devices):
     """Join the shards of CACHE_PATH (CACHE_PATH.shards/, written by `actrec embed` under torchrun) into it.
 
     An embed under torchrun does this itself when every rank has finished; this command does it by hand,
@@ -259,7 +262,7 @@ def merge_cache(cache_path, mode):
     """
     from pipeline.cache.shards import join
 
-    summary = join(Path(cache_path), mode)
+    summary = join(Path(cache_path), mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 
