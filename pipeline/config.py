@@ -25,6 +25,7 @@ from typing import Any, Union
 import yaml
 
 from pipeline.errors import ActrecError
+from pipeline.sequence.models import model_names
 
 UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
 # One device/precision vocabulary for every stage (pipeline/device.py turns it into torch objects).
@@ -172,15 +173,20 @@ class CacheConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"], affects="training")
-    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, max=16384,
+    # Each model reads some of these keys (its module in pipeline/sequence/models/ declares which); `train` warns
+    # about a key set for a model that ignores it.
+    name: str = _key("bilstm", "sequence model (one module each in pipeline/sequence/models/)",
+                     choices=model_names(), affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features (all models but linear)",
+                           min=1, max=16384, affects="training")
+    hidden_dim: int = _key(1024, "bilstm: LSTM hidden size per direction and the head's hidden layer; meanpool, "
+                           "tcn: the head's hidden layer", min=1, max=16384, affects="training")
+    layers: int = _key(1, "bilstm: LSTM layers", min=1, max=16, affects="training")
+    bidirectional: bool = _key(True, "bilstm: bidirectional LSTM", affects="training")
+    attention: bool = _key(True, "bilstm: attention pooling over time (else mean over all timesteps)",
                            affects="training")
-    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, max=16384, affects="training")
-    layers: int = _key(1, "LSTM layers", min=1, max=16, affects="training")
-    bidirectional: bool = _key(True, "bidirectional LSTM", affects="training")
-    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
-    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95,
-                          affects="training")
+    dropout: float = _key(0.5, "dropout before the head's layers (bilstm: also between LSTM layers; tcn: also in "
+                          "each block)", min=0.0, max=0.95, affects="training")
 
 
 @dataclass

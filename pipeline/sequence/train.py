@@ -35,7 +35,7 @@ from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
 from pipeline.sequence.metrics import topk_accuracy, video_scores
-from pipeline.sequence.models import build_model
+from pipeline.sequence.models import build_model, ignored_model_keys
 from pipeline.sequence.resident import host_load
 from pipeline.sequence.sampling import EvalClips, TrainClips
 
@@ -70,6 +70,7 @@ class Run:
 def train(cfg, resume: bool = False) -> dict:
     """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run."""
     started = time.perf_counter()
+    warn_ignored_model_keys(cfg)
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
     if previous is not None and previous["epoch"] >= cfg.train.epochs:
@@ -92,6 +93,14 @@ def train(cfg, resume: bool = False) -> dict:
     log.info(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
              f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run.dir}/checkpoints")
     return summary
+
+
+def warn_ignored_model_keys(cfg) -> None:
+    """Name, in one line, the model.* keys the config sets although its model does not read them."""
+    ignored = ignored_model_keys(cfg.to_dict())
+    if ignored:
+        log.warning(f"{cfg.model.name} does not use {', '.join(ignored)}: set, but ignored (configs/README.md "
+                    f"says which model reads which key)")
 
 
 def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
