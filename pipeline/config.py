@@ -177,16 +177,22 @@ class ModelConfig:
     # about a key set for a model that ignores it.
     name: str = _key("bilstm", "sequence model (one module each in pipeline/sequence/models/)",
                      choices=model_names(), affects="training")
-    latent_dim: int = _key(512, "width of the trainable projection of cached features (all models but linear)",
-                           min=1, max=16384, affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features (every model but linear; "
+                           "transformer: its model width)", min=1, max=16384, affects="training")
     hidden_dim: int = _key(1024, "bilstm: LSTM hidden size per direction and the head's hidden layer; meanpool, "
-                           "tcn: the head's hidden layer", min=1, max=16384, affects="training")
-    layers: int = _key(1, "bilstm: LSTM layers", min=1, max=16, affects="training")
+                           "tcn: the head's hidden layer; transformer: the feed-forward width of each encoder layer "
+                           "and the head's hidden layer; linear: unused", min=1, max=16384, affects="training")
+    layers: int = _key(1, "bilstm: LSTM layers; transformer: encoder layers", min=1, max=16, affects="training")
+    heads: int = _key(4, "transformer: attention heads (a divisor of model.latent_dim)", min=1, max=64,
+                      affects="training")
+    pooling: str = _key("cls", "transformer: read the clip out of a class token ('cls') or the mean of the encoded "
+                        "frames ('mean')", choices=["cls", "mean"], affects="training")
     bidirectional: bool = _key(True, "bilstm: bidirectional LSTM", affects="training")
     attention: bool = _key(True, "bilstm: attention pooling over time (else mean over all timesteps)",
                            affects="training")
-    dropout: float = _key(0.5, "dropout before the head's layers (bilstm: also between LSTM layers; tcn: also in "
-                          "each block)", min=0.0, max=0.95, affects="training")
+    dropout: float = _key(0.5, "dropout before the head's layers (bilstm: also between LSTM layers; tcn: in each "
+                          "block; transformer: in each encoder layer); linear: unused", min=0.0, max=0.95,
+                          affects="training")
 
 
 @dataclass

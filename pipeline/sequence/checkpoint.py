@@ -104,3 +104,5 @@ def _upgrade_config(config: dict) -> None:
     config.setdefault("train", {}).setdefault("sampler", "stride")  # the seed's sampler was the only one
     config["train"].setdefault("flip", "auto")  # mirrored features were used whenever the cache had them
     config.setdefault("predict", {}).pop("stride", None)  # windows now step in seconds (predict.hop)
+    config.setdefault("model", {}).setdefault("heads", 4)  # transformer keys: no model read them then
+    config["model"].setdefault("pooling", "cls")

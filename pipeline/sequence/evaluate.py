@@ -85,18 +85,15 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``[N, K, C]`` of every test clip on the eval device, and the labels ``[N]``."""
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.sequence.checkpoint import model_from_checkpoint
-    from pipeline.sequence.resident import ResidentFeatures, choose_placement, predict_resident
+    from pipeline.sequence.clips import clip_source
     from pipeline.sequence.train import predict_clips
 
     set_threads(cfg.eval.threads)
     device = resolve_device(cfg.eval.device, option="eval.device")
     model = model_from_checkpoint(ckpt).to(device)
     amp_dtype = autocast_dtype(device, cfg.eval.precision)
-    if choose_placement(cfg.cache.load, dataset.cache, dataset.rows, False, device):
-        # The test videos' features go to the device once; each forward gathers many videos' clips there.
-        resident = ResidentFeatures(dataset.cache, dataset.rows, device, flip=False)
-        return predict_resident(model, dataset, resident, cfg.eval.batch_size, amp_dtype)
-    return predict_clips(model, dataset, cfg.eval.batch_size, device, amp_dtype, desc="evaluate")
+    clips = clip_source(cfg.cache.load, dataset.cache, dataset.rows, False, device)
+    return predict_clips(model, clips, dataset, cfg.eval.batch_size, amp_dtype, desc="evaluate")
 
 
 def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:

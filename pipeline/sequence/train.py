@@ -19,21 +19,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.cache.fingerprint import fingerprint_differences
 from pipeline.cache.reader import cache_rows, open_cache
-from pipeline.config import config_diff, config_from_dict, save_config
+from pipeline.config import Config, config_diff, config_from_dict, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
+from pipeline.sequence.clips import ClipSource, clip_source
 from pipeline.sequence.metrics import topk_accuracy, video_scores
 from pipeline.sequence.models import build_model, ignored_model_keys
 from pipeline.sequence.resident import host_load
@@ -51,16 +50,16 @@ class Run:
     ``state`` holds the completed epoch count, the best validation result and the history; it is what a
     checkpoint records besides the weights, so a resumed run picks up exactly here.
     """
-    cfg: Any
+    cfg: Config
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None
+    clips: ClipSource
     state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf,
                                                  "best_epoch": 0, "history": []})
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
-    resident: Any = None  # ResidentFeatures when the features live on the device (resident.py)
 
     @property
     def dir(self) -> Path:
@@ -79,8 +78,7 @@ def train(cfg, resume: bool = False) -> dict:
                  f"another run.dir or delete {cfg.run.dir} to train again")
         return run_summary(previous, Path(cfg.run.dir), seconds=0.0, skipped=True)
     train_set, val_set, split_name = training_data(cfg, cache)
-    run = build_run(cfg, cache, previous)
-    run.resident = resident_features(cfg, cache, train_set, val_set, run.device)
+    run = build_run(cfg, cache, previous, train_set.rows + val_set.rows, train_set.flip)
     run.dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.dir / "config.yaml")
     precision = f", {dtype_name(run.amp_dtype)} autocast" if run.amp_dtype else ""
@@ -120,15 +118,16 @@ def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
     return previous
 
 
-def build_run(cfg, cache, previous: dict | None) -> Run:
-    """The model, optimiser and scaler on the configured device: fresh (seeded) or restored from ``previous``."""
+def build_run(cfg: Config, cache, previous: dict | None, videos: list[int], flip: bool) -> Run:
+    """The model, optimiser and scaler on the configured device, fresh (seeded) or restored from ``previous``,
+    and the clip source of the cache rows ``videos`` (``flip``: with their mirrored features)."""
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, option="train.device")
     amp_dtype = autocast_dtype(device, cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
     run = Run(cfg, model, build_optimizer(cfg, model), torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-              device, amp_dtype)
+              device, amp_dtype, clip_source(cfg.cache.load, cache, videos, flip, device, cfg.train.workers))
     if previous is not None:
         model.load_state_dict(previous["model"])
         run.optimizer.load_state_dict(previous["optimizer"])
@@ -168,12 +167,7 @@ def warn_if_schedule_stretches(cfg, previous: dict) -> None:
 def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch: int) -> None:
     """Train one epoch, validate, and write the checkpoints and history that record it."""
     cfg, state, started = run.cfg, run.state, time.perf_counter()
-    train_set.set_epoch(epoch)
-    if run.resident is not None:
-        train_loss, train_acc = train_epoch_resident(run, train_set, epoch)
-    else:
-        loader = make_loader(train_set, cfg.train.batch_size, cfg.train.workers, order_seed=(cfg.train.seed, epoch))
-        train_loss, train_acc = train_epoch(run, loader, epoch)
+    train_loss, train_acc = train_epoch(run, train_set, epoch)
     val_loss, val_acc = validate(run, val_set) if len(val_set) else (math.nan, math.nan)
     # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins.
     improved = not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
@@ -263,33 +257,30 @@ def learning_rate(cfg, progress: float) -> float:
     return cfg.train.lr
 
 
-def make_loader(dataset, batch_size: int, workers: int, order_seed=None) -> DataLoader:
-    """Batches in a fixed order (``order_seed``: a permutation drawn from it) so runs repeat exactly."""
-    order = list(range(len(dataset))) if order_seed is None else clip_order(order_seed, len(dataset)).tolist()
-    # An explicit generator keeps worker seeding from consuming the global RNG that dropout draws from.
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
-                      generator=torch.Generator().manual_seed(0), persistent_workers=False)
-
-
 def clip_order(order_seed, n: int) -> np.ndarray:
     """The order an epoch visits its ``n`` clips in, drawn from ``order_seed`` (train.seed, epoch)."""
     return np.random.default_rng(list(order_seed)).permutation(n)
 
 
-def train_epoch(run: Run, loader, epoch: int) -> tuple[float, float]:
-    """One pass over the training clips; mean loss and accuracy of the clips seen."""
-    cfg, model, device = run.cfg, run.model, run.device
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+def train_epoch(run: Run, train_set: TrainClips, epoch: int) -> tuple[float, float]:
+    """One pass over the training clips of ``epoch`` from the run's clip source; mean loss and accuracy.
+
+    Loss and accuracy are summed on the device, so a step never waits for the GPU to report back.
+    """
+    cfg, device = run.cfg, run.device
+    run.model.train()
+    train_set.set_epoch(epoch)
+    steps = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    order = clip_order((cfg.train.seed, epoch), len(train_set))
+    bar = tqdm(run.clips.train_batches(train_set, order, cfg.train.batch_size), total=steps,
+               desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, dynamic_ncols=True)
     for step, (clips, labels) in enumerate(bar):
-        clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss, logits = train_step(run, clips, labels, learning_rate(cfg, epoch + step / len(loader)))
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
-    return total_loss / seen, correct / seen
+        loss, logits = train_step(run, clips, labels, learning_rate(cfg, epoch + step / steps))
+        total_loss += loss.double() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return float(total_loss) / len(train_set), int(correct) / len(train_set)
 
 
 def train_step(run: Run, clips: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,70 +301,26 @@ def train_step(run: Run, clips: torch.Tensor, labels: torch.Tensor, lr: float) -
     return loss.detach(), logits.detach()
 
 
-def train_epoch_resident(run: Run, train_set: TrainClips, epoch: int) -> tuple[float, float]:
-    """``train_epoch`` on device-resident features: the same batches in the same order, gathered on the device.
-
-    Loss and accuracy are summed on the device, so a step never waits for the GPU to report back.
-    """
-    from pipeline.sequence.resident import batches, epoch_plan
-
-    cfg, device = run.cfg, run.device
-    run.model.train()
-    plan = epoch_plan(train_set, run.resident)
-    labels_all = torch.as_tensor(train_set.labels, dtype=torch.long, device=device)
-    order = clip_order((cfg.train.seed, epoch), len(train_set))
-    steps = math.ceil(len(train_set) / cfg.train.batch_size)
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(batches(order, cfg.train.batch_size, device), total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-               unit="batch", leave=False, dynamic_ncols=True)
-    for step, positions in enumerate(bar):
-        labels = labels_all[positions]
-        loss, logits = train_step(run, run.resident.gather(plan[positions]), labels,
-                                  learning_rate(cfg, epoch + step / steps))
-        total_loss += loss.double() * len(positions)
-        correct += (logits.argmax(dim=1) == labels).sum()
-    return float(total_loss) / len(train_set), int(correct) / len(train_set)
-
-
-def resident_features(cfg, cache, train_set: TrainClips, val_set: EvalClips, device):
-    """The run's videos' features on the training device, or None to read clips through the DataLoader."""
-    from pipeline.sequence.resident import ResidentFeatures, choose_placement
-
-    rows = train_set.rows + val_set.rows
-    if not choose_placement(cfg.cache.load, cache, rows, train_set.flip, device):
-        return None
-    resident = ResidentFeatures(cache, rows, device, train_set.flip)
-    log.info(f"features of the {len(rows)} training and validation videos on {device} "
-             f"({resident.features.nbytes / 2**20:.1f} MiB): clips gathered there, no DataLoader")
-    return resident
-
-
 @torch.no_grad()
-def predict_clips(model, dataset: EvalClips, batch_size: int, device, amp_dtype=None,
+def predict_clips(model, clips: ClipSource, dataset: EvalClips, batch_size: int, amp_dtype=None,
                   desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of every evaluation clip ``[N, K, C]`` and the labels ``[N]`` of the dataset's videos."""
+    """Logits of every evaluation clip ``[N, K, C]`` and the labels ``[N]`` of the dataset's videos, from
+    ``clips`` (many videos per forward)."""
     model.eval()
-    videos_per_batch = max(1, batch_size // dataset.clips)
-    loader = make_loader(dataset, videos_per_batch, workers=0)
     logits, labels = [], []
-    for clips, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
-        b, k = clips.shape[:2]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(clips.to(device).flatten(0, 1))
-        logits.append(out.float().reshape(b, k, -1).cpu().numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+    batches = clips.eval_batches(dataset, videos_per_batch=max(1, batch_size // dataset.clips))
+    for features, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None):
+        b, k = features.shape[:2]
+        with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(features.flatten(0, 1))
+        logits.append(out.float().reshape(b, k, -1))
+        labels.append(batch_labels)
+    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def validate(run: Run, dataset: EvalClips) -> tuple[float, float]:
     """Clip-level cross-entropy and video-level accuracy (clip probabilities averaged) on the validation videos."""
-    if run.resident is not None:
-        from pipeline.sequence.resident import predict_resident
-
-        logits, labels = predict_resident(run.model, dataset, run.resident, run.cfg.eval.batch_size, run.amp_dtype)
-    else:
-        logits, labels = predict_clips(run.model, dataset, run.cfg.eval.batch_size, run.device, run.amp_dtype)
+    logits, labels = predict_clips(run.model, run.clips, dataset, run.cfg.eval.batch_size, run.amp_dtype)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits).flatten(0, 1),
                                        torch.from_numpy(labels).repeat_interleave(logits.shape[1]))
     return float(loss), topk_accuracy(video_scores(logits), labels, 1)
