@@ -167,8 +167,8 @@ class CacheConfig:
                      "HDF5 virtual dataset over the shards (no copy; keep the shards)", choices=["copy", "virtual"])
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
                      "or copies the run's videos to the training device once and gathers clips there ('device'); "
-                     "'auto' = 'device' on a GPU they fit in half of, else memory when they fit in a quarter "
-                     "of RAM, else disk", choices=["auto", "memory", "disk", "device"])
+                     "'auto' = 'device' on a GPU when they fit in half of its free memory, else memory when they "
+                     "fit in a quarter of RAM, else disk", choices=["auto", "memory", "disk", "device"])
 
 
 @dataclass
@@ -213,6 +213,9 @@ class TrainConfig:
     flip: Union[bool, str] = _key("auto", "train on mirrored features half the time; 'auto' = when the cache has "
                                   "them (embed.flip). Switch it off where left and right matter (MoveLeft vs "
                                   "MoveRight)", choices=["auto", True, False], affects="training")
+    refit: bool = _key(False, "after validation chooses the best epoch count, train a fresh model with the same "
+                       "settings on the training + validation videos for that many epochs (checkpoints/refit.pt; "
+                       "a cosine spans those epochs); evaluate scores that model", affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
@@ -225,7 +228,8 @@ class EvalConfig:
     clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100,
                       affects="training")
     batch_size: int = _key(64, "clips per evaluation batch", min=1, max=65536)
-    checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
+    checkpoint: str = _key("best", "'best' (with train.refit: the refit model, refit.pt), 'last' or a path to a "
+                           "checkpoint", nonempty=True)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)

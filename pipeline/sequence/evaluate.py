@@ -42,6 +42,7 @@ def evaluate(cfg) -> dict:
 
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
+    check_refit_finished(ckpt, path)
     check_same_test_list(cfg, ckpt, path)
     dataset, split, unscored_labels = test_data(cfg, ckpt, path)
     logits, labels = score_test_clips(cfg, ckpt, dataset)
@@ -105,6 +106,8 @@ def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
         "sequence_length": ckpt["config"]["train"]["sequence_length"],
         "checkpoint": str(path),
         "checkpoint_epoch": int(ckpt["epoch"]),
+        # 'training+validation': train.refit's model, trained for the epochs validation chose (checkpoint_epoch).
+        "trained_on": ckpt.get("trained_on", "training"),
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
         "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
@@ -123,10 +126,20 @@ def write_outputs(metrics: dict, class_names: list[str], run_dir: Path) -> None:
 
 
 def checkpoint_path(cfg) -> Path:
-    """eval.checkpoint: 'best' / 'last' of run.dir, or a path."""
+    """eval.checkpoint: 'best' (with train.refit: the refit model) / 'last' of run.dir, or a path."""
+    if cfg.eval.checkpoint == "best" and cfg.train.refit:
+        return Path(cfg.run.dir) / "checkpoints" / "refit.pt"
     if cfg.eval.checkpoint in ("best", "last"):
         return Path(cfg.run.dir) / "checkpoints" / f"{cfg.eval.checkpoint}.pt"
     return Path(cfg.eval.checkpoint)
+
+
+def check_refit_finished(ckpt: dict, path: Path) -> None:
+    """Refuse a refit model that has not trained all the epochs validation chose (an interrupted refit)."""
+    epochs = ckpt["config"]["train"]["epochs"]
+    if ckpt.get("trained_on") == "training+validation" and ckpt["epoch"] < epochs:
+        raise ActrecError(f"{path} is an unfinished refit ({ckpt['epoch']} of {epochs} epochs); run `actrec train` "
+                          f"with the same config again to finish it")
 
 
 def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
@@ -188,7 +201,8 @@ def reversed_pairs(class_names: list[str]) -> list[tuple[int, int]]:
 def format_summary(metrics: dict) -> str:
     title = (f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos, "
              f"{metrics['eval_clips']} clip(s) of {metrics['sequence_length']} frames each, checkpoint epoch "
-             f"{metrics['checkpoint_epoch']}")
+             f"{metrics['checkpoint_epoch']}"
+             + (", refit on training + validation" if metrics.get("trained_on") == "training+validation" else ""))
     lines = [title,
              f"  top-1 (video)         {metrics['top1']:.4f}",
              f"  top-5 (video)         {metrics['top5']:.4f}",

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.sequence.sampling import EvalClips, TrainClips, eval_clip_indices
 
-DEVICE_SHARE = 0.5  # 'auto' puts the features on a GPU when they take at most this share of its memory
+DEVICE_SHARE = 0.5  # 'auto' puts the features on a GPU when they take at most this share of its free memory
 
 
 class ResidentFeatures:
@@ -57,14 +57,15 @@ def host_load(load: str) -> str:
 
 
 def choose_placement(load: str, cache, rows: list[int], flip: bool, device: torch.device) -> bool:
-    """Whether the run's features go to the training device (``cache.load`` device, or auto on a GPU that
-    holds them in ``DEVICE_SHARE`` of its memory)."""
+    """Whether the run's features go to the training device (``cache.load`` device, or auto on a GPU whose free
+    memory holds them in ``DEVICE_SHARE`` of it)."""
     if load == "device":
         return True
     if load != "auto" or device.type != "cuda":
         return False
-    total = torch.cuda.get_device_properties(device).total_memory
-    return ResidentFeatures.nbytes(cache, rows, flip) <= DEVICE_SHARE * total
+    # Free, not total: other processes (a sweep's parallel runs, another user) may hold much of the GPU already.
+    free, _ = torch.cuda.mem_get_info(device)
+    return ResidentFeatures.nbytes(cache, rows, flip) <= DEVICE_SHARE * free
 
 
 def epoch_plan(train_set: TrainClips, resident: ResidentFeatures) -> torch.Tensor:

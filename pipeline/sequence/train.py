@@ -4,6 +4,10 @@ Each epoch trains on one random clip per training video, validates on the group-
 validation subset (never the test list), and writes ``run.dir/checkpoints/last.pt`` (and
 ``best.pt`` when validation accuracy improves), ``history.csv`` and ``curves.png``.
 
+With ``train.refit`` a second phase follows: a fresh model with the same settings trains on the training and
+validation videos for the best epoch count validation chose, writing ``checkpoints/refit.pt`` after each epoch
+(and ``refit_history.csv``); evaluation then scores that model. An interrupted refit continues when run again.
+
 Checkpoints hold only tensors and plain Python values (loaded with ``weights_only=True``):
 model, optimizer and grad-scaler state, the RNG state, the completed epoch count, the resolved
 config, class names, the cache fingerprint and the feature width. Together with the
@@ -13,6 +17,7 @@ alone, that makes a resumed CPU run end with exactly the weights of an uninterru
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -31,7 +36,13 @@ from pipeline.config import Config, config_diff, config_from_dict, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
-from pipeline.sequence.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
+from pipeline.sequence.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    restore_rng,
+    restore_scaler,
+    save_checkpoint,
+)
 from pipeline.sequence.clips import ClipSource, clip_source
 from pipeline.sequence.metrics import topk_accuracy, video_scores
 from pipeline.sequence.models import build_model, ignored_model_keys
@@ -41,6 +52,21 @@ from pipeline.sequence.sampling import EvalClips, TrainClips
 log = logging.getLogger(__name__)
 
 ASSUMED_FPS = 25.0  # UCF-101's rate, for caches that do not record their videos' frame rate
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files a phase of training writes in ``run.dir``: its resumable checkpoint, the best one on validation
+    (None: the phase does not validate), its history and curves."""
+    last: str
+    best: str | None
+    history: str
+    curves: str
+    trained_on: str  # which videos the phase trains on, as its checkpoints record it
+
+
+SELECTION = Outputs("last.pt", "best.pt", "history.csv", "curves.png", "training")
+REFIT = Outputs("refit.pt", None, "refit_history.csv", "refit_curves.png", "training+validation")
 
 
 @dataclass
@@ -60,19 +86,20 @@ class Run:
     state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf,
                                                  "best_epoch": 0, "history": []})
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    outputs: Outputs = SELECTION
 
     @property
     def dir(self) -> Path:
         return Path(self.cfg.run.dir)
 
 
-def train(cfg, resume: bool = False) -> dict:
+def train(cfg: Config, resume: bool = False) -> dict:
     """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run."""
     started = time.perf_counter()
     warn_ignored_model_keys(cfg)
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
-    if previous is not None and previous["epoch"] >= cfg.train.epochs:
+    if previous is not None and previous["epoch"] >= cfg.train.epochs and not refit_pending(cfg, cache, previous):
         log.info(f"training already done: {cfg.run.dir}/checkpoints/last.pt finished {previous['epoch']} epochs "
                  f"with the same config and cache (best val acc {previous['best_val_acc']:.3f}); skipping. Use "
                  f"another run.dir or delete {cfg.run.dir} to train again")
@@ -87,6 +114,8 @@ def train(cfg, resume: bool = False) -> dict:
              f"{run.device}{precision}")
     for epoch in range(run.state["epoch"], cfg.train.epochs):
         run_epoch(run, train_set, val_set, cache, epoch)
+    if cfg.train.refit:
+        refit(run, cache, train_set, val_set)
     summary = run_summary(run.state, run.dir, seconds=time.perf_counter() - started, skipped=False)
     log.info(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
              f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run.dir}/checkpoints")
@@ -124,19 +153,32 @@ def build_run(cfg: Config, cache, previous: dict | None, videos: list[int], flip
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, option="train.device")
     amp_dtype = autocast_dtype(device, cfg.train.precision)
+    clips = clip_source(cfg.cache.load, cache, videos, flip, device, cfg.train.workers)
+    run = fresh_run(cfg, cache, device, amp_dtype, clips)
+    if previous is not None:
+        resume_run(run, previous)
+    return run
+
+
+def fresh_run(cfg: Config, cache, device: torch.device, amp_dtype, clips: ClipSource,
+              outputs: Outputs = SELECTION) -> Run:
+    """A new model (initialised from train.seed), its optimiser and grad scaler, reading clips from ``clips``."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
-    run = Run(cfg, model, build_optimizer(cfg, model), torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-              device, amp_dtype, clip_source(cfg.cache.load, cache, videos, flip, device, cfg.train.workers))
-    if previous is not None:
-        model.load_state_dict(previous["model"])
-        run.optimizer.load_state_dict(previous["optimizer"])
-        run.scaler.load_state_dict(previous.get("scaler") or {})
-        restore_rng(previous["rng"], device)
-        run.state = {key: previous[key] for key in run.state}
-        log.info(f"resuming {run.dir}/checkpoints/last.pt after epoch {run.state['epoch']} of {cfg.train.epochs}")
-        warn_if_resumed_elsewhere(run)
-    return run
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return Run(cfg, model, build_optimizer(cfg, model), scaler, device, amp_dtype, clips, outputs=outputs)
+
+
+def resume_run(run: Run, previous: dict) -> None:
+    """Put a checkpoint's weights, optimiser, scaler, RNG and progress back into ``run``."""
+    run.model.load_state_dict(previous["model"])
+    run.optimizer.load_state_dict(previous["optimizer"])
+    restore_scaler(run.scaler, previous.get("scaler") or {})
+    restore_rng(previous["rng"], run.device)
+    run.state = {key: previous[key] for key in run.state}
+    log.info(f"resuming {run.dir}/checkpoints/{run.outputs.last} after epoch {run.state['epoch']} of "
+             f"{run.cfg.train.epochs}")
+    warn_if_resumed_elsewhere(run)
 
 
 def warn_if_resumed_elsewhere(run: Run) -> None:
@@ -164,13 +206,66 @@ def warn_if_schedule_stretches(cfg, previous: dict) -> None:
                 f"{cfg.train.epochs}")
 
 
+def refit_config(cfg: Config, epochs: int) -> Config:
+    """The refit phase's settings: the run's, for the ``epochs`` validation chose (a cosine spans those)."""
+    refit_cfg = copy.deepcopy(cfg)
+    refit_cfg.train.epochs = epochs
+    return refit_cfg
+
+
+def refit_checkpoint(cfg: Config, cache, selected: dict) -> dict | None:
+    """The run's refit.pt when it refits the epoch count ``selected`` (a last.pt) chose with these settings; None
+    when there is none, or when it refit another epoch count (the run was extended since): that one starts over."""
+    path = Path(cfg.run.dir) / "checkpoints" / REFIT.last
+    if not path.exists():
+        return None
+    previous = load_checkpoint(path)
+    if previous["best_epoch"] != selected["best_epoch"]:
+        log.info(f"{path} refit {previous['best_epoch']} epochs, validation now chooses {selected['best_epoch']}: "
+                 f"refitting afresh")
+        return None
+    check_continues(refit_config(cfg, selected["best_epoch"]), previous, cache.fingerprint, True, path)
+    return previous
+
+
+def refit_pending(cfg: Config, cache, selected: dict) -> bool:
+    """Whether ``train.refit`` still has epochs to train after the finished selection phase ``selected``."""
+    if not cfg.train.refit:
+        return False
+    previous = refit_checkpoint(cfg, cache, selected)
+    return previous is None or previous["epoch"] < selected["best_epoch"]
+
+
+def refit(selected: Run, cache, train_set: TrainClips, val_set: EvalClips) -> None:
+    """Phase two of ``train.refit``: a fresh model with the run's settings trained on the training and validation
+    videos for the epoch count validation chose; continues an interrupted refit.pt."""
+    epochs = selected.state["best_epoch"]
+    cfg = refit_config(selected.cfg, epochs)
+    run = fresh_run(cfg, cache, selected.device, selected.amp_dtype, selected.clips, outputs=REFIT)
+    for key in ("best_val_acc", "best_val_loss", "best_epoch"):  # what the refit model was chosen by
+        run.state[key] = selected.state[key]
+    previous = refit_checkpoint(selected.cfg, cache, selected.state)
+    if previous is not None:
+        resume_run(run, previous)
+    videos = TrainClips(cache, train_set.rows + val_set.rows, train_set.labels + val_set.labels, train_set.length,
+                        train_set.seed, train_set.flip, cfg.train.sampler)
+    if run.state["epoch"] < epochs:
+        log.info(f"refit: a fresh {cfg.model.name} on the {len(videos)} training and validation videos for the "
+                 f"{epochs} epochs validation chose")
+    no_validation = EvalClips(cache, [], [], val_set.length, val_set.clips)
+    for epoch in range(run.state["epoch"], epochs):
+        run_epoch(run, videos, no_validation, cache, epoch)
+
+
 def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch: int) -> None:
     """Train one epoch, validate, and write the checkpoints and history that record it."""
     cfg, state, started = run.cfg, run.state, time.perf_counter()
     train_loss, train_acc = train_epoch(run, train_set, epoch)
     val_loss, val_acc = validate(run, val_set) if len(val_set) else (math.nan, math.nan)
-    # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins.
-    improved = not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
+    # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins. A phase that
+    # keeps no best checkpoint (the refit) keeps the best epoch validation chose.
+    improved = run.outputs.best is not None and (
+        not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"]))
     if improved:
         state.update(best_val_acc=val_acc, best_val_loss=val_loss, best_epoch=epoch + 1)
     state["epoch"] = epoch + 1
@@ -179,13 +274,15 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
                              "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started,
                              "device": str(run.device), "precision": dtype_name(run.amp_dtype)})
     checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device,
-                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS))
+                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS),
+                                 trained_on=run.outputs.trained_on)
     if improved:
-        save_checkpoint(checkpoint, run.dir / "checkpoints" / "best.pt")
+        save_checkpoint(checkpoint, run.dir / "checkpoints" / run.outputs.best)
     # History first: once last.pt says the epoch is done, a rerun skips it and would not write it again.
-    write_history(state["history"], run.dir)
-    save_checkpoint(checkpoint, run.dir / "checkpoints" / "last.pt")
-    log.info(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
+    write_history(state["history"], run.dir / run.outputs.history, run.dir / run.outputs.curves)
+    save_checkpoint(checkpoint, run.dir / "checkpoints" / run.outputs.last)
+    phase = "refit " if run.outputs is REFIT else ""
+    log.info(f"{phase}epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
              f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and len(val_set) else ''}")
 
 
@@ -201,6 +298,9 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     val_rows, val_labels = cache_rows(cache, split.val, "validation")
     if not train_rows:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
+    if not val_rows and cfg.train.refit:
+        raise ActrecError("train.refit: true needs validation videos to choose the epoch count (data.val_fraction "
+                          "is 0); set data.val_fraction above 0, or train.refit to false")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
     flip = use_flip(cfg, cache)
@@ -231,7 +331,8 @@ def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path
                           f"(--set run.dir=...) or delete {run_dir} to train on this cache")
     # Keys that change the features are the cache fingerprint's to compare (above).
     changed = config_diff(ckpt["config"], cfg.to_dict(), "training", "test list")
-    blocking = {key: change for key, change in changed.items() if key != "train.epochs"}
+    # The selection phase does not depend on train.refit: a finished run may still be refit (refit_checkpoint).
+    blocking = {key: change for key, change in changed.items() if key not in ("train.epochs", "train.refit")}
     if ckpt["epoch"] >= cfg.train.epochs:
         # A finished run: eval.* only mattered for choosing best.pt, which is done; evaluating with more clips is fine.
         blocking = {key: change for key, change in blocking.items() if not key.startswith("eval.")}
@@ -326,15 +427,15 @@ def validate(run: Run, dataset: EvalClips) -> tuple[float, float]:
     return float(loss), topk_accuracy(video_scores(logits), labels, 1)
 
 
-def write_history(history: list[dict], run_dir: Path) -> None:
-    """history.csv (one row per epoch) and curves.png."""
+def write_history(history: list[dict], csv_path: Path, curves_path: Path) -> None:
+    """The history as CSV (one row per epoch) and its curves."""
     from pipeline.plots import plot_curves
 
-    with atomic_path(run_dir / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+    plot_curves(history, curves_path, title=csv_path.parent.name)
 
 
 def run_summary(state: dict, run_dir: Path, seconds: float, skipped: bool) -> dict:
