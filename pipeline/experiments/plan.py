@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from pipeline.config import (
 )
 from pipeline.errors import ActrecError
 from pipeline.fileio import safe_name
+from pipeline.sequence.models import used_model_keys
+
+log = logging.getLogger(__name__)
 
 # Keys a sweep names or fixes itself: one cache, run dirs under the sweep folder, the sweep's own settings.
 OWN_KEYS = {"run.dir": "the sweep names each run's dir itself", "cache.path": "a sweep trains on one feature cache"}
@@ -151,11 +155,12 @@ def comparable_settings(config: dict) -> dict[str, str]:
     ``0.001`` and ``1e-3`` read alike). Two runs with equal settings are the same run, and a run's record counts
     only for these settings.
 
-    The one place to leave out the ``model.*`` keys the run's model ignores (``model.attention`` for
-    ``meanpool``), once the model registry declares them (``pipeline.sequence.models.ignored_model_keys``):
-    runs that differ only there are then one run.
+    The ``model.*`` keys the run's model ignores (``model.attention`` for ``meanpool``, as the model registry
+    declares them) are left out: runs that differ only there are one run.
     """
-    return {dotted: str(config[dotted.split(".")[0]][dotted.split(".")[1]]) for dotted in computing_keys()}
+    used = used_model_keys(config["model"]["name"])
+    return {dotted: str(config[dotted.split(".")[0]][dotted.split(".")[1]]) for dotted in computing_keys()
+            if not dotted.startswith("model.") or dotted in used}
 
 
 @functools.lru_cache(maxsize=1)
@@ -191,8 +196,7 @@ def plan_sweep(config_path, sets=(), grid=(), runs_file=None, name: str | None =
     runs = [SweepRun(run_name, variant.values, run_config(raw, variant.values, folder / run_name,
                                                           variant.where, source), variant.where)
             for run_name, variant in zip(names, variants)]
-    check_distinct(runs)
-    return folder, runs
+    return folder, distinct_runs(runs)
 
 
 def load_base(config_path, sets) -> tuple[dict, Config, str]:
@@ -205,14 +209,26 @@ def load_base(config_path, sets) -> tuple[dict, Config, str]:
     return raw, base, source
 
 
-def check_distinct(runs: list[SweepRun]) -> None:
-    """Refuse two runs with the same settings (as parsed: ``train.lr=0.001`` and ``train.lr=1e-3``), naming both."""
-    seen = {}
+def distinct_runs(runs: list[SweepRun]) -> list[SweepRun]:
+    """``runs`` without repeats. Runs that differ only in ``model.*`` keys their model ignores (a grid crossing
+    ``model.name=meanpool,bilstm`` with ``model.attention=true,false``) are one run: the first is kept and a
+    warning names the others. Any other two runs with the same settings (as parsed: ``train.lr=0.001`` and
+    ``train.lr=1e-3``) are refused, naming both."""
+    seen, kept = {}, []
     for run in runs:
         other = seen.setdefault(stable_hash(run_identity(run)), run)
-        if other is not run:
-            raise ActrecError(f"{other.where} and {run.where} are the same run ({_written(other)} vs "
-                              f"{_written(run)} give the same settings); list each run once")
+        if other is run:
+            kept.append(run)
+            continue
+        differing = {key for key in set(run.varied) | set(other.varied) if run.varied.get(key) != other.varied.get(key)}
+        used = used_model_keys(run.config["model"]["name"])
+        if differing and all(key.startswith("model.") and key not in used for key in differing):
+            log.warning("%s is the same run as %s: %s does not read %s; training it once", run.where, other.where,
+                        run.config["model"]["name"], ", ".join(sorted(differing)))
+            continue
+        raise ActrecError(f"{other.where} and {run.where} are the same run ({_written(other)} vs "
+                          f"{_written(run)} give the same settings); list each run once")
+    return kept
 
 
 def run_identity(run: SweepRun) -> dict[str, str]:

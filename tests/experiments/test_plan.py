@@ -1,5 +1,6 @@
 """Sweep planning: grids and runs files parsed, counted, checked and named before anything is written."""
 
+import logging
 import time
 
 import pytest
@@ -131,3 +132,12 @@ def test_comparable_settings_read_values_as_parsed(sets):
     assert comparable_settings(first) == comparable_settings(second)
     first["model"]["hidden_dim"] = 9
     assert comparable_settings(first)["model.hidden_dim"] == "9" != comparable_settings(second)["model.hidden_dim"]
+
+
+def test_runs_that_differ_only_in_keys_their_model_ignores_are_trained_once(tmp_path, sets, caplog):
+    grid = ["model.name=meanpool,bilstm", "model.attention=true,false"]
+    with caplog.at_level(logging.WARNING, logger="pipeline.experiments.plan"):
+        _, runs = plan_sweep(CONFIG, sets, grid=grid, name="ignored", root=tmp_path / "sweeps")
+    assert sorted((r.varied["model.name"], r.varied["model.attention"]) for r in runs) == [
+        ("bilstm", "false"), ("bilstm", "true"), ("meanpool", "true")]
+    assert "meanpool does not read model.attention" in caplog.text

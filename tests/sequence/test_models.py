@@ -171,3 +171,10 @@ def test_an_unknown_model_is_one_clear_error():
         build_model(cfg, 4, 2)
     with pytest.raises(ActrecError, match="model.name: 'lstm' is not allowed"):
         load_config(None, ["model.name=lstm"])
+
+
+def test_keys_read_from_each_model_source_are_the_keys_it_registers():
+    from pipeline.sequence.models import model_spec
+
+    for name in model_names():
+        assert used_model_keys(name) == {"model.name"} | {f"model.{k}" for k in model_spec(name).keys}, name

@@ -10,11 +10,13 @@ A model is one module of this package, named after the model, whose class regist
 Every model maps features ``[B, T, D]`` to logits ``[B, num_classes]`` (the softmax lives in the loss and in
 evaluation). Listing the names reads this folder only (modules starting with ``_`` hold shared layers), so the
 config schema takes its ``model.name`` choices from here without importing torch; a model's module is imported
-when it is built or asked for its keys.
+when it is built; its keys are read from its source.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -65,8 +67,23 @@ def build_model(cfg, feature_dim: int, num_classes: int):
 
 
 def used_model_keys(name: str) -> set[str]:
-    """Dotted ``model.*`` keys that model ``name`` reads (``model.name`` included)."""
-    return {"model.name"} | {f"model.{key}" for key in model_spec(name).keys}
+    """Dotted ``model.*`` keys that model ``name`` reads (``model.name`` included).
+
+    Read from the ``keys=`` of the module's ``@register_model`` call without importing the module, so planning a
+    sweep and grouping runs in a report need no torch (a test checks it agrees with the registered keys)."""
+    if name not in model_names():
+        raise ActrecError(f"model.name: unknown model {name!r}. Allowed: {', '.join(model_names())}")
+    return {"model.name"} | {f"model.{key}" for key in _declared_keys(name)}
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_keys(name: str) -> tuple[str, ...]:
+    tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_model":
+            keys = next(k.value for k in node.keywords if k.arg == "keys")
+            return tuple(ast.literal_eval(keys))
+    raise ActrecError(f"pipeline/sequence/models/{name}.py registers no model (no @register_model(...) call)")
 
 
 def ignored_model_keys(config: dict) -> list[str]:
