@@ -44,6 +44,7 @@ def exploding_resnet18(path, bias: float):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias, problem", [(1e6, r"float16 storage turns values beyond \+-65504 into inf"),
                                            (1e-9, "float16 storage rounds a frame's whole feature to zero")])
 def test_features_float16_cannot_hold_stop_the_embed_before_anything_is_committed(tiny_dataset_config, tmp_path,
@@ -51,9 +52,9 @@ def test_features_float16_cannot_hold_stop_the_embed_before_anything_is_committe
     cfg = tiny_dataset_config
     cfg.embed.weights = exploding_resnet18(tmp_path / "exploding.pth", bias)
     first = "BlockMoveLeft/v_BlockMoveLeft_g01_c01"
-    with pytest.raises(ActrecError, match=rf"embed stopped: resnet18 gives features of {first} in "
-                                          rf"{re.escape(f'[{bias:.3g}, {bias:.3g}]')} .*{problem}.*Nothing of {first} was written; set "
-                                          rf"embed.dtype=float32"):
+    span = re.escape(f"[{bias:.3g}, {bias:.3g}]")
+    with pytest.raises(ActrecError, match=rf"embed stopped: resnet18 gives features of {first} in {span} .*{problem}"
+                                          rf".*Nothing of {first} was written; set embed.dtype=float32"):
         embed(cfg)
     assert FeatureCache(cfg.cache.path).names == []
     cfg.embed.dtype = "float32"  # the same features, stored whole
