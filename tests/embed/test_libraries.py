@@ -164,10 +164,10 @@ def test_missing_downloads_say_where_to_put_the_weights(offline_hub):
 def test_backbones_lists_every_library_from_metadata_quickly():
     from pipeline.cli import cli
 
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: the shared test machine's load does not count
     result = CliRunner().invoke(cli, ["backbones", "--library", "timm", "--filter", "convnext_tiny"])
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - started < 15  # a handful of shape-only builds, no download
+    assert time.process_time() - started < 15  # a handful of shape-only builds, no download
     line = next(x for x in result.output.splitlines() if x.startswith("timm/convnext_tiny.fb_in1k "))
     assert " 768 " in line and "short 256 > crop 224 bicubic, mean/std imagenet" in line
     clip = CliRunner().invoke(cli, ["backbones", "--library", "open_clip", "--filter", "ViT-B-32:laion2b_s34b"])
