@@ -21,10 +21,6 @@ from pipeline.config import load_config
 from pipeline.errors import ActrecError
 
 
-class _State:
-    verbose = False
-
-
 class _LogHandler(logging.Handler):
     """Log records as plain lines on stderr, written between progress bars rather than through them."""
 
@@ -89,7 +85,8 @@ def _os_error_line(exc: OSError) -> str:
 
 def _fail(message: str) -> None:
     """Print ``message`` as one red line (the traceback too with --verbose) and exit with status 2."""
-    if _State.verbose:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
         traceback.print_exc()
     click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
     sys.exit(2)
@@ -120,14 +117,15 @@ def reports_errors(func):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--verbose", "-v", is_flag=True, default=False, help="Show debug messages and full tracebacks on errors.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="Show only warnings, errors and results.")
-def cli(verbose: bool, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """actrec: action recognition as a two-stage feature-caching pipeline.
 
     Stage one (embed) runs a frozen CNN once over every frame and caches the
     features in HDF5; stage two (train, evaluate) trains a sequence model on
     the cache. Run `actrec COMMAND --help` for each command.
     """
-    _State.verbose = verbose
+    ctx.obj = {"verbose": verbose}  # what every subcommand's error report needs to know
     configure_logging(verbose, quiet)
 
 

@@ -1,7 +1,7 @@
 """The one config schema: defaults, YAML loading, ``--set`` overrides, validation.
 
 Every key lives in a dataclass below with its default, its allowed values and a
-one-line help text; ``validate`` is the only place values are checked. The
+one-line help text; ``_check_value`` is the only place values are checked. The
 resolved config (a plain dict from ``to_dict``) travels into every artefact:
 cache attributes, run directories and checkpoints.
 
@@ -46,7 +46,7 @@ AFFECTS = ("features", "test list", "training")
 
 
 def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None, auto=False):
-    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``.
+    """A config key: its default, help text, allowed values (checked in ``_check_value``) and what it ``affects``.
 
     ``auto``: a whole number in min..max, or the string 'auto' (the code decides)."""
     assert affects in AFFECTS + (None,), affects
