@@ -20,7 +20,6 @@ from torch import nn
 from pipeline.embed import backbones
 from pipeline.embed.backbones.card import IMAGENET_MEAN, IMAGENET_STD
 
-RANDOM_INIT_SEED = backbones.RANDOM_INIT_SEED
 RESIZE = "{interpolation}+antialias, uint8, torch.nn.functional.interpolate on CPU"
 
 

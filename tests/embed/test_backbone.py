@@ -173,6 +173,7 @@ def test_random_vit_and_swin_embed_at_small_sizes():
     assert embed_frames(swin, random_frames(2), 32, CPU).shape == (2, 768)
 
 
+@pytest.mark.slow
 def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
     vit = load_backbone("vit_b_16", "none", CPU, img_dim=224)
     frames = random_frames(2, 64, 64)
