@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.cache.reader import FeatureCache
+from pipeline.cache.reader import FeatureCache, describe_cache
 from pipeline.embed.feed import check_storable
 from pipeline.embed.fingerprint import embed_fingerprint
 from pipeline.embed.run import embed
@@ -29,6 +29,9 @@ def test_timm_and_open_clip_backbones_embed_and_train(tiny_dataset_config, backb
     cache = FeatureCache(cfg.cache.path, expected_fingerprint=embed_fingerprint(cfg))
     assert cache.dim == dim and np.isfinite(cache.sequence(0)).all() and cache.sequence(0).std() > 0
     assert library in cache.fingerprint and cache.fingerprint["backbone"] == backbone
+    info = describe_cache(cfg.cache.path)  # `actrec info`: what preprocessing was applied
+    assert f"resize: short side to {cache.fingerprint['resize'].split()[3]}" in info and "bicubic" in info
+    assert f"mean: {cache.fingerprint['mean']}" in info
     assert train(cfg)["epochs"] == 1
 
 
