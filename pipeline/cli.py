@@ -212,9 +212,27 @@ def predict(video, checkpoint, out, json_path, hop, device):
     from pipeline.sequence.predict import format_prediction
     from pipeline.sequence.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
-    if "video_top5" in result:  # one video; a folder's results are in its CSV
-        click.echo(format_prediction(result))
+    click.echo(format_prediction(run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop,
+                                             device=device)))
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR_OR_SWEEP_DIR...")
+@config_options
+@click.option("--host", default="127.0.0.1", help="Address to bind; anything but loopback exposes a page without "
+                                                   "login to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, help="Port of the page.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Prediction device.")
+@reports_errors
+def serve(folders, config_path, overrides, host, port, device):
+    """A local web page over runs: predict on a video, browse the test errors, compare a sweep's runs.
+
+    Needs Gradio (pip install -e '.[serve]'); the Errors tab reads run.dir/predictions.csv of `actrec evaluate`.
+    Settings (serve.max_upload_mb, ...) come from --config/--set.
+    """
+    from pipeline.serve.server import serve as run_server
+
+    run_server(folders, host, port, load_config(config_path, overrides).serve, device=device)
 
 
 @cli.command()
@@ -280,9 +298,10 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
               help="A file with one run per line (key=value pairs), instead of --grid.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Runs at a time [default: 1 on the CPU, one per GPU, every worker of a cluster].")
-@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ [default: from the varied keys].")
-@click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default="loky",
-              help="joblib backend: local processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
+@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ (letters, digits, -, _, .) "
+                                           "[default: from the varied keys].")
+@click.option("--backend", type=click.Choice(["local", "dask", "ray"]), default="local",
+              help="Local worker processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (tcp://HOST:8786) or Ray cluster address.")
 @reports_errors
@@ -290,15 +309,18 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
     """Train and evaluate many runs on one feature cache; write and print the sweep's leaderboard.
 
     Each run is an ordinary run dir under runs/sweeps/NAME/ named from the keys it varies. Finished runs
-    are skipped and interrupted ones resume, so running the same command again completes a sweep.
+    are skipped and interrupted ones resume, so running the same command again completes a sweep. Exits
+    non-zero when a run failed.
     """
-    from pipeline.experiments.sweep import parse_grid, parse_runs_file, run_sweep
+    from pipeline.experiments.sweep import run_sweep
 
-    if bool(grids) == bool(runs_file):
-        raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
-    variants = parse_runs_file(runs_file) if runs_file else parse_grid(grids)
-    result = run_sweep(config_path, overrides, variants, name=name, jobs=jobs, backend=backend, scheduler=scheduler)
-    click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
+    result = run_sweep(config_path, overrides, grids, runs_file, name=name, jobs=jobs, backend=backend,
+                       scheduler=scheduler)
+    board = Path(result["folder"]) / "leaderboard.md"
+    click.echo(board.read_text(), nl=False)
+    if result["failed"]:
+        raise ActrecError(f"{result['failed']} of {len(result['rows'])} runs failed (their errors are in {board}); "
+                          f"fix the cause and run the same command again to run them")
 
 
 @cli.command()
@@ -342,7 +364,7 @@ def show_config(config_path, overrides, key):
 def report(run_dirs):
     """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean); a
     sweep folder (runs/sweeps/NAME) prints its leaderboard."""
-    from pipeline.sequence.evaluate import report_text
+    from pipeline.experiments.report import report_text
 
     click.echo(report_text(run_dirs))
 
