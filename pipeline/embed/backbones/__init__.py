@@ -46,19 +46,13 @@ def resolve(backbone: str) -> tuple[ModuleType, str]:
     return library(LIBRARIES[0]), backbone
 
 
-def weights_kind(backbone: str, weights: str) -> str:
-    """'named' (the library's weights or tag), 'none' (seeded random init) or 'file' (a state dict path); a
-    weights value that is none of them is refused."""
+def check_weights(backbone: str, weights: str) -> None:
+    """Refuse an ``embed.weights`` that is neither 'none', the library's weights or tag, nor an existing file."""
     module, name = resolve(backbone)
     module.check_name(name)
-    if weights == "none":
-        return "none"
-    if module.named(name, weights):
-        return "named"
-    if not Path(weights).is_file():
+    if weights != "none" and not module.named(name, weights) and not Path(weights).is_file():
         raise ActrecError(f"embed.weights={weights}: no such file; use 'imagenet' (the pretrained weights), 'none' "
                           f"(random init), a path to a state dict or {module.weights_hint(name)}")
-    return "file"
 
 
 def weights_identity(backbone: str, weights: str) -> str:
@@ -94,8 +88,8 @@ def load(backbone: str, weights: str, device: torch.device | str, img_dim: int |
 
     ``img_dim`` matters to models with a fixed input size (ViT, MaxViT, ...): built for it, or refused."""
     module, name = resolve(backbone)
-    kind = weights_kind(backbone, weights)
-    if kind == "none":
+    check_weights(backbone, weights)
+    if weights == "none":
         log.warning(f"embed.weights=none: {backbone} is randomly initialised (seed {RANDOM_INIT_SEED}); its "
                     f"features are not pretrained features")
     with torch.random.fork_rng(devices=[]):
