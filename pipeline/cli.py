@@ -327,16 +327,20 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
 
 
 @cli.command()
+@click.option("--library", type=click.Choice(["torchvision", "timm", "open_clip"]), default=None,
+              help="Only this library's backbones (default: every installed one).")
+@click.option("--filter", "text", default="", help="Only names containing TEXT (case-insensitive), e.g. convnext.")
 @click.option("--all", "show_all", is_flag=True, default=False,
-              help="Also list models whose head cannot be removed generically.")
+              help="Also list torchvision models and weights that give no usable feature.")
 @click.option("--every-weights", is_flag=True, default=False,
-              help="One row per model and torchvision weights (e.g. ViT's SWAG weights at 384), not only the default.")
+              help="One row per torchvision model and weights (e.g. ViT's SWAG weights at 384), not only the default.")
 @reports_errors
-def backbones(show_all, every_weights):
-    """List torchvision's classification models: feature width, input size, GFLOPs, ImageNet top-1 (no download)."""
-    from pipeline.embed.catalog import format_catalog, list_backbones
+def backbones(library, text, show_all, every_weights):
+    """List backbones: name, feature width, input size, preprocessing, ImageNet top-1 (metadata only, no download)."""
+    from pipeline.embed.backbones import rows
+    from pipeline.embed.backbones.table import format_table
 
-    click.echo(format_catalog(list_backbones(every_weights=every_weights), show_all=show_all))
+    click.echo(format_table(rows([library] if library else None, text, every_weights), show_all=show_all))
 
 
 @cli.command(name="config")

@@ -121,16 +121,26 @@ class ExtractConfig:
 class EmbedConfig:
     source: str = _key("videos", "decode the .avi files directly, or read extracted JPEG frames",
                        choices=["videos", "frames"], affects="features")
-    backbone: str = _key("resnet152", "any torchvision classification model (resnet152, vit_b_16, swin_t, ...; "
-                         "`actrec backbones` lists them)", nonempty=True,
-                         affects="features")
-    weights: str = _key("imagenet", "'imagenet' (the model's default torchvision weights), another of its torchvision "
-                        "weights by name (e.g. IMAGENET1K_SWAG_E2E_V1; `actrec backbones --every-weights`), 'none' "
-                        "(random init) or a path to a state dict", nonempty=True,
+    backbone: str = _key("resnet152", "a torchvision classification model (resnet152, vit_b_16, swin_t, ...), "
+                         "timm/<model>[.<tag>] (timm/convnext_base.fb_in22k_ft_in1k) or open_clip/<architecture>"
+                         "[:<tag>] (open_clip/ViT-B-32:laion2b_s34b_b79k); `actrec backbones` lists them",
+                         nonempty=True, affects="features")
+    weights: str = _key("imagenet", "'imagenet': the backbone's pretrained weights (torchvision: the model's default "
+                        "weights; timm: the name's tag; OpenCLIP: the tag after ':'); another of a torchvision "
+                        "model's weights by name (e.g. IMAGENET1K_SWAG_E2E_V1; `actrec backbones --every-weights`); "
+                        "'none' (seeded random init); or a path to a state dict (.pt/.pth/.safetensors)",
+                        nonempty=True, affects="features")
+    preprocess: str = _key("auto", "with embed.weights none or a state dict file: whose preprocessing to follow "
+                           "(resize, crop, interpolation, mean/std): 'auto' = the backbone's default (its tag's, "
+                           "if the name has one), or a torchvision weights name / timm or OpenCLIP pretrained tag "
+                           "of the backbone (e.g. IMAGENET1K_V1, fb_in1k, laion2b_s34b_b79k). Named weights bring "
+                           "their own", nonempty=True, affects="features")
+    img_dim: int = _key(112, "frames are resized to img_dim x img_dim (the backbone's crop size, e.g. 224: its "
+                        "own preprocessing; smaller keeps its resize/crop ratio)", min=16, max=1024,
                         affects="features")
-    img_dim: int = _key(112, "frames are resized to img_dim x img_dim", min=16, max=1024, affects="features")
-    resize: str = _key("crop", "'crop': resize the short side (keeping the aspect) then centre-crop img_dim, as "
-                       "the ImageNet weights were trained; 'squash': the whole frame to img_dim x img_dim (the "
+    resize: str = _key("crop", "'crop': resize and centre-crop img_dim as the backbone's "
+                       "preprocessing card says (torchvision transforms, timm crop_pct/crop_mode, OpenCLIP "
+                       "resize_mode); 'squash': the whole frame to img_dim x img_dim (the "
                        "seed's way: aspect distorted)", choices=["crop", "squash"], affects="features")
     batch_size: int = _key(64, "frames per forward pass (batches span video boundaries; kernels may round "
                            "differently at another batch shape, so it is part of the cache fingerprint)", min=1,
@@ -152,6 +162,11 @@ class EmbedConfig:
         return "sq" if self.resize == "squash" else ""
 
     @property
+    def backbone_tag(self) -> str:
+        """The backbone's name as a file name: timm/x.y -> timm-x.y, open_clip/A:t -> open_clip-A-t."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.backbone)
+
+    @property
     def weights_tag(self) -> str:
         """Short file-name-safe name for the weights (a path becomes its stem)."""
         if self.weights in ("imagenet", "none"):
@@ -161,7 +176,7 @@ class EmbedConfig:
 
 @dataclass
 class CacheConfig:
-    path: str = _key("cache/{data.name}_{embed.backbone}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
+    path: str = _key("cache/{data.name}_{embed.backbone_tag}_{embed.weights_tag}_{embed.img_dim}{embed.resize_tag}_"
                      "{embed.source}.h5",
                      "HDF5 feature cache; one file per dataset/backbone/weights/img_dim/resize/source")
     join: str = _key("copy", "how an embed under torchrun joins the ranks' shards into cache.path: a copy, or an "

@@ -15,7 +15,7 @@ from pipeline.errors import ActrecError
 
 # The config keys that change the features are marked `affects="features"` in the schema (pipeline/config.py).
 # Most are recorded as is under their own name; these are recorded otherwise (see _derived_entries):
-DERIVED = {"data.splits", "embed.weights", "embed.resize", "extract.jpeg_quality"}
+DERIVED = {"data.splits", "embed.weights", "embed.preprocess", "embed.resize", "extract.jpeg_quality"}
 RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 
 # Fingerprint key -> config key, for the keys copied as is.

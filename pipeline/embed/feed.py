@@ -6,7 +6,9 @@ once (``non_blocking`` from pinned memory), the mirrored pass flips the uploaded
 and the features come back through a ``non_blocking`` copy into pinned memory that is waited for only
 one batch later, so the copy of batch k overlaps the forward of batch k+1. On the CPU the same calls
 run synchronously. Pinned buffers come from torch's caching host allocator, which does not hand a
-buffer out again before the copies recorded on it are done.
+buffer out again before the copies recorded on it are done. Normalisation (the backbone card's
+mean/std) happens on the device, after the uint8 upload. ``check_storable`` stops features the
+cache's storage dtype cannot hold before they are delivered.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.backbone import normalize
+from pipeline.embed.backbone import FrameResize, normalize
 from pipeline.embed.workers import Piece
+from pipeline.errors import ActrecError
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values are stored as inf
 
 
 @dataclass
@@ -70,14 +75,16 @@ def batches(pieces: Iterator[Piece], batch_size: int, img_dim: int, pin: bool, o
 class Forward:
     """The backbone on batches, both passes from one upload; ``submit`` starts a batch, ``collect`` waits for it."""
 
-    def __init__(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, flip: bool):
+    def __init__(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, flip: bool,
+                 resize: FrameResize):
         self.model, self.device, self.amp_dtype, self.flip = model, device, amp_dtype, flip
+        self.mean, self.std = resize.mean, resize.std
         self.cuda = device.type == "cuda"
 
     @torch.inference_mode()
     def submit(self, frames: torch.Tensor):
         """Queue ``frames`` (uint8 batch) through the model; returns a handle for ``collect``."""
-        x = normalize(frames, self.device)  # non_blocking upload: the buffer is pinned on CUDA
+        x = normalize(frames, self.device, self.mean, self.std)  # non_blocking upload: pinned on CUDA
         inputs = [x, torch.flip(x, dims=[3])] if self.flip else [x]
         outputs = []
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -123,3 +130,24 @@ def _finish(forward: Forward, pending, deliver, timing: dict) -> None:
     outputs = forward.collect(handle)
     timing["wait"] += time.perf_counter() - started
     deliver(batch, outputs)
+
+
+def check_storable(features: np.ndarray, dtype: str, backbone: str, video: str) -> None:
+    """Refuse features that storage as ``dtype`` would break: not finite, or, in float16, beyond its range (stored
+    as inf) or so small that a frame's whole feature becomes zero. Checked per batch, before any is committed."""
+    finite = np.isfinite(features)
+    problem = None
+    if not finite.all():
+        problem = "they are not finite (NaN or inf): the backbone's weights or input are broken"
+    elif dtype == "float16":
+        with np.errstate(over="ignore"):  # the overflow is what is checked for
+            stored = features.astype(np.float16)
+        if np.isinf(stored).any():
+            problem = f"float16 storage turns values beyond +-{FLOAT16_MAX:.0f} into inf"
+        elif ((stored == 0).all(axis=1) & (features != 0).any(axis=1)).any():
+            problem = "float16 storage rounds a frame's whole feature to zero (underflow)"
+    if problem:
+        values = features[finite] if finite.any() else np.zeros(1)
+        raise ActrecError(f"embed stopped: {backbone} gives features of {video} in [{values.min():.3g}, "
+                          f"{values.max():.3g}] (largest |x| {np.abs(values).max():.3g}); {problem}. Nothing of "
+                          f"{video} was written; set embed.dtype=float32 (a new cache) if the features are sound")

@@ -12,7 +12,8 @@ import torch
 import torchvision
 
 from pipeline.cache.fingerprint import FEATURE_KEYS
-from pipeline.embed.backbone import IMAGENET_MEAN, IMAGENET_STD, frame_resize, weights_identity
+from pipeline.embed.backbone import frame_resize, weights_identity
+from pipeline.embed.backbones import library_version
 from pipeline.inputs.datasets import split_files_signature
 
 
@@ -29,20 +30,25 @@ def _config_value(cfg, dotted: str):
 
 def _derived_entries(cfg) -> dict:
     """Entries that are not a config value as is: each is computed, or fixed by the code rather than the config."""
+    preprocessing = frame_resize(cfg.embed)
     derived = {
         # The lists decide which videos and labels a cache holds; a hash, since data.splits is only a folder.
         "split_files": split_files_signature(cfg),
         # embed.weights names a file or a tag; the identity says which network it is (enum, seed, SHA-256).
         "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
-        # Preprocessing and frame sampling are fixed in code; recorded so a change there invalidates caches.
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "resize": frame_resize(cfg.embed).description,  # squash keeps format 1's text: those caches stay valid
-        "frames": "every frame",
+        # The preprocessing applied: the backbone's card (embed.preprocess, embed.resize, embed.img_dim); a
+        # bilinear card keeps format 1's text and ImageNet's mean/std its values, so those caches stay valid.
+        "mean": list(preprocessing.mean),
+        "std": list(preprocessing.std),
+        "resize": preprocessing.description,
+        "frames": "every frame",  # fixed in code; recorded so a change there invalidates caches
         # Kernels change across releases; major.minor is the granularity that changes numbers.
         "torch": _major_minor(torch.__version__),
         "torchvision": _major_minor(torchvision.__version__),
+        **{name: _major_minor(v) for name, v in library_version(cfg.embed.backbone).items()},  # timm, OpenCLIP
     }
+    if cfg.embed.preprocess != "auto":  # whose card a random init or a file follows (absent: the default's)
+        derived["preprocess"] = preprocessing.source
     if cfg.embed.source == "frames":
         derived["jpeg_quality"] = cfg.extract.jpeg_quality  # JPEG loss changes the features; videos have none
     return derived

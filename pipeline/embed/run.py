@@ -222,6 +222,8 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
         row = 0
         for index, rows in batch.owners:
             video = videos[index]
+            for features in outputs:
+                feed.check_storable(features[row:row + rows], cfg.embed.dtype, cfg.embed.backbone, video.item.name)
             video.features.append(outputs[0][row:row + rows])
             if flip:
                 video.flip_features.append(outputs[1][row:row + rows])
@@ -237,12 +239,13 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     workers = resolve_workers(cfg.embed.workers, local)
-    stream = pieces(decode_jobs(cfg, todo), frame_resize(cfg.embed), cfg.embed.batch_size, workers)
+    resize = frame_resize(cfg.embed)
+    stream = pieces(decode_jobs(cfg, todo), resize, cfg.embed.batch_size, workers)
     pin = device.type == "cuda"
     with bar, contextlib.closing(stream):  # closing: an error or Ctrl-C stops the decode workers at once
         batches = feed.batches(counted(stream), cfg.embed.batch_size, cfg.embed.img_dim, pin, on_end,
                                counts["timing"])
-        feed.run(feed.Forward(model, device, amp_dtype, flip), batches, deliver, counts["timing"])
+        feed.run(feed.Forward(model, device, amp_dtype, flip, resize), batches, deliver, counts["timing"])
     return counts
 
 

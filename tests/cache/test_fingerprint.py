@@ -91,7 +91,7 @@ def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(t
     changed = {"data.splits": str(splits), "embed.weights": str(weights), "extract.jpeg_quality": 50,
                "data.name": "other", "embed.backbone": "resnet34", "embed.img_dim": 64, "embed.source": "videos",
                "embed.flip": True, "embed.dtype": "float32",
-               "embed.resize": "crop", "embed.batch_size": 7}
+               "embed.resize": "crop", "embed.batch_size": 7, "embed.preprocess": "IMAGENET1K_V1"}
     assert DERIVED <= set(keys_affecting("features"))
     before = embed_fingerprint(cfg)
     for name in keys_affecting("features"):

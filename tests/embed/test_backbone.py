@@ -1,4 +1,5 @@
-"""The frozen backbone: head removal, weights (random, state dict, ImageNet offline), preprocessing, flip."""
+"""The frozen torchvision backbone: head removal, weights (random, state dict, ImageNet offline), preprocessing, flip,
+the backbones table."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pipeline.embed.backbone import (
     resize_frames,
     weights_identity,
 )
-from pipeline.embed.catalog import find_head, format_catalog, list_backbones, skeleton
+from pipeline.embed.backbones import rows
+from pipeline.embed.backbones.table import format_table
+from pipeline.embed.backbones.torchvision import find_head, skeleton
 from pipeline.errors import ActrecError
 
 CPU = torch.device("cpu")
@@ -93,13 +96,16 @@ def test_bad_state_dicts_name_the_file(tmp_path):
     state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
     bad_shape = tmp_path / "bad_shape.pth"
     torch.save(state, bad_shape)
-    with pytest.raises(ActrecError, match="bad_shape.pth does not fit ResNet.*size mismatch"):
+    with pytest.raises(ActrecError, match=r"bad_shape.pth does not fit torchvision resnet18 \(ResNet\) \(1 size "
+                                          r"mismatch: layer1.0.conv1.weight is \[3, 3, 1, 1\], the model's "
+                                          r"\[64, 64, 3, 3\]\)"):
         load_backbone("resnet18", str(bad_shape), CPU)
     del state["layer4.1.bn2.bias"]
     state.pop("layer1.0.conv1.weight")
     missing = tmp_path / "missing_keys.pth"
     torch.save(state, missing)
-    with pytest.raises(ActrecError, match="missing_keys.pth does not fit.*layer4.1.bn2.bias"):
+    with pytest.raises(ActrecError, match="missing_keys.pth does not fit .*2 missing keys: layer1.0.conv1.weight, "
+                                          "layer4.1.bn2.bias"):
         load_backbone("resnet18", str(missing), CPU)
     not_torch = tmp_path / "notes.pth"
     not_torch.write_text("not a checkpoint")
@@ -167,6 +173,7 @@ def test_random_vit_and_swin_embed_at_small_sizes():
     assert embed_frames(swin, random_frames(2), 32, CPU).shape == (2, 768)
 
 
+@pytest.mark.slow
 def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
     vit = load_backbone("vit_b_16", "none", CPU, img_dim=224)
     frames = random_frames(2, 64, 64)
@@ -213,20 +220,47 @@ def test_torchvision_weights_by_name(tmp_path, monkeypatch):
 
 
 def test_backbones_table_comes_from_the_weights_metadata():
-    every = list_backbones(["vit_b_16"], every_weights=True)
+    every = rows(["torchvision"], "vit_b_16", every_weights=True)
     assert [(r["weights"], r["trained_size"]) for r in every] == [
         ("imagenet", 224), ("IMAGENET1K_SWAG_E2E_V1", 384), ("IMAGENET1K_SWAG_LINEAR_V1", 224)]
-    assert "IMAGENET1K_SWAG_E2E_V1     ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1" in format_catalog(every)
-    rows = {row["name"]: row for row in list_backbones(["vit_b_16", "regnet_y_128gf", "resnet18", "squeezenet1_0"])}
-    assert (rows["vit_b_16"]["dim"], rows["vit_b_16"]["fixed"], rows["vit_b_16"]["trained_size"]) == (768, True, 224)
-    assert rows["vit_b_16"]["gflops"] == pytest.approx(17.564) and rows["vit_b_16"]["top1"] == pytest.approx(81.072)
-    assert rows["regnet_y_128gf"]["dim"] == 7392 and rows["regnet_y_128gf"]["trained_size"] == 384
-    assert rows["resnet18"]["dim"] == 512 and not rows["resnet18"]["fixed"]
-    assert rows["squeezenet1_0"]["dim"] is None  # its head ends in a convolution
-    table = format_catalog(list(rows.values()))
-    assert table.index("regnet_y_128gf") < table.index("vit_b_16") < table.index("resnet18")  # best top-1 first
-    assert "224 only" in table and "squeezenet" not in table
-    assert "squeezenet1_0" in format_catalog(list(rows.values()), show_all=True)
+    assert "IMAGENET1K_SWAG_E2E_V1     short 384 > crop 384 bicubic, mean/std imagenet" in format_table(every)
+    found = {r["name"]: r for text in ("vit_b_16", "regnet_y_128gf", "resnet18", "squeezenet1_0")
+             for r in rows(["torchvision"], text)}
+    vit = found["vit_b_16"]
+    assert (vit["dim"], vit["size"], vit["trained_size"]) == (768, "224 only", 224)
+    assert vit["gflops"] == pytest.approx(17.564) and vit["top1"] == pytest.approx(81.072)
+    assert found["regnet_y_128gf"]["dim"] == 7392 and found["regnet_y_128gf"]["trained_size"] == 384
+    assert found["resnet18"]["dim"] == 512 and found["resnet18"]["size"] == ">=1"
+    assert found["squeezenet1_0"]["dim"] is None  # its head ends in a convolution
+    table = format_table(list(found.values()))
+    assert table.index("regnet_y_128gf") < table.index("vit_b_16") < table.index("resnet18 ")  # best top-1 first
+    assert "short 232 > crop 224 bilinear" not in table and "short 256 > crop 224 bilinear" in table
+    assert "squeezenet" not in table and "squeezenet1_0" in format_table(list(found.values()), show_all=True)
+
+
+def test_weights_without_a_trained_classifier_are_refused_by_name():
+    """VGG-16 IMAGENET1K_FEATURES: NaN classifier layers, so the penultimate feature would be NaN."""
+    with pytest.raises(ActrecError, match=r"embed.weights=IMAGENET1K_FEATURES: VGG16_Weights.IMAGENET1K_FEATURES "
+                                          r"trains only the convolutional features.*Use vgg16's IMAGENET1K_V1"):
+        load_backbone("vgg16", "IMAGENET1K_FEATURES", CPU)  # refused from the metadata, before any download
+    [row] = [r for r in rows(["torchvision"], "vgg16", every_weights=True) if r["weights"] == "IMAGENET1K_FEATURES"]
+    assert row["dim"] is None  # listed only with --all
+
+
+def test_safetensors_state_dict_loads(tmp_path, resnet18):
+    from safetensors.torch import save_file
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        source = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), str(path))
+    frames = random_frames()
+    source.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = source.eval()(normalize(resize_frames(frames, 32), CPU)).numpy()
+    np.testing.assert_allclose(embed_frames(load_backbone("resnet18", str(path), CPU), frames, 32, CPU), expected,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_the_crop_follows_the_named_weights_own_transforms():
