@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.config import config_diff
 from pipeline.errors import ActrecError
+from pipeline.experiments.track import track_evaluation
 from pipeline.fileio import write_json
 from pipeline.sequence.metrics import (
     confusion_matrix,
@@ -49,6 +50,7 @@ def evaluate(cfg) -> dict:
     metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
+    track_evaluation(cfg, metrics)  # the test metrics beside the run's hparams (TensorBoard, MLflow)
     return metrics
 
 

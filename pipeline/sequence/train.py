@@ -32,6 +32,7 @@ from pipeline.cache.reader import cache_rows, open_cache
 from pipeline.config import config_diff, config_from_dict, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
+from pipeline.experiments.track import track_run
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
 from pipeline.sequence.metrics import topk_accuracy, video_scores
@@ -67,8 +68,12 @@ class Run:
         return Path(self.cfg.run.dir)
 
 
-def train(cfg, resume: bool = False) -> dict:
-    """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run."""
+def train(cfg, resume: bool = False, on_epoch=None) -> dict:
+    """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run.
+
+    ``on_epoch(row)`` is called with each epoch's history row once the epoch's checkpoint is written; an
+    exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
+    """
     started = time.perf_counter()
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
@@ -86,8 +91,12 @@ def train(cfg, resume: bool = False) -> dict:
     log.info(f"training {cfg.model.name} on {len(train_set)} videos (validation: {len(val_set)}) of split "
              f"{split_name}: {sum(p.numel() for p in run.model.parameters()):,} parameters, device "
              f"{run.device}{precision}")
-    for epoch in range(run.state["epoch"], cfg.train.epochs):
-        run_epoch(run, train_set, val_set, cache, epoch)
+    with track_run(cfg, run.state) as track:
+        for epoch in range(run.state["epoch"], cfg.train.epochs):
+            run_epoch(run, train_set, val_set, cache, epoch)
+            track(run.state["history"][-1])
+            if on_epoch is not None:
+                on_epoch(run.state["history"][-1])
     summary = run_summary(run.state, run.dir, seconds=time.perf_counter() - started, skipped=False)
     log.info(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
              f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run.dir}/checkpoints")
