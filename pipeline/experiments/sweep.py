@@ -110,7 +110,8 @@ def plan_sweep(config_path, sets, variants: list[dict[str, str]], name: str | No
         if run_name in names:
             raise ActrecError(f"two runs of the sweep have the same settings ({run_name}); list each run once")
         names[run_name] = True
-        overrides = list(sets) + [f"{k}={v}" for k, v in variant.items()] + [f"run.dir={folder / run_name}"]
+        overrides = ([f"track.experiment=sweep/{folder.name}"] + list(sets) + [f"{k}={v}" for k, v in variant.items()]
+                     + [f"run.dir={folder / run_name}"])
         runs.append(SweepRun(run_name, variant, load_config(config_path, overrides).to_dict()))
     return folder, runs
 
