@@ -82,6 +82,7 @@ class TuneSpec:
     storage: str
     trials: int
     pruner: str
+    cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
 
 
 def tunable_keys() -> list[str]:
@@ -188,7 +189,7 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
     folder = Path(root) / name
     url = storage or default_storage(folder)
     return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
-                    trials, pruner)
+                    trials, pruner, os.getcwd())
 
 
 def default_storage(folder: Path) -> str:
@@ -228,18 +229,27 @@ def open_study(spec: TuneSpec, worker: int, create: bool = False):
     if create and spec.storage == default_storage(spec.folder):
         spec.folder.mkdir(parents=True, exist_ok=True)
     storage = open_storage(spec.storage)
-    sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + worker, n_startup_trials=cfg.tune.startup_trials,
-                                         constant_liar=True)
     if spec.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials,
                                              n_warmup_steps=cfg.tune.warmup_epochs)
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.tune.warmup_epochs))
-    study = optuna.create_study(storage=storage, study_name=spec.name, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=spec.name, pruner=pruner, direction="maximize",
+                                load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=sampler_seed(cfg.tune.seed, worker, len(study.get_trials(deepcopy=False))),
+        n_startup_trials=cfg.tune.startup_trials, constant_liar=True)
     if create:
         check_same_study(study, spec, settings_of(cfg.to_dict()))
     return study
+
+
+def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The TPE seed of one worker: from tune.seed, the worker's index and the study's trials so far, so parallel
+    workers and a rerun of an interrupted study do not repeat each other's random draws."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
 
 
 def open_storage(url: str):
@@ -327,6 +337,7 @@ def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    os.chdir(spec.cwd)  # a reused worker process may have started in another folder
     study = open_study(spec, worker)
     remaining = spec.trials - finished_count(study)
     if remaining > 0:
