@@ -33,21 +33,25 @@ FINAL_METRICS = ("hparams/val_top1", "hparams/val_loss", "hparams/test_top1", "h
 
 @contextmanager
 def track_run(cfg, state: dict):
-    """Yield ``track(history_row)`` for each finished epoch; on leaving (finished, pruned or interrupted) record
-    the run's settings with its best validation result from ``state``."""
+    """Yield ``track(history_row)`` for each finished epoch; on leaving, record the run's settings with its best
+    validation result from ``state`` unless Ctrl-C or a kill interrupted it (the resumed run records them: TensorBoard
+    keeps the first hparams a run dir states)."""
     writers = [writer for writer in (_tensorboard(cfg), _mlflow(cfg)) if writer is not None]
 
     def track(row: dict) -> None:
         for writer in writers:
             writer.epoch(row)
 
-    failed = True
+    outcome = "interrupted"
     try:
         yield track
-        failed = False
+        outcome = "finished"
+    except Exception:
+        outcome = "stopped"  # by on_epoch (a pruned trial) or an error
+        raise
     finally:
         for writer in writers:
-            writer.close(state, failed)
+            writer.close(state, outcome)
 
 
 def track_evaluation(cfg, metrics: dict) -> None:
@@ -63,6 +67,12 @@ def track_evaluation(cfg, metrics: dict) -> None:
         if mlflow_run is not None:
             mlflow_run.log_metrics({tag.split("/", 1)[1]: value for tag, value in final.items()}, step)
             mlflow_run.log_evaluation(Path(cfg.run.dir), metrics["checkpoint"])
+
+
+def check_tracking(cfg) -> None:
+    """Open the MLflow store of ``track.mlflow`` (if any) once, so a bad URI is one line before work starts."""
+    if cfg.track.mlflow:
+        _mlflow_call(cfg.track.mlflow, mlflow_client(cfg.track.mlflow).search_experiments, max_results=1)
 
 
 def run_settings(cfg) -> dict:
@@ -96,11 +106,11 @@ class _TensorBoard:
                 self.writer.add_scalar(tag, row[column], row["epoch"])
         self.writer.flush()
 
-    def close(self, state: dict, failed: bool) -> None:
+    def close(self, state: dict, outcome: str) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         best = best_of(state)
-        if best:
+        if best and outcome != "interrupted":
             # The metric tags are declared here; their values are scalars of this run (test ones added by evaluate).
             for summary in hparams(run_settings(self.cfg), dict.fromkeys(FINAL_METRICS, 0.0)):
                 self.writer.file_writer.add_summary(summary)
@@ -137,13 +147,13 @@ class _MlflowTraining:
     def epoch(self, row: dict) -> None:
         self.run.log_metrics({column: row[column] for column in EPOCH_METRICS}, row["epoch"])
 
-    def close(self, state: dict, failed: bool) -> None:
+    def close(self, state: dict, outcome: str) -> None:
         best = best_of(state)
         self.run.log_metrics({tag.split("/", 1)[1]: value for tag, value in best.items()}, state["epoch"])
         curves = Path(self.run.run_dir) / "curves.png"
         if curves.exists():
             self.run.client.log_artifact(self.run.run_id, str(curves))
-        self.run.client.set_terminated(self.run.run_id, "KILLED" if failed else "FINISHED")
+        self.run.client.set_terminated(self.run.run_id, "FINISHED" if outcome == "finished" else "KILLED")
 
 
 def _mlflow(cfg):

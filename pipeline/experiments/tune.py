@@ -31,6 +31,7 @@ from pipeline.experiments.sweep import (
     thread_share,
     write_leaderboard,
 )
+from pipeline.experiments.track import check_tracking
 from pipeline.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
                 raise ActrecError(f"--param {param.key}={param.spec}: {value} is not a valid value "
                                   f"({str(exc).split(': ', 1)[-1]})") from None
     open_cache(base).close()  # a missing or mismatched cache: one line now, not a failure per trial
+    check_tracking(base)
     folder = Path(root) / name
     url = storage or default_storage(folder)
     return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
