@@ -246,7 +246,8 @@ class TrackConfig:
 
 @dataclass
 class TuneConfig:
-    seed: int = _key(0, "seed of `actrec tune`'s TPE sampler (worker i of --jobs N draws with seed + i)", min=0)
+    seed: int = _key(0, "seed of `actrec tune`'s TPE sampler (each worker mixes in its index and the study's trial "
+                        "count, so parallel workers and reruns do not repeat each other's draws)", min=0)
     startup_trials: int = _key(5, "trials drawn at random before TPE models the results; the pruner stops no "
                                "trial before this many have finished", min=1, max=100000)
     warmup_epochs: int = _key(2, "epochs each trial trains before the pruner may stop it", min=0, max=100000)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,6 +218,9 @@ def mlflow_client(uri: str):
     except ImportError as exc:
         raise ActrecError(f"track.mlflow={uri} needs MLflow: pip install -e '.[mlflow]' (or set track.mlflow to "
                           f"an empty value)") from exc
+    if "://" not in uri or uri.startswith("file:"):
+        # MLflow 3 refuses a folder store unless asked for one; a folder in track.mlflow is that request.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return _mlflow_call(uri, MlflowClient, tracking_uri=uri)
 
 

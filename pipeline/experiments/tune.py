@@ -17,6 +17,8 @@ import logging
 import os
 import re
 import socket
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,9 +213,7 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
         if jobs == 1:
             run_worker(spec, 0, threads)
         else:
-            from joblib import Parallel, delayed
-
-            Parallel(n_jobs=jobs, backend="loky")(delayed(run_worker)(spec, i, threads) for i in range(jobs))
+            run_workers(spec, jobs, threads)
     finally:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
@@ -334,12 +334,59 @@ def _alive(pid) -> bool:
     return True
 
 
+def run_workers(spec: TuneSpec, jobs: int, threads: int) -> None:
+    """``jobs`` worker processes on the study, each dying with this process (a kill leaves no trial training)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("pipeline").getEffectiveLevel()
+    workers = [context.Process(target=worker_main, args=(spec, i, threads, os.getpid(), level))
+               for i in range(jobs)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)  # Ctrl-C reaches the workers too: let them record their trials as stopped
+            if worker.is_alive():
+                worker.terminate()
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:
+        raise ActrecError(f"{len(failed)} of {jobs} tune workers stopped with an error (exit status "
+                          f"{', '.join(map(str, failed))}); see the messages above, then run the command again to "
+                          f"continue the study")
+
+
+def worker_main(spec: TuneSpec, worker: int, threads: int, parent: int, level: int) -> None:
+    """A worker process: log as the command does, stop when the parent dies, run trials."""
+    import threading
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[worker {worker}] %(message)s"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    try:
+        run_worker(spec, worker, threads)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # the trial stays RUNNING with this dead pid: the next run fails and requeues it
+
+
 def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
     """One process of the study: trials until the study has ``spec.trials`` finished ones."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    os.chdir(spec.cwd)  # a reused worker process may have started in another folder
+    os.chdir(spec.cwd)  # relative run dirs and config paths mean the same in every worker
     study = open_study(spec, worker)
     remaining = spec.trials - finished_count(study)
     if remaining > 0:

@@ -113,7 +113,8 @@ def test_sweep_and_tune_runs_are_grouped_in_one_mlflow_experiment_each(tmp_path,
               root=tmp_path / "sweeps")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["tune", "-c", str(CONFIG), *[a for s in sets for a in ("--set", s)],
-                                      "--param", "train.lr=float:1e-3:1e-2", "--trials", "2", "--name", "search"])
+                                      "--param", "train.lr=float:1e-3:1e-2", "--trials", "2", "--name", "search",
+                                      "--jobs", "2"])
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri=uri)
     for name, run_dirs in (("sweep/grid", {"name=meanpool", "name=tcn"}), ("tune/search", {"trial-0000",
@@ -124,6 +125,21 @@ def test_sweep_and_tune_runs_are_grouped_in_one_mlflow_experiment_each(tmp_path,
 
 @pytest.mark.parametrize("store", [pytest.param("sqlite:///{tmp}/file/mlflow.db", marks=pytest.mark.slow),
                                    "nonsense://store"])
+@pytest.mark.slow
+def test_mlflow_logs_to_a_local_folder_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlruns"
+    cfg = order_config(tmp_path, *QUIET, "train.epochs=1", f"track.mlflow={store}", "track.experiment=folder")
+    write_order_dataset(cfg)
+    train(cfg)
+    evaluate(cfg)
+    client = MlflowClient(tracking_uri=str(store))
+    [run] = client.search_runs([client.get_experiment_by_name("folder").experiment_id])
+    assert run.info.run_id == mlflow_run_id(cfg) and "test_top1" in run.data.metrics
+    assert "metrics.json" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id)}
+
+
 def test_an_mlflow_store_that_cannot_be_opened_is_one_line(tmp_path, store):
     cfg = order_config(tmp_path)
     write_order_dataset(cfg)

@@ -104,7 +104,7 @@ def test_tune_prunes_ranks_by_validation_and_tests_only_the_pick(tune_args, tmp_
     # A rate of 1e-6 cannot learn in 4 epochs, nor meanpool tell a time-reversed pair apart: the median pruner
     # stops trials that fall behind once two have finished.
     space = ["--param", "train.lr=cat:0.02,0.000001", "--param", "model.name=cat:meanpool,bilstm"]
-    result = tune(tune_args, "--set", "train.epochs=4", *space, "--trials", "6", "--name", "study", "--jobs", "2")
+    result = tune(tune_args, "--set", "train.epochs=4", *space, "--trials", "6", "--name", "study")
     assert result.exit_code == 0, result.output
     folder = tmp_path / "runs" / "tune" / "study"
     study = load_study(folder, "study")
