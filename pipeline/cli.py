@@ -331,8 +331,7 @@ def tune(config_path, overrides, params, space_file, trials, jobs, name, storage
     result = run_tune(spec, jobs=jobs)
     click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
     best = result["best"]
-    if best:
-        click.echo(f"best trial {best['trial']} ({best['run_dir']}): val top-1 {best['val_top1']:.4f}, test top-1 "
+    click.echo(f"best trial {best['trial']} ({best['run_dir']}): val top-1 {best['val_top1']:.4f}, test top-1 "
                    f"{best['test_top1']:.4f} (test computed once for the validation pick, never used to choose)")
 
 

@@ -207,8 +207,10 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
     study = open_study(spec, worker=0, create=True)
     recover(study)
     base = load_config(spec.config_path, spec.sets).to_dict()
+    finished = finished_count(study)
+    jobs = max(1, min(jobs, spec.trials - finished))  # no worker without a trial to run
     threads = thread_share(base, jobs) if jobs > 1 else 0
-    log.info(f"tune {spec.name}: {finished_count(study)} of {spec.trials} trials finished; study in {spec.storage}")
+    log.info(f"tune {spec.name}: {finished} of {spec.trials} trials finished; study in {spec.storage}")
     try:
         if jobs == 1:
             run_worker(spec, 0, threads)
@@ -217,8 +219,11 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
     finally:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
+    if best is None:
+        raise ActrecError(f"no trial of study {spec.name} finished ({sum(r['status'] == 'failed' for r in rows)} "
+                          f"failed); their errors are in {spec.folder / 'leaderboard.md'}")
     return {"folder": str(spec.folder), "storage": spec.storage, "best": best,
-            "rows": write_tune_leaderboard(spec, study) if best else rows}
+            "rows": write_tune_leaderboard(spec, study)}
 
 
 def open_study(spec: TuneSpec, worker: int, create: bool = False):
@@ -383,15 +388,22 @@ def _exit_with_parent(parent: int) -> None:
 
 def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
     """One process of the study: trials until the study has ``spec.trials`` finished ones."""
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
     os.chdir(spec.cwd)  # relative run dirs and config paths mean the same in every worker
     study = open_study(spec, worker)
     remaining = spec.trials - finished_count(study)
     if remaining > 0:
         study.optimize(lambda trial: objective(trial, spec, threads), n_trials=remaining, catch=(Exception,),
-                       callbacks=[MaxTrialsCallback(spec.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+                       callbacks=[lambda study, trial: stop_when_enough(study, spec.trials)])
+
+
+def stop_when_enough(study, trials: int) -> None:
+    """Stop this worker once the finished trials and those running elsewhere make ``trials``: the study ends with
+    that many, not one extra per worker (a running one that fails leaves it short; a rerun completes it)."""
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.RUNNING))) >= trials:
+        study.stop()
 
 
 def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0):

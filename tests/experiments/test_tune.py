@@ -19,7 +19,7 @@ from pipeline.errors import ActrecError
 from pipeline.experiments.tune import parse_param, parse_space
 from tests.experiments.test_sweep import read_leaderboard
 from tests.helpers import PROJECT_ROOT, tiny_overrides
-from tests.orderdata import order_config, write_order_dataset
+from tests.orderdata import interrupt_at_validation, order_config, write_order_dataset
 
 CONFIG = PROJECT_ROOT / "configs" / "synthetic.yaml"
 BASE = ["train.batch_size=8", "model.dropout=0.0", "data.val_fraction=0.2", "train.threads=1", "eval.threads=1",
@@ -144,7 +144,7 @@ def test_tune_prunes_ranks_by_validation_and_tests_only_the_pick(tune_args, tmp_
 
 @pytest.mark.slow
 def test_a_killed_tune_continues_and_its_running_trial_resumes_from_its_checkpoint(tune_args, tmp_path):
-    args = [*tune_args, "--set", "train.epochs=40", "--param", "train.lr=float:1e-3:1e-2", "--trials", "2",
+    args = [*tune_args, "--set", "train.epochs=20", "--param", "train.lr=float:1e-3:1e-2", "--trials", "2",
             "--name", "k"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "tune", *args], env=env, cwd=tmp_path,
@@ -159,7 +159,7 @@ def test_a_killed_tune_continues_and_its_running_trial_resumes_from_its_checkpoi
     killed = load_study(tmp_path / "runs" / "tune" / "k", "k").trials[0]
     assert killed.state == TrialState.RUNNING  # as the kill left it
     epochs_before = len((run_dir / "history.csv").read_text().splitlines()) - 1
-    assert 1 <= epochs_before < 40
+    assert 1 <= epochs_before < 20
 
     result = tune(args)
     assert result.exit_code == 0, result.output
@@ -168,7 +168,29 @@ def test_a_killed_tune_continues_and_its_running_trial_resumes_from_its_checkpoi
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
     assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
     assert retry.user_attrs["run_dir"] == str(run_dir.relative_to(tmp_path))
-    assert sorted(retry.intermediate_values) == list(range(1, 41))
+    assert sorted(retry.intermediate_values) == list(range(1, 21))
     assert f"resuming {retry.user_attrs['run_dir']}/checkpoints/last.pt" in result.stderr
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
     assert len(read_leaderboard(tmp_path / "runs" / "tune" / "k")) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study_and_the_next_run_resumes_the_stopped_trial(tune_args, tmp_path, monkeypatch):
+    args = [*tune_args, "--set", "train.epochs=3", "--param", "train.lr=float:1e-3:1e-2", "--trials", "1",
+            "--name", "c"]
+    interrupt_at_validation(monkeypatch, call=3)  # Ctrl-C in epoch 3 of trial 0, after 2 epochs' checkpoints
+    stopped = tune(args)
+    assert stopped.exit_code == 130 and "run the command again to resume" in stopped.stderr
+    folder = tmp_path / "runs" / "tune" / "c"
+    [trial] = load_study(folder, "c").trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"]
+    assert (folder / "leaderboard.md").exists()  # what finished, written on the way out
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    result = tune(args)
+    assert result.exit_code == 0, result.output
+    first, retry = load_study(folder, "c").trials
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+    assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == [1, 2, 3]
+    assert "resuming runs/tune/c/trial-0000/checkpoints/last.pt after epoch 2 of 3" in result.stderr
+    assert [row["run_dir"] for row in read_leaderboard(folder)] == ["runs/tune/c/trial-0000"]
