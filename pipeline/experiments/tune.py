@@ -434,7 +434,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
         if row["epoch"] not in rows:
             trial.report(row["val_acc"], row["epoch"])
         rows[row["epoch"]] = row
-        if trial.should_prune():
+        if row["epoch"] < cfg.train.epochs and trial.should_prune():  # after the last epoch there is nothing to save
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
     try:
