@@ -309,7 +309,7 @@ def recover(study) -> None:
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         if trial.state == TrialState.RUNNING and attrs.get("host") == host and not _alive(attrs.get("pid")):
-            try:
+            try:  # as Optuna's own fail_stale_trials does it: there is no public call to end another's trial
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue

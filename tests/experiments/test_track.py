@@ -42,6 +42,7 @@ def interrupt_after(epoch: int):
     return on_epoch
 
 
+@pytest.mark.slow
 def test_every_run_writes_tensorboard_curves_and_hparams_with_its_final_metrics(tmp_path):
     cfg = order_config(tmp_path, *QUIET, "train.epochs=3")
     write_order_dataset(cfg)
@@ -123,8 +124,6 @@ def test_sweep_and_tune_runs_are_grouped_in_one_mlflow_experiment_each(tmp_path,
         assert {Path(run.data.tags["actrec.run_dir"]).name for run in runs} == run_dirs
 
 
-@pytest.mark.parametrize("store", [pytest.param("sqlite:///{tmp}/file/mlflow.db", marks=pytest.mark.slow),
-                                   "nonsense://store"])
 @pytest.mark.slow
 def test_mlflow_logs_to_a_local_folder_store(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -140,6 +139,8 @@ def test_mlflow_logs_to_a_local_folder_store(tmp_path):
     assert "metrics.json" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.parametrize("store", [pytest.param("sqlite:///{tmp}/file/mlflow.db", marks=pytest.mark.slow),
+                                   "nonsense://store"])
 def test_an_mlflow_store_that_cannot_be_opened_is_one_line(tmp_path, store):
     cfg = order_config(tmp_path)
     write_order_dataset(cfg)
