@@ -177,7 +177,7 @@ def test_a_killed_tune_continues_and_its_running_trial_resumes_from_its_checkpoi
 @pytest.mark.slow
 def test_ctrl_c_stops_the_study_and_the_next_run_resumes_the_stopped_trial(tune_args, tmp_path, monkeypatch):
     args = [*tune_args, "--set", "train.epochs=3", "--param", "train.lr=float:1e-3:1e-2", "--trials", "1",
-            "--name", "c"]
+            "--name", "c", "--pruner", "halving"]
     interrupt_at_validation(monkeypatch, call=3)  # Ctrl-C in epoch 3 of trial 0, after 2 epochs' checkpoints
     stopped = tune(args)
     assert stopped.exit_code == 130 and "run the command again to resume" in stopped.stderr
