@@ -96,7 +96,7 @@ all: $(STAMP) ## download, extract (only for embed.source=frames), embed, train,
 demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep of 4 models, predict, leaderboard
 	$(ACTREC) synth $(DEMO)
 	$(ACTREC) embed $(DEMO)
-	$(ACTREC) sweep $(DEMO) --runs configs/demo-sweep.txt --jobs 2 --name demo > /dev/null
+	$(ACTREC) sweep $(DEMO) --runs configs/demo-sweep.txt --jobs 2 --name demo
 	$(ACTREC) predict $(DEMO_VIDEO) --checkpoint $(DEMO_BILSTM)/checkpoints/best.pt \
 	  --out $(DEMO_BILSTM)/prediction.gif --json $(DEMO_BILSTM)/prediction.json
 	@echo; echo "== demo summary: a sweep on the synthetic cache (test split 1), ranked by validation accuracy =="

@@ -21,10 +21,6 @@ from pipeline.config import load_config
 from pipeline.errors import ActrecError
 
 
-class _State:
-    verbose = False
-
-
 class _LogHandler(logging.Handler):
     """Log records as plain lines on stderr, written between progress bars rather than through them."""
 
@@ -90,7 +86,8 @@ def _os_error_line(exc: OSError) -> str:
 
 def _fail(message: str) -> None:
     """Print ``message`` as one red line (the traceback too with --verbose) and exit with status 2."""
-    if _State.verbose:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
         traceback.print_exc()
     click.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
     sys.exit(2)
@@ -121,14 +118,15 @@ def reports_errors(func):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--verbose", "-v", is_flag=True, default=False, help="Show debug messages and full tracebacks on errors.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="Show only warnings, errors and results.")
-def cli(verbose: bool, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """actrec: action recognition as a two-stage feature-caching pipeline.
 
     Stage one (embed) runs a frozen CNN once over every frame and caches the
     features in HDF5; stage two (train, evaluate) trains a sequence model on
     the cache. Run `actrec COMMAND --help` for each command.
     """
-    _State.verbose = verbose
+    ctx.obj = {"verbose": verbose}  # what every subcommand's error report needs to know
     configure_logging(verbose, quiet)
 
 
@@ -215,9 +213,27 @@ def predict(video, checkpoint, out, json_path, hop, device):
     from pipeline.sequence.predict import format_prediction
     from pipeline.sequence.predict import predict as run_predict
 
-    result = run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
-    if "video_top5" in result:  # one video; a folder's results are in its CSV
-        click.echo(format_prediction(result))
+    click.echo(format_prediction(run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop,
+                                             device=device)))
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR_OR_SWEEP_DIR...")
+@config_options
+@click.option("--host", default="127.0.0.1", help="Address to bind; anything but loopback exposes a page without "
+                                                   "login to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, help="Port of the page.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Prediction device.")
+@reports_errors
+def serve(folders, config_path, overrides, host, port, device):
+    """A local web page over runs: predict on a video, browse the test errors, compare a sweep's runs.
+
+    Needs Gradio (pip install -e '.[serve]'); the Errors tab reads run.dir/predictions.csv of `actrec evaluate`.
+    Settings (serve.max_upload_mb, ...) come from --config/--set.
+    """
+    from pipeline.serve.server import serve as run_server
+
+    run_server(folders, host, port, load_config(config_path, overrides).serve, device=device)
 
 
 @cli.command()
@@ -235,8 +251,11 @@ def info(cache_path):
 @click.option("--join", "mode", type=click.Choice(["copy", "virtual"]), default="copy", show_default=True,
               help="Copy the shards' features into CACHE_PATH (then remove the shards), or write an HDF5 virtual "
                    "dataset over them (keep the shards).")
+@click.option("--mixed-devices", is_flag=True, default=False,
+              help="Join shards embedded on different kinds of device (GPU models, CUDA/cuDNN versions, CPU), whose "
+                   "features may differ in the last bits; the cache records every device. Refused without it.")
 @reports_errors
-def merge_cache(cache_path, mode):
+def merge_cache(cache_path, mode, mixed_devices):
     """Join the shards of CACHE_PATH (CACHE_PATH.shards/, written by `actrec embed` under torchrun) into it.
 
     An embed under torchrun does this itself when every rank has finished; this command does it by hand,
@@ -244,7 +263,7 @@ def merge_cache(cache_path, mode):
     """
     from pipeline.cache.shards import join
 
-    summary = join(Path(cache_path), mode)
+    summary = join(Path(cache_path), mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 
@@ -283,9 +302,10 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
               help="A file with one run per line (key=value pairs), instead of --grid.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Runs at a time [default: 1 on the CPU, one per GPU, every worker of a cluster].")
-@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ [default: from the varied keys].")
-@click.option("--backend", type=click.Choice(["loky", "dask", "ray"]), default="loky",
-              help="joblib backend: local processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
+@click.option("--name", default=None, help="Sweep folder under runs/sweeps/ (letters, digits, -, _, .) "
+                                           "[default: from the varied keys].")
+@click.option("--backend", type=click.Choice(["local", "dask", "ray"]), default="local",
+              help="Local worker processes, or a Dask or Ray cluster (pip install -e '.[cluster]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (tcp://HOST:8786) or Ray cluster address.")
 @reports_errors
@@ -293,15 +313,18 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
     """Train and evaluate many runs on one feature cache; write and print the sweep's leaderboard.
 
     Each run is an ordinary run dir under runs/sweeps/NAME/ named from the keys it varies. Finished runs
-    are skipped and interrupted ones resume, so running the same command again completes a sweep.
+    are skipped and interrupted ones resume, so running the same command again completes a sweep. Exits
+    non-zero when a run failed.
     """
-    from pipeline.experiments.sweep import parse_grid, parse_runs_file, run_sweep
+    from pipeline.experiments.sweep import run_sweep
 
-    if bool(grids) == bool(runs_file):
-        raise ActrecError("pass --grid KEY=V1,V2 (repeatable) or --runs FILE, one of the two")
-    variants = parse_runs_file(runs_file) if runs_file else parse_grid(grids)
-    result = run_sweep(config_path, overrides, variants, name=name, jobs=jobs, backend=backend, scheduler=scheduler)
-    click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
+    result = run_sweep(config_path, overrides, grids, runs_file, name=name, jobs=jobs, backend=backend,
+                       scheduler=scheduler)
+    board = Path(result["folder"]) / "leaderboard.md"
+    click.echo(board.read_text(), nl=False)
+    if result["failed"]:
+        raise ActrecError(f"{result['failed']} of {len(result['rows'])} runs failed (their errors are in {board}); "
+                          f"fix the cause and run the same command again to run them")
 
 
 @cli.command()
@@ -332,7 +355,7 @@ def tune(config_path, overrides, params, space_file, trials, jobs, name, storage
     click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
     best = result["best"]
     click.echo(f"best trial {best['trial']} ({best['run_dir']}): val top-1 {best['val_top1']:.4f}, test top-1 "
-                   f"{best['test_top1']:.4f} (test computed once for the validation pick, never used to choose)")
+               f"{best['test_top1']:.4f} (test computed once for the validation pick, never used to choose)")
 
 
 @cli.command()
@@ -372,7 +395,7 @@ def show_config(config_path, overrides, key):
 def report(run_dirs):
     """Compare the metrics.json of several runs (e.g. bilstm vs meanpool, or splits 1-3 with their mean); a
     sweep folder (runs/sweeps/NAME) prints its leaderboard."""
-    from pipeline.sequence.evaluate import report_text
+    from pipeline.experiments.report import report_text
 
     click.echo(report_text(run_dirs))
 

@@ -1,7 +1,7 @@
 """The one config schema: defaults, YAML loading, ``--set`` overrides, validation.
 
 Every key lives in a dataclass below with its default, its allowed values and a
-one-line help text; ``validate`` is the only place values are checked. The
+one-line help text; ``_check_value`` is the only place values are checked. The
 resolved config (a plain dict from ``to_dict``) travels into every artefact:
 cache attributes, run directories and checkpoints.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -46,7 +47,7 @@ AFFECTS = ("features", "test list", "training")
 
 
 def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None, auto=False):
-    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``.
+    """A config key: its default, help text, allowed values (checked in ``_check_value``) and what it ``affects``.
 
     ``auto``: a whole number in min..max, or the string 'auto' (the code decides)."""
     assert affects in AFFECTS + (None,), affects
@@ -229,6 +230,21 @@ class PredictConfig:
 
 
 @dataclass
+class SweepConfig:
+    max_runs: int = _key(1000, "`actrec sweep` refuses a grid or runs file of more runs than this (counted before "
+                         "anything is planned)", min=1, max=10_000_000)
+
+
+@dataclass
+class ServeConfig:
+    max_upload_mb: int = _key(500, "largest video `actrec serve` accepts as an upload, in MB (larger ones get an "
+                              "error message in the page)", min=1, max=1_000_000)
+    timeline_labels: int = _key(5, "labels drawn on `actrec serve`'s timeline charts: the video's most probable "
+                                "ones", min=1, max=10)
+    thumbnails: int = _key(6, "frames in each thumbnail strip of `actrec serve`'s Errors tab", min=1, max=32)
+
+
+@dataclass
 class RunConfig:
     dir: str = _key("runs/{data.name}_{model.name}_split{data.split}",
                     "where checkpoints, history, metrics and plots of a run go")
@@ -265,6 +281,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     run: RunConfig = field(default_factory=RunConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -301,20 +319,36 @@ def config_diff(old: dict, new: dict, *affects: str) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate, resolve."""
-    raw: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ActrecError(f"cannot read config {path}: {exc.strerror}. Pass an existing YAML file "
-                              f"(see configs/).") from exc
-        raw = read_yaml(text, path)
+    return config_with_overrides(read_config_file(path), overrides, source=str(path) if path else "<defaults>")
+
+
+def read_config_file(path: str | Path | None) -> dict:
+    """The sections of the YAML config at ``path`` as written (placeholders unresolved); {} for the defaults."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ActrecError(f"cannot read config {path}: {exc.strerror}. Pass an existing YAML file "
+                          f"(see configs/).") from exc
+    return read_yaml(text, path)
+
+
+def config_with_overrides(raw: dict, overrides: list[str] | tuple, source: str) -> Config:
+    """``raw`` (left unchanged) with ``section.key=value`` overrides applied, validated and resolved: a file read
+    once serves many configs (a sweep's runs)."""
+    raw, origins = apply_overrides(raw, overrides)
+    return config_from_dict(raw, source=source, origins=origins)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple) -> tuple[dict, dict]:
+    """A copy of ``raw`` with ``section.key=value`` overrides applied (not validated), and where each overridden
+    key's value came from (``--set ...``)."""
+    raw = copy.deepcopy(raw)
     origins = {}
     for item in overrides:
         origins[_apply_override(raw, item)] = f"--set {item}"
-    return config_from_dict(raw, source=source, origins=origins)
+    return raw, origins
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -378,10 +412,7 @@ def _apply_override(raw: dict, item: str) -> str:
         raise ActrecError(f"--set {item!r}: expected section.key=value, for example --set train.epochs=5")
     dotted, text = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+    value = copy.deepcopy(_override_value(text))
     if raw.get(section) is None:  # `train:` with nothing under it in the file
         raw[section] = {}
     section_values = raw[section]
@@ -389,6 +420,15 @@ def _apply_override(raw: dict, item: str) -> str:
         raise ActrecError(f"--set {item!r}: section '{section}' in the config file is not a mapping")
     section_values[key] = value
     return f"{section}.{key}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _override_value(text: str) -> Any:
+    """The value of ``--set key=TEXT`` as YAML reads it (remembered: a sweep's runs repeat the same values)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
 
 
 def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:

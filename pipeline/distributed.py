@@ -1,4 +1,4 @@
-"""Where this process stands among torchrun's workers: rank, world size, its device, and the barrier.
+"""Where this process stands among torchrun's workers: rank, world size, its device, and how ranks agree.
 
 Launched by ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment), each process is one
 rank; otherwise the process is the whole world (rank 0 of 1) and nothing is initialised. The process
@@ -12,15 +12,18 @@ import datetime
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from pipeline.errors import ActrecError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# A barrier waits for the slowest rank's whole share of stage one, which can take hours; torchrun's agent,
+# ``together`` waits for the slowest rank's whole share of stage one, which can take hours; torchrun's agent,
 # not this timeout, is what notices a dead rank (it stops the others and restarts or gives up).
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -107,10 +110,56 @@ def _die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def barrier(rank: Rank) -> None:
-    """Wait for every rank (no-op for a single process)."""
-    if rank.launched and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+def agreed(rank: Rank, action: Callable[[], T]) -> T:
+    """Run ``action`` on rank 0 and give every rank its result, or its refusal: then every rank raises the same
+    one-line error and none is left waiting in a later collective for a rank that has gone (which gloo reports
+    as a "Connection closed by peer" traceback). Just runs ``action`` in a single process."""
+    if not rank.launched or not torch.distributed.is_initialized():
+        return action()
+    outcome: list = [None]
+    failure = None
+    if rank.rank == 0:
+        try:
+            outcome[0] = (True, action())
+        except Exception as exc:  # whatever stops rank 0 must stop the others too
+            failure = exc
+            outcome[0] = (False, _refusal(exc, 0))
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    ok, value = outcome[0]
+    if not ok:
+        raise ActrecError(value)
+    return value
+
+
+def together(rank: Rank, action: Callable[[], T]) -> T:
+    """Run ``action`` on every rank and wait for all (a barrier that hears how each rank did): when it failed on
+    one, that rank raises its own error and every other rank the same line (or one naming that rank), rather
+    than waiting in a later collective for a rank that has gone. Just runs ``action`` in a single process."""
+    if not rank.launched or not torch.distributed.is_initialized():
+        return action()
+    result, failure = None, None
+    try:
+        result = action()
+    except Exception as exc:  # whatever stops one rank must stop the others too
+        failure = exc
+    outcomes: list = [None] * rank.world_size
+    torch.distributed.all_gather_object(outcomes, None if failure is None else _refusal(failure, rank.rank))
+    if failure is not None:
+        raise failure
+    for message in outcomes:
+        if message is not None:
+            raise ActrecError(message)
+    return result
+
+
+def _refusal(exc: Exception, rank: int) -> str:
+    """The line the other ranks stop with when ``exc`` stopped ``rank``: its own line if it has one."""
+    if isinstance(exc, ActrecError):
+        return str(exc)
+    first = (str(exc).splitlines() or [""])[0][:300]
+    return f"rank {rank} stopped ({type(exc).__name__}: {first}); see its error"
 
 
 def shutdown() -> None:

@@ -1,4 +1,4 @@
-"""Small file helpers every stage shares: atomic writes, write-failure messages and file hashes."""
+"""Small file helpers every stage shares: atomic writes, write-failure messages, file hashes and safe names."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ CHUNK = 1 << 20
 # torch.save (given a path) and OpenCV only say that writing failed.
 _ERRNO_IN_MESSAGE = re.compile(r"errno = (\d+)")
 _WRITE_FAILED = ("file write failed", "inline_container", "iostream error", "write failed", "Can't write")
+# A name that becomes a folder (a sweep, a tune study): one path component, portable, never '.' or '..'.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 def _errno_of(exc: BaseException) -> int | None:
@@ -157,3 +159,13 @@ def sha256_file(path: str | Path, progress: bool = False) -> str:
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
+
+
+def safe_name(value: str, what: str) -> str:
+    """``value`` when it is one safe folder name (letters, digits, '-', '_', '.'; not '.' or '..'; at most 200
+    characters), else one error line naming ``what`` (e.g. '--name'). Every name that becomes a folder is
+    checked here before anything is written, so none escapes the folder it belongs in."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or value in (".", ".."):
+        raise ActrecError(f"{what} {value!r}: a name must be one folder name of letters, digits, '-', '_' and '.' "
+                          f"(not '.' or '..', at most 200 characters); choose another")
+    return value

@@ -13,6 +13,7 @@ from pipeline.errors import ActrecError
 from tests.helpers import PROJECT_ROOT
 
 
+@pytest.mark.slow
 def test_quick_bench_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- BENCH:START -->\nold table\n<!-- BENCH:END -->\nafter\n")
@@ -31,6 +32,8 @@ def test_quick_bench_has_every_row(tmp_path):
     epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
     assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
+    if not torch.cuda.is_available():
+        check_gpu_smoke_rows([row for row in data["rows"] if row["id"] in gpu_ids])
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
     table = (tmp_path / "bench" / "results.md").read_text()
@@ -121,16 +124,19 @@ def test_failed_scaling_embed_is_one_line(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
-def test_gpu_rows_say_no_gpu_in_the_real_run_and_run_on_cpu_in_the_smoke_test(tmp_path):
+def test_gpu_rows_say_no_gpu_in_the_real_run(tmp_path):
     from pipeline.bench.gpu import bench_gpu
 
     cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.threads=1"])
     real = bench_gpu(cfg, quick=False, work=tmp_path / "real", command="actrec bench --only gpu")
     assert [r["value"] for r in real] == ["no GPU", "no GPU"] and [r["id"] for r in real] == ["6-112", "6-224"]
     assert not (tmp_path / "real").exists()  # nothing measured, nothing generated
-    smoke = bench_gpu(cfg, quick=True, work=tmp_path / "smoke", command="actrec bench --quick --only gpu")
-    for r in smoke:
+
+
+def check_gpu_smoke_rows(rows: list[dict]) -> None:
+    """Row 6 as ``--quick`` runs it without a GPU: the same code on the CPU, every worker count measured."""
+    for r in rows:
         assert r["value"].startswith("no GPU; CPU smoke run: bare ") and r["ratio"] > 0
-        assert set(r["details"]["embed"]) == {"1", "2", "all"}
+        assert set(r["details"]["embed"]) == {"0", "1"}
         timing = r["details"]["where_the_time_went"]
         assert set(timing) == {"decode_wait", "pack", "submit", "wait", "write"} and timing["submit"] > 0

@@ -25,7 +25,10 @@ FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_aff
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
 # Compared only where both sides record it.
-MACHINE_KEYS = {"forward_dtype"}
+# ``device`` is the kind of device the forward pass ran on (``pipeline.embed.fingerprint.device_kind``): shards of
+# one cache written on different kinds are joined only on request (``actrec merge-cache --mixed-devices``), and
+# the joined cache then records the list of them.
+MACHINE_KEYS = {"forward_dtype", "device"}
 # Keys added after caches of format 1 were written: compared where the cache records them, so those
 # caches stay readable (they were written with one batch size throughout, as embed never changed it).
 LATER_KEYS = {"batch_size"}
@@ -50,13 +53,39 @@ def stage_two_differences(cached_fingerprint: dict, cached_config: dict, config:
     return lines + [f"{key}: cache has {old!r}, config gives {new!r}" for key, (old, new) in compared.items()]
 
 
-def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
-    """One line per key whose value differs between a cache and the current config."""
+def fingerprint_differences(cached: dict, expected: dict, sides: tuple[str, str] | None = None,
+                            ignore: frozenset | set = frozenset()) -> list[str]:
+    """One line per key whose value differs between a cache and the current config (or, with ``sides``, between
+    two caches: the words that introduce each side's value), leaving out the keys in ``ignore``."""
     keys = [k for k in sorted(set(cached) | set(expected))
-            if k not in MACHINE_KEYS | LATER_KEYS or (k in cached and k in expected)]
+            if k not in ignore and (k not in MACHINE_KEYS | LATER_KEYS or (k in cached and k in expected))]
+    left, right = sides or ("cache has", None)
     source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
-    return [f"{k}: cache has {cached.get(k, '<missing>')!r}, {source.get(k, 'config gives')} "
+    return [f"{k}: {left} {cached.get(k, '<missing>')!r}, {right or source.get(k, 'config gives')} "
             f"{expected.get(k, '<missing>')!r}" for k in keys if cached.get(k) != expected.get(k)]
+
+
+# Besides the fingerprint, what the features of two cache files must share to sit in one cache (``read_meta``'s
+# names for them).
+LAYOUT_KEYS = ("class_names", "dim", "dtype", "has_flip")
+
+
+def compatibility_differences(cached: dict, other: dict, sides: tuple[str, str] | None = None,
+                              ignore: frozenset | set = frozenset()) -> list[str]:
+    """The one check that two sets of features may go into one cache: one line per difference in the fingerprint,
+    the classes, the feature size, dtype and flip. ``cached`` and ``other`` hold ``fingerprint`` and LAYOUT_KEYS (a
+    cache's ``read_meta`` or ``FeatureCache.settings()``, or what a writer is about to write); ``sides`` words the
+    two values (default: a cache against this embed); ``ignore``: fingerprint keys left out."""
+    lines = fingerprint_differences(cached["fingerprint"], other["fingerprint"], sides, ignore)
+    left, right = sides or ("cache has", "this embed writes")
+    return lines + [f"{key}: {left} {_shown(key, cached[key])}, {right} {_shown(key, other[key])}"
+                    for key in LAYOUT_KEYS if cached[key] != other[key]]
+
+
+def _shown(key: str, value) -> str:
+    if key == "class_names":  # a dataset's classes can be hundreds: their count and the first few say enough
+        return f"{len(value)} classes ({', '.join(value[:3])}{', ...' if len(value) > 3 else ''})"
+    return repr(value)
 
 
 def mismatch_error(path, differences: list[str]) -> ActrecError:

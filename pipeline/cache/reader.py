@@ -2,11 +2,12 @@
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md; ``cache_writer.py`` writes it,
-``fingerprint.py`` decides what goes into the stored fingerprint, and ``writelock.py``
-lets one writer at a time in. Stage two opens a cache with ``open_cache``, finds its
-videos with ``cache_rows`` and puts the features in memory or leaves them on disk with
-``FeatureCache.place``. A reader sees the committed videos only, also while a writer appends.
+length). The layout is documented in cache/README.md; ``writer.py`` writes it,
+``fingerprint.py`` compares the stored fingerprint, ``lock.py`` lets one writer at a
+time in, and ``virtual.py`` checks the shards a virtual join reads from. Stage two opens
+a cache with ``open_cache``, finds its videos with ``cache_rows`` and puts the features
+in memory or leaves them on disk with ``FeatureCache.place``. A reader sees the committed
+videos only, also while a writer appends.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from pipeline.cache.fingerprint import fingerprint_differences, mismatch_error, stage_two_differences
 from pipeline.cache.lock import lock_holder
+from pipeline.cache.virtual import check_sources
 from pipeline.errors import ActrecError
 
 FORMAT_VERSION = 1
@@ -92,12 +94,21 @@ def _check_committed(meta: dict, f: h5py.File, path) -> None:
         raise damaged_error(path, f"its index lists {count} videos but their rows are not all stored")
 
 
-def _rows(f: h5py.File, name: str) -> int:
-    """Rows of a dataset now: a SWMR reader refreshes it, as a writer may have grown it since it was first read."""
+def _fresh(f: h5py.File, name: str) -> h5py.Dataset:
+    """A dataset as it is now: a SWMR reader holds the shape it saw first, and a writer may have grown it since."""
     dataset = f[name]
     if f.swmr_mode:
         dataset.refresh()
-    return dataset.shape[0]
+    return dataset
+
+
+def _rows(f: h5py.File, name: str) -> int:
+    return _fresh(f, name).shape[0]
+
+
+def _head(f: h5py.File, name: str, count: int) -> np.ndarray:
+    """The first ``count`` rows of a column, refreshed (``count`` is read after the rows were written)."""
+    return _fresh(f, name)[:count]
 
 
 def read_meta(f: h5py.File, path) -> dict:
@@ -122,17 +133,25 @@ def read_meta(f: h5py.File, path) -> dict:
                           f"Delete it and run `actrec embed` again")
     check_layout(f, path)
     count = int(f["index/count"][0])
-    meta["names"] = _decode(f["index/names"][:count])
-    meta["labels"] = f["index/labels"][:count].astype(np.int64)
-    meta["offsets"] = f["index/offsets"][:count].astype(np.int64)
-    meta["lengths"] = f["index/lengths"][:count].astype(np.int64)
+    meta["names"] = _decode(_head(f, "index/names", count))
+    meta["labels"] = _head(f, "index/labels", count).astype(np.int64)
+    meta["offsets"] = _head(f, "index/offsets", count).astype(np.int64)
+    meta["lengths"] = _head(f, "index/lengths", count).astype(np.int64)
     n_failed = int(f["failures/count"][0])
     # A later record for the same name replaces an earlier one; a name that was embedded since is no failure.
-    failures = dict(zip(_decode(f["failures/names"][:n_failed]), _decode(f["failures/reasons"][:n_failed])))
+    failures = dict(zip(_decode(_head(f, "failures/names", n_failed)), _decode(_head(f, "failures/reasons", n_failed))))
     committed = set(meta["names"])
     meta["failures"] = {name: reason for name, reason in failures.items() if name not in committed}
     meta["failure_rows"] = failures
     _check_committed(meta, f, path)
+    return meta
+
+
+def read_checked(f: h5py.File, path) -> dict:
+    """``read_meta``, and for a virtual cache the check that its shards are there and are the ones it was joined
+    from: what every reader's open goes through. ``sources``: those shards (none for a cache of its own)."""
+    meta = read_meta(f, path)
+    meta["sources"] = check_sources(f, path)
     return meta
 
 
@@ -190,7 +209,7 @@ class FeatureCache:
         if not self.path.exists():
             raise ActrecError(f"no feature cache at {self.path}; run `actrec embed` with the same config first")
         with open_for_reading(self.path) as f:
-            meta = read_meta(f, self.path)
+            meta = read_checked(f, self.path)
         if expected_fingerprint is not None:
             differences = fingerprint_differences(meta["fingerprint"], expected_fingerprint)
             if differences:
@@ -208,11 +227,17 @@ class FeatureCache:
         self.offsets: np.ndarray = meta["offsets"]
         self.lengths: np.ndarray = meta["lengths"]
         self.failures: dict[str, str] = meta["failures"]
+        self.sources: list[str] = meta["sources"]  # a virtual cache's shards, relative to its folder
         self.total_frames = committed_frames(meta)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._memory: dict[bool, np.ndarray] = {}
         self._file = None
         self._file_pid = None
+
+    def settings(self) -> dict:
+        """What this cache's features are, in the terms ``compatibility_differences`` compares."""
+        return {"fingerprint": self.fingerprint, "class_names": self.class_names, "dim": self.dim,
+                "dtype": self.dtype, "has_flip": self.has_flip}
 
     def __contains__(self, name: str) -> bool:
         return name in self._index
@@ -235,9 +260,26 @@ class FeatureCache:
             return self._memory[flip]
         if self._file is None or self._file_pid != os.getpid():
             # A handle inherited through fork is not safe to use; each process opens its own.
-            self._file = open_for_reading(self.path, self.chunk_cache_bytes)
+            self._file = self._reopen()
             self._file_pid = os.getpid()
         return self._file["features_flip" if flip else "features"]
+
+    def _reopen(self) -> h5py.File:
+        """Open the file to read features, and make sure it still holds this reader's videos where its index says:
+        a join or a new embed may have replaced it since the index was read (a writer appending is fine)."""
+        f = open_for_reading(self.path, self.chunk_cache_bytes)
+        try:
+            meta = read_checked(f, self.path)
+            n = len(self.names)
+            same = meta["names"][:n] == self.names and all(np.array_equal(meta[column][:n], getattr(self, column))
+                                                            for column in ("labels", "offsets", "lengths"))
+            if not same or meta["fingerprint"] != self.fingerprint:
+                raise ActrecError(f"{self.path} was replaced while this command was reading it (its videos are no "
+                                  f"longer where they were); run the command again")
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def sequence(self, i: int, flip: bool = False) -> np.ndarray:
         """Features of video ``i``, ``[T, D]`` float32."""
@@ -358,6 +400,8 @@ def describe_cache(path) -> str:
     if len(cache.names):
         lengths = cache.lengths
         lines.append(f"length:     {lengths.min()} to {lengths.max()} frames per video (mean {lengths.mean():.1f})")
+    if cache.sources:
+        lines.append(f"join:       virtual, features in {len(cache.sources)} shards ({', '.join(cache.sources)})")
     owner = lock_holder(cache.path)
     if owner:
         lines.append(f"status:     being written by pid {owner} (counts grow until it finishes)")

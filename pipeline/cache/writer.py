@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.cache.fingerprint import fingerprint_differences, mismatch_error
+from pipeline.cache.fingerprint import compatibility_differences, mismatch_error
 from pipeline.cache.lock import WriteLock
 from pipeline.cache.reader import (
     COLUMNS,
@@ -225,16 +225,15 @@ class FeatureCacheWriter:
                 new[f"{group}/count"][0] = rows
 
     def _check_matches(self, meta: dict) -> None:
-        differences = fingerprint_differences(meta["fingerprint"], self.fingerprint)
-        if meta["class_names"] != self.class_names:
-            differences.append(f"class_names: cache has {len(meta['class_names'])} classes "
-                               f"({', '.join(meta['class_names'][:3])}, ...), the dataset has {len(self.class_names)} "
-                               f"({', '.join(self.class_names[:3])}, ...)")
-        for key, mine in (("dim", self.dim), ("has_flip", self.flip), ("dtype", self.dtype.name)):
-            if meta[key] != mine:
-                differences.append(f"{key}: cache has {meta[key]!r}, this embed writes {mine!r}")
+        differences = compatibility_differences(meta, self.settings)
         if differences:
             raise mismatch_error(self.path, differences)
+
+    @property
+    def settings(self) -> dict:
+        """What this writer's features are, in the terms ``compatibility_differences`` compares."""
+        return {"fingerprint": self.fingerprint, "class_names": self.class_names, "dim": self.dim,
+                "dtype": self.dtype.name, "has_flip": self.flip}
 
     def _load_state(self) -> None:
         """Read the committed state and drop anything past it (rows of a video that was never committed)."""

@@ -48,5 +48,14 @@ def _derived_entries(cfg) -> dict:
     return derived
 
 
+def device_kind(device: torch.device) -> str:
+    """The kind of device a forward pass runs on, for the fingerprint's machine key ``device``: kernels, and so the
+    features' last bits, differ between the CPU and a GPU, and between GPU models and CUDA/cuDNN versions."""
+    if device.type != "cuda":
+        return device.type
+    runtime = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}"
+    return f"{torch.cuda.get_device_name(device)} ({runtime}, cuDNN {torch.backends.cudnn.version()})"
+
+
 def _major_minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])

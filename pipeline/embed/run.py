@@ -36,7 +36,7 @@ from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.embed import feed
 from pipeline.embed.backbone import frame_resize, load_backbone
-from pipeline.embed.fingerprint import embed_fingerprint
+from pipeline.embed.fingerprint import device_kind, embed_fingerprint
 from pipeline.embed.workers import Piece, pieces, resolve_workers
 from pipeline.errors import ActrecError
 from pipeline.inputs.datasets import VideoItem, embed_items, frames_dir
@@ -103,6 +103,7 @@ def embed(cfg) -> dict:
         amp_dtype = autocast_dtype(device, cfg.embed.precision)
         model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
         fingerprint["forward_dtype"] = dtype_name(amp_dtype)
+        fingerprint["device"] = device_kind(device)
         run = _Run(cfg, rank, model, device, amp_dtype, fingerprint, class_names,
                    typical_fps([item.path for item in items]))
         sharded = rank.launched or bool(shard_files(path))
@@ -154,27 +155,31 @@ def _embed_single(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]:
 def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]:
     """This rank's strided share of what no cache or shard holds yet, into its shard; then rank 0 joins.
 
-    Every rank reads what is done before any writes (a barrier between), so all compute the same list to
-    share; finished videos in shards of another world size are kept and the rest redistributed."""
+    Rank 0 takes the cache's lock (one embed per cache) and reads what is done before any rank writes, and
+    every rank gets the outcome, the list or the refusal, so all share the same list or stop with the same
+    line; finished videos in shards of another world size are kept and the rest redistributed."""
     path, rank = Path(run.cfg.cache.path), run.rank
-    lock = WriteLock(path) if rank.rank == 0 else None  # one embed per cache: refuses a concurrent one
-    if lock:
+    lock = WriteLock(path) if rank.rank == 0 else None
+
+    def claim() -> set[str]:
         lock.acquire()
-    try:
-        done = committed_names(path, run.fingerprint) & {item.name for item in items}
         others = world_sizes(path) - {rank.world_size}
-        if others and rank.rank == 0:
+        if others:
             log.info("embed: keeping the finished videos of shards written with %s rank(s); the remaining videos "
                      "are shared among %d", "/".join(map(str, sorted(others))), rank.world_size)
-        distributed.barrier(rank)
+        return committed_names(path, run.fingerprint) & {item.name for item in items}
+
+    try:
+        done = distributed.agreed(rank, claim)
         mine = distributed.share([item for item in items if item.name not in done], rank)
-        with run.writer(shard_path(path, rank.rank, rank.world_size)) as writer:
-            counts, seconds = run.embed_into(writer, [item for item in mine if item.name not in writer.done],
-                                             len(done))
-        distributed.barrier(rank)
-        if rank.rank == 0:
-            join(path, run.cfg.cache.join, locked=True)
-        distributed.barrier(rank)  # the others return once the joined cache is in place
+
+        def embed_share() -> tuple[dict, float]:
+            with run.writer(shard_path(path, rank.rank, rank.world_size)) as writer:
+                return run.embed_into(writer, [item for item in mine if item.name not in writer.done], len(done))
+
+        counts, seconds = distributed.together(rank, embed_share)  # a rank that failed stops the others
+        # The others return once the joined cache is in place, or with rank 0's refusal to join.
+        distributed.agreed(rank, lambda: join(path, run.cfg.cache.join, locked=True))
     finally:
         if lock:
             lock.release()

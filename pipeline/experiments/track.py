@@ -70,6 +70,14 @@ def track_evaluation(cfg, metrics: dict) -> None:
             mlflow_run.log_evaluation(Path(cfg.run.dir), metrics["checkpoint"])
 
 
+def group_runs(raw: dict, experiment: str) -> dict:
+    """``raw`` config sections whose runs log to MLflow experiment ``experiment`` (a sweep's or a study's), unless
+    the config or a --set already names one."""
+    track = dict(raw.get("track") or {})
+    track.setdefault("experiment", experiment)
+    return {**raw, "track": track}
+
+
 def check_tracking(cfg) -> None:
     """Open the MLflow store of ``track.mlflow`` (if any) once, so a bad URI is one line before work starts."""
     if cfg.track.mlflow:

@@ -15,33 +15,25 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 import socket
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import AFFECTS, config_from_dict, keys_affecting, load_config
+from pipeline.config import AFFECTS, config_from_dict, keys_affecting
 from pipeline.errors import ActrecError
-from pipeline.experiments.sweep import (
-    RESULT_FILE,
-    SweepRun,
-    read_record,
-    settings_of,
-    thread_share,
-    write_leaderboard,
-)
-from pipeline.experiments.track import check_tracking
-from pipeline.fileio import write_json
+from pipeline.experiments.execute import thread_share
+from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
+from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
+from pipeline.experiments.track import check_tracking, group_runs
+from pipeline.fileio import safe_name, write_json
 
 log = logging.getLogger(__name__)
 
 KINDS = ("int", "float", "cat")
 PRUNERS = ("median", "halving")
 TUNABLE_SECTIONS = ("model", "train", "eval")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 # A worker's heartbeat: a trial whose process stopped beating for GRACE_S (a dead machine) is failed and retried.
 HEARTBEAT_S, GRACE_S = 30, 120
 
@@ -132,13 +124,17 @@ def _numeric_param(key: str, kind: str, parts: list[str], where: str) -> Param:
 
 
 def check_tunable(key: str, where: str) -> None:
-    known = keys_affecting(*AFFECTS, None)
-    if key not in known:
+    """Refuse an unknown key, the keys no compared runs may vary (as sweeps do) and keys that change nothing a
+    trial computes."""
+    if key not in keys_affecting(*AFFECTS, None):
         raise ActrecError(f"{where}: unknown key {key!r} (every key: configs/README.md)")
     if key not in tunable_keys():
-        raise ActrecError(f"{where}: {key} cannot be tuned: a tune compares runs on one cache and one validation "
-                          f"set, so it searches only model.*, train.* and eval.* keys that change what a run "
-                          f"computes ({', '.join(tunable_keys())})")
+        try:
+            check_varied_keys([key], "a tune")
+        except ActrecError as exc:
+            raise ActrecError(f"{where}: {exc}") from None
+        raise ActrecError(f"{where}: {key} cannot vary in a tune: it changes nothing a trial computes; search "
+                          f"model.*, train.* and eval.* keys that do ({', '.join(tunable_keys())})")
 
 
 def parse_space(items, space_file=None) -> tuple[Param, ...]:
@@ -163,31 +159,20 @@ def parse_space(items, space_file=None) -> tuple[Param, ...]:
     return tuple(params.values())
 
 
-def check_name(name: str) -> str:
-    """A study name becomes a folder: one path component of letters, digits, - _ . (not . or ..)."""
-    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-        raise ActrecError(f"--name {name!r}: a study name is one folder name: letters, digits, -, _ and . only "
-                          f"(not . or ..)")
-    return name
-
-
 def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | None, pruner: str,
               root="runs/tune") -> TuneSpec:
     """Check everything a tune needs before anything is written: the name, each parameter's values against the
     config schema, the base config and its cache."""
     from pipeline.cache.reader import open_cache
 
-    check_name(name)
+    safe_name(name, "--name")
     if pruner not in PRUNERS:
         raise ActrecError(f"--pruner {pruner}: unknown; use one of {', '.join(PRUNERS)}")
-    base = load_config(config_path, sets)
+    raw, base, source = load_base(config_path, sets)
     for param in params:
         for value in param.examples():
-            try:
-                load_config(config_path, list(sets) + [f"{param.key}={value}"])
-            except ActrecError as exc:
-                raise ActrecError(f"--param {param.key}={param.spec}: {value} is not a valid value "
-                                  f"({str(exc).split(': ', 1)[-1]})") from None
+            run_config(raw, {param.key: value}, Path(root) / name, f"--param {param.key}={param.spec}: {value} is "
+                       f"not a valid value", source)
     open_cache(base).close()  # a missing or mismatched cache: one line now, not a failure per trial
     check_tracking(base)
     folder = Path(root) / name
@@ -206,7 +191,7 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
     the test list and write the leaderboard (also when interrupted)."""
     study = open_study(spec, worker=0, create=True)
     recover(study)
-    base = load_config(spec.config_path, spec.sets).to_dict()
+    base = load_base(spec.config_path, spec.sets)[1].to_dict()
     finished = finished_count(study)
     jobs = max(1, min(jobs, spec.trials - finished))  # no worker without a trial to run
     threads = thread_share(base, jobs) if jobs > 1 else 0
@@ -232,7 +217,7 @@ def open_study(spec: TuneSpec, worker: int, create: bool = False):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = load_config(spec.config_path, spec.sets)
+    cfg = load_base(spec.config_path, spec.sets)[1]
     if create and spec.storage == default_storage(spec.folder):
         spec.folder.mkdir(parents=True, exist_ok=True)
     storage = open_storage(spec.storage)
@@ -247,7 +232,7 @@ def open_study(spec: TuneSpec, worker: int, create: bool = False):
         seed=sampler_seed(cfg.tune.seed, worker, len(study.get_trials(deepcopy=False))),
         n_startup_trials=cfg.tune.startup_trials, constant_liar=True)
     if create:
-        check_same_study(study, spec, settings_of(cfg.to_dict()))
+        check_same_study(study, spec, comparable_settings(cfg.to_dict()))
     return study
 
 
@@ -277,7 +262,6 @@ def open_storage(url: str):
 def check_same_study(study, spec: TuneSpec, settings: dict) -> None:
     """Record the space and base settings on a new study; refuse to continue one that had others."""
     space = {param.key: param.spec for param in spec.params}
-    settings = {k: str(v) for k, v in settings.items()}
     recorded = study.user_attrs
     if "space" not in recorded:
         study.set_user_attr("space", space)
@@ -365,25 +349,20 @@ def run_workers(spec: TuneSpec, jobs: int, threads: int) -> None:
 
 
 def worker_main(spec: TuneSpec, worker: int, threads: int, parent: int, level: int) -> None:
-    """A worker process: log as the command does, stop when the parent dies, run trials."""
-    import threading
+    """A worker process: log as the command does, die with the command, run trials. A killed worker leaves its
+    trial RUNNING under its dead pid: the next run fails and requeues it."""
+    from pipeline.experiments.execute import die_with_parent
 
+    die_with_parent(parent)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[worker {worker}] %(message)s"))
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         run_worker(spec, worker, threads)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)  # the trial stays RUNNING with this dead pid: the next run fails and requeues it
 
 
 def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
@@ -406,12 +385,14 @@ def stop_when_enough(study, trials: int) -> None:
         study.stop()
 
 
-def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0):
-    """The resolved config of one trial: the base config, the trial's values, its run dir and MLflow group."""
-    extra = [f"train.threads={threads}", f"eval.threads={threads}"] if threads else []
-    overrides = ([f"track.experiment=tune/{spec.name}"] + list(spec.sets) + extra
-                 + [f"{key}={value}" for key, value in params.items()] + [f"run.dir={run_dir}"])
-    return load_config(spec.config_path, overrides)
+def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0) -> dict:
+    """The resolved config (``to_dict`` form) of one trial: the base config grouped under the study's MLflow
+    experiment, the trial's values (as exact text), its thread share and its run dir."""
+    raw, _, source = load_base(spec.config_path, spec.sets)
+    values = {key: str(value) for key, value in params.items()}
+    if threads:
+        values.update({"train.threads": str(threads), "eval.threads": str(threads)})
+    return run_config(group_runs(raw, f"tune/{spec.name}"), values, Path(run_dir), f"tune {spec.name}", source)
 
 
 def objective(trial, spec: TuneSpec, threads: int) -> float:
@@ -424,8 +405,8 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
     run_dir = trial.user_attrs.get("run_dir") or str(spec.folder / f"trial-{trial.number:04d}")
     for key, value in (("run_dir", run_dir), ("host", socket.gethostname()), ("pid", os.getpid())):
         trial.set_user_attr(key, value)
-    cfg = trial_config(spec, params, run_dir, threads)
-    run = SweepRun(Path(run_dir).name, shown(params), cfg.to_dict())
+    run = SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir, threads))
+    cfg = config_from_dict(run.config, source=f"tune {spec.name} trial {trial.number}")
     rows = {int(row["epoch"]): row for row in read_history(Path(run_dir))}  # a resumed trial's earlier epochs
     for epoch, row in rows.items():
         trial.report(float(row["val_acc"]), epoch)
@@ -473,7 +454,7 @@ def write_record(run: SweepRun, number: int, rows: dict, status: str, error: str
     validation accuracy, then lower loss), epochs and seconds trained."""
     best = max(rows.values(), key=lambda row: (row["val_acc"], -row["val_loss"])) if rows else {}
     record = {"name": run.name, "trial": number, "varied": run.varied, "run_dir": str(run.dir),
-              "settings": settings_of(run.config), "host": socket.gethostname(), "pid": os.getpid(),
+              "settings": comparable_settings(run.config), "host": socket.gethostname(), "pid": os.getpid(),
               "status": status, "val_top1": best.get("val_acc"), "val_loss": best.get("val_loss"),
               "test_top1": None, "mean_class_accuracy": None, "epochs": len(rows),
               "seconds": round(sum(float(row["seconds"]) for row in rows.values()), 2), "error": error}
@@ -490,14 +471,28 @@ def trial_runs(spec: TuneSpec, study) -> list[SweepRun]:
     runs = []
     for run_dir, trial in latest.items():
         params = {param.key: trial.params[param.key] for param in spec.params if param.key in trial.params}
-        cfg = trial_config(spec, params, run_dir)
-        runs.append(SweepRun(Path(run_dir).name, shown(params), cfg.to_dict()))
+        runs.append(SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir)))
     return runs
 
 
 def write_tune_leaderboard(spec: TuneSpec, study) -> list[dict]:
+    """The study's leaderboard (as a sweep's: ranked by validation; pruned, failed and running trials last)."""
+    runs = trial_runs(spec, study)
+    rows = rank_rows([trial_row(run) for run in runs])
     spec.folder.mkdir(parents=True, exist_ok=True)
-    return write_leaderboard(spec.folder, trial_runs(spec, study))
+    write_leaderboard(spec.folder, rows, list(dict.fromkeys(k for run in runs for k in run.varied)),
+                      f"Tune {spec.name}")
+    return rows
+
+
+def trial_row(run: SweepRun) -> dict:
+    """A trial's leaderboard row from its record; a record of other settings counts as not run."""
+    record = read_record(run.dir)
+    if record.get("settings") != comparable_settings(run.config):
+        record = {}
+    status = record.get("status", "pending")
+    return {**run.varied, **{column: record.get(column) for column in LEADERBOARD_COLUMNS}, "run_dir": str(run.dir),
+            "status": status, "error": record.get("error") or ("" if status == "done" else "running or not run")}
 
 
 def evaluate_best(spec: TuneSpec, study, rows: list[dict]) -> dict | None:

@@ -9,7 +9,6 @@ never computed on videos the model saw.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -32,11 +31,6 @@ from pipeline.sequence.metrics import (
 
 log = logging.getLogger(__name__)
 
-# metrics.json key -> report column title
-REPORT_COLUMNS = {"top1": "top1", "top5": "top5", "mean_class_accuracy": "mean_cls", "clip_top1": "clip_top1",
-                  "pair_accuracy": "pair_acc"}
-
-
 def evaluate(cfg) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
     from pipeline.sequence.checkpoint import load_checkpoint
@@ -50,6 +44,7 @@ def evaluate(cfg) -> dict:
     metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
+    write_predictions(Path(cfg.run.dir) / "predictions.csv", split, dataset, video_scores(logits))
     track_evaluation(cfg, metrics)  # the test metrics beside the run's hparams (TensorBoard, MLflow)
     return metrics
 
@@ -125,6 +120,32 @@ def write_outputs(metrics: dict, class_names: list[str], run_dir: Path) -> None:
     plot_confusion(np.array(metrics["confusion_matrix"]), class_names, run_dir / "confusion_matrix.png",
                    title=f"{metrics['model']}, split {metrics['split']}: top-1 {metrics['top1']:.3f}")
     log.info(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'confusion_matrix.png'}")
+
+
+PREDICTION_COLUMNS = ["video", "true_label"] + [f"{what}{k}" for k in range(1, 6)
+                                                 for what in ("label", "probability")] + ["failed"]
+
+
+def write_predictions(path: Path, split, dataset, scores: np.ndarray) -> None:
+    """predictions.csv: per test video its true label, video-level top-5 and whether it had no features
+    (``failed``: 1, top-5 left empty). ``scores`` ``[N, C]`` follow ``dataset.rows``."""
+    import csv
+
+    from pipeline.fileio import atomic_path
+
+    names = split.class_names
+    scored = {dataset.cache.names[row]: row_scores for row, row_scores in zip(dataset.rows, scores)}
+    rows = []
+    for item in split.test:
+        if item.name not in scored:
+            rows.append([item.name, names[item.label]] + [""] * 10 + [1])
+            continue
+        top = np.argsort(-scored[item.name], kind="stable")[:5]
+        pairs = [x for c in top for x in (names[c], f"{scored[item.name][c]:.6f}")]
+        rows.append([item.name, names[item.label]] + pairs + [""] * (10 - len(pairs)) + [0])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([PREDICTION_COLUMNS] + rows)
+    log.info(f"wrote {path}")
 
 
 def checkpoint_path(cfg) -> Path:
@@ -213,79 +234,6 @@ def format_summary(metrics: dict) -> str:
     lines.append("  per class" + (" (5 worst)" if len(per_class) > 10 else "") + ":")
     lines += [f"    {name:<32} {acc:.3f}" for acc, name in shown]
     return "\n".join(lines)
-
-
-def summarize_runs(run_dirs) -> dict:
-    """The metrics.json of several runs, and per model the mean over its runs (e.g. splits 1, 2 and 3)."""
-    runs = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "metrics.json"
-        try:
-            metrics = json.loads(path.read_text())
-        except OSError as exc:
-            message = f"{path}: cannot read it ({exc.strerror}); run `actrec evaluate` for {run_dir} first"
-            raise ActrecError(message) from exc
-        except ValueError as exc:
-            raise ActrecError(f"{path}: not valid JSON ({exc}); run `actrec evaluate` again") from exc
-        if not isinstance(metrics, dict) or not {"model", "split", "top1"} <= set(metrics):
-            raise ActrecError(f"{path} is not a metrics.json written by `actrec evaluate` (it needs model, split "
-                              f"and top1); run `actrec evaluate` for {run_dir} again")
-        metrics.pop("confusion_matrix", None)
-        runs.append({"run_dir": str(run_dir), **metrics})
-    by_model = {}  # one mean per model and backbone: runs on other features are not averaged together
-    for model, backbone in dict.fromkeys((run["model"], run.get("backbone")) for run in runs):
-        mine = [run for run in runs if (run["model"], run.get("backbone")) == (model, backbone)]
-        key = model if backbone is None else f"{model} {backbone}"
-        by_model[key] = {"model": model, "backbone": backbone, "splits": [run["split"] for run in mine], **{
-            f"mean_{key}": _mean(run.get(key) for run in mine) for key in REPORT_COLUMNS}}
-    return {"runs": runs, "by_model": by_model, "mean_top1": _mean(run["top1"] for run in runs)}
-
-
-def report_text(dirs) -> str:
-    """What ``actrec report`` prints: each sweep folder's leaderboard, then the table of the plain run dirs."""
-    parts, run_dirs = [], []
-    for folder in dirs:
-        board = Path(folder) / "leaderboard.md"
-        if board.exists():
-            parts.append(board.read_text().rstrip("\n"))
-        elif (Path(folder) / "plan.json").exists():
-            raise ActrecError(f"{folder} is a sweep without a leaderboard yet; run its `actrec sweep` command again")
-        else:
-            run_dirs.append(folder)
-    if run_dirs:
-        parts.append(format_report(summarize_runs(run_dirs)))
-    return "\n\n".join(parts)
-
-
-def format_report(summary: dict) -> str:
-    """A table of the runs' metrics and, for models run on several splits, their means."""
-    header = (f"{'run':<36} {'model':<9} {'backbone/weights/img_dim':<28} {'split':<13} {'videos':>7} "
-              f"{'failed':>6} " + " ".join(f"{title:>10}" for title in REPORT_COLUMNS.values()))
-    lines = [header, "-" * len(header)]
-    for run in summary["runs"]:
-        lines.append(f"{Path(run['run_dir']).name:<36} {run['model']:<9} {run.get('backbone') or '-':<28} "
-                     f"{run['split']!s:<13} {run.get('num_videos', '-'):>7} {run.get('num_failed', '-'):>6} "
-                     + " ".join(_cell(run.get(key)) for key in REPORT_COLUMNS))
-    for stats in summary["by_model"].values():
-        if len(stats["splits"]) > 1:
-            splits = ",".join(map(str, stats["splits"]))
-            lines.append(f"{'mean':<36} {stats['model']:<9} {stats['backbone'] or '-':<28} {splits:<13} "
-                         f"{'':>7} {'':>6} " + " ".join(_cell(stats[f"mean_{key}"]) for key in REPORT_COLUMNS))
-    if any(run.get("num_failed") for run in summary["runs"]):
-        lines.append("note: failed = test videos without features (failed to embed or missing from the cache); "
-                     "top1 counts them as wrong answers")
-    if any(run.get("leaks_groups") for run in summary["runs"]):
-        lines.append("note: runs on split 'random' share groups between train and test; their numbers are inflated")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    return f"{value:>10.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else f"{'-':>10}"
-
-
-def _mean(values) -> float | None:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
 
 
 def _finite(value: float) -> float | None:

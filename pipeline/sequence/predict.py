@@ -1,21 +1,20 @@
-"""Predict stage: any video -> windows on the training clips' time scale -> labels, annotated video, JSON.
+"""Predict stage, inference: any video -> windows on the training clips' time scale -> label probabilities.
 
 The checkpoint carries everything needed (backbone, weights, img_dim, sequence length, class names), so
 prediction runs the backbone exactly as stage one did and feeds the sequence model clips shaped like the
-ones it was trained on. A video is read twice (features, then the annotated copy) so that only its features,
-never all of its frames, are held in memory.
+ones it was trained on. Drawing the labels onto the video is ``render``'s job; a video is read twice
+(features here, the annotated copy there) so that only its features, never all of its frames, are in memory.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.config import config_from_dict
 from pipeline.device import autocast_dtype, resolve_device
@@ -23,7 +22,6 @@ from pipeline.embed.backbone import embed_frames, frame_resize, load_backbone, w
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path, check_writable, write_json
 from pipeline.inputs.video import iter_video_frames, video_fps
-from pipeline.inputs.written import check_written_video
 from pipeline.sequence.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.sequence.metrics import softmax
 from pipeline.sequence.sampling import eval_clip_indices
@@ -32,7 +30,6 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
 WINDOW_BATCH = 256  # windows per forward pass in prediction
-MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
 
 
 class Predictor:
@@ -125,94 +122,57 @@ def top_labels(probabilities: np.ndarray, class_names: list[str], k: int) -> lis
     return [{"label": class_names[i], "probability": round(float(probabilities[i]), 6)} for i in order]
 
 
-def predict_video(predictor: Predictor, path: Path, hop: float, topk: int) -> dict:
-    """Per-window top-k labels and the video-level top-5 (mean of the windows' probabilities).
+@dataclass
+class VideoPrediction:
+    """One video's windows and each window's probabilities over the classes: what every output is made from."""
 
-    Windows span ``predictor.clip_seconds`` and start every ``hop`` seconds, whatever the video's frame rate.
-    """
+    video: str
+    frames: int
+    fps: float
+    sequence_length: int
+    window_frames: int  # frames a window spans at this video's rate
+    hop_seconds: float
+    starts: list[int]  # first frame of each window
+    probabilities: np.ndarray  # [windows, classes]
+    class_names: list[str]
+
+    def window_top(self, window: int, k: int) -> list[dict]:
+        return top_labels(self.probabilities[window], self.class_names, k)
+
+    def video_top(self, k: int = 5) -> list[dict]:
+        """The video-level top-k: the mean of the windows' probabilities."""
+        return top_labels(self.probabilities.mean(axis=0), self.class_names, k)
+
+    def window_seconds(self, window: int) -> tuple[float, float]:
+        """Start and end (exclusive) of a window, in seconds."""
+        start = self.starts[window]
+        return start / self.fps, min(start + self.window_frames, self.frames) / self.fps
+
+    def as_json(self, topk: int) -> dict:
+        """The JSON timeline: per window its frames, seconds and top-k labels; the video-level top-5."""
+        windows = []
+        for i, start in enumerate(self.starts):
+            start_s, end_s = self.window_seconds(i)
+            windows.append({"start_frame": start, "end_frame": min(start + self.window_frames, self.frames) - 1,
+                            "start_s": round(start_s, 3), "end_s": round(end_s, 3),
+                            "top": self.window_top(i, topk)})
+        return {"video": self.video, "frames": self.frames, "fps": self.fps,
+                "sequence_length": self.sequence_length, "window_frames": self.window_frames,
+                "window_seconds": round(self.window_frames / self.fps, 3), "hop_seconds": self.hop_seconds,
+                "windows": windows, "video_top5": self.video_top(5)}
+
+
+def predict_video(predictor: Predictor, path: Path, hop: float) -> VideoPrediction:
+    """Probabilities of windows spanning ``predictor.clip_seconds`` that start every ``hop`` seconds, whatever
+    the video's frame rate."""
     features = predictor.video_features(path)
     fps = video_fps(path)
     window = window_length(predictor.clip_seconds, fps, predictor.sequence_length)
     starts = window_starts(len(features), window, max(1, round(hop * fps)))
-    probabilities = predictor.window_probabilities(features, window, starts)
-    windows = []
-    for start, probs in zip(starts, probabilities):
-        end = min(start + window, len(features)) - 1
-        windows.append({"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3),
-                        "end_s": round((end + 1) / fps, 3), "top": top_labels(probs, predictor.class_names, topk)})
-    return {
-        "video": str(path), "frames": len(features), "fps": fps, "sequence_length": predictor.sequence_length,
-        "window_frames": window, "window_seconds": round(window / fps, 3), "hop_seconds": hop,
-        "windows": windows, "video_top5": top_labels(probabilities.mean(axis=0), predictor.class_names, 5),
-        "_window_probabilities": probabilities,
-    }
-
-
-def frame_windows(num_frames: int, starts: list[int], window: int) -> np.ndarray:
-    """For each frame, the window whose centre is nearest (the label shown on that frame): ``[num_frames]``.
-
-    A binary search over the (sorted) centres, so memory grows with the frames, not frames x windows.
-    """
-    if len(starts) == 1:
-        return np.zeros(num_frames, dtype=np.int64)
-    centres = np.asarray(starts, dtype=np.float64) + min(window, num_frames) / 2
-    times = np.arange(num_frames) + 0.5
-    after = np.clip(np.searchsorted(centres, times), 1, len(centres) - 1)
-    before = after - 1
-    # Ties go to the earlier window, as argmin over distances did.
-    return np.where(times - centres[before] <= centres[after] - times, before, after)
-
-
-def annotate(frame: np.ndarray, top: list[dict]) -> np.ndarray:
-    """A frame (RGB) scaled to at least MIN_WIDTH wide, with the top labels and probability bars drawn on it."""
-    height, width = frame.shape[:2]
-    scale = max(1.0, MIN_WIDTH / width)
-    frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
-    canvas = frame.copy()
-    row_height, bar_width = 22, min(120, canvas.shape[1] // 3)
-    cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 8 + row_height * len(top)), (0, 0, 0), -1)
-    frame = cv2.addWeighted(canvas, 0.55, frame, 0.45, 0)
-    for row, entry in enumerate(top):
-        y = 6 + row_height * row
-        filled = int(bar_width * entry["probability"])
-        cv2.rectangle(frame, (6, y + 3), (6 + bar_width, y + row_height - 5), (90, 90, 90), 1)
-        cv2.rectangle(frame, (6, y + 3), (6 + filled, y + row_height - 5), (60, 200, 60), -1)
-        text = f"{entry['label']} {entry['probability']:.0%}"
-        cv2.putText(frame, text, (12 + bar_width, y + row_height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-    return frame
-
-
-def write_annotated(video: Path, result: dict, out: Path, topk: int, gif_max_frames: int) -> int:
-    """Write the annotated copy of ``video`` (MP4 or GIF) atomically; returns the number of frames written."""
-    starts = [w["start_frame"] for w in result["windows"]]
-    nearest = frame_windows(result["frames"], starts, result["window_frames"])
-    is_gif = out.suffix.lower() == ".gif"
-    step = max(1, -(-result["frames"] // gif_max_frames)) if is_gif else 1
-    written, writer, gif_frames = 0, None, []
-    with atomic_path(out) as tmp:
-        for t, frame in enumerate(iter_video_frames(video)):
-            if t % step or t >= len(nearest):
-                continue
-            annotated = annotate(frame, result["windows"][nearest[t]]["top"][:topk])
-            if is_gif:
-                gif_frames.append(Image.fromarray(annotated).quantize(colors=64, method=Image.Quantize.MEDIANCUT))
-            else:
-                if writer is None:
-                    size = (annotated.shape[1], annotated.shape[0])
-                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), result["fps"], size)
-                    if not writer.isOpened():
-                        raise ActrecError(f"{out}: OpenCV cannot write this format; use a .mp4 or .gif name")
-                writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-            written += 1
-        if writer is not None:
-            writer.release()
-            check_written_video(tmp, out, written)  # OpenCV drops write errors (a full disk) silently
-        if is_gif:
-            duration_ms = round(1000 * step / result["fps"])
-            gif_frames[0].save(tmp, save_all=True, append_images=gif_frames[1:], duration=duration_ms, loop=0,
-                               optimize=True)
-    return written
+    return VideoPrediction(video=str(path), frames=len(features), fps=fps, sequence_length=predictor.sequence_length,
+                           window_frames=window, hop_seconds=hop, starts=starts,
+                           probabilities=predictor.window_probabilities(features, window, starts),
+                           class_names=predictor.class_names)
 
 
 def _videos_in(folder: Path) -> list[Path]:
@@ -222,9 +182,20 @@ def _videos_in(folder: Path) -> list[Path]:
     return videos
 
 
+@dataclass
+class PredictionReport:
+    """What ``predict`` did, the same shape for one video and for a folder."""
+
+    predictions: list[VideoPrediction]
+    failures: dict[str, str]  # video -> why it could not be predicted (a folder's unreadable videos)
+    outputs: dict[str, str | None]  # what -> the file written (None: not asked for)
+
+
 def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: str | None = None,
-            hop: float | None = None, device: str = "auto") -> dict:
+            hop: float | None = None, device: str = "auto") -> PredictionReport:
     """Label one video (annotated video + JSON timeline) or a folder of videos (CSV of video-level top-5)."""
+    from pipeline.sequence.render import write_annotated
+
     video = Path(video)
     if not video.exists():
         raise ActrecError(f"{video}: no such video file or folder")
@@ -235,22 +206,20 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
         what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
         raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
     if video.is_dir() and out is None:
-        out = video / "predictions.csv"
+        out = str(video / "predictions.csv")
     check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path})
     predictor = Predictor(Path(checkpoint), device)
     hop = hop or predictor.cfg.predict.hop
-    topk = predictor.cfg.predict.topk
     if video.is_dir():
         return predict_folder(predictor, video, Path(out), hop)
 
-    result = predict_video(predictor, video, hop, max(topk, 5))
-    result.pop("_window_probabilities")
+    prediction = predict_video(predictor, video, hop)
+    topk = predictor.cfg.predict.topk
     if json_path:
-        write_json(json_path, result)
+        write_json(json_path, prediction.as_json(max(topk, 5)))
     if out:
-        write_annotated(video, result, Path(out), topk, predictor.cfg.predict.gif_max_frames)
-    result["outputs"] = {"annotated video": out, "JSON timeline": json_path}
-    return result
+        write_annotated(video, prediction, Path(out), topk, predictor.cfg.predict.gif_max_frames)
+    return PredictionReport([prediction], {}, {"annotated video": out, "JSON timeline": json_path})
 
 
 def check_outputs(inputs: dict, outputs: dict) -> None:
@@ -275,31 +244,41 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def format_prediction(result: dict) -> str:
-    """What ``actrec predict`` prints for one video: its windows, video-level top-5 and the files written."""
-    count = len(result["windows"])
-    lines = [f"{result['video']}: {result['frames']} frames, {count} window{'s' if count != 1 else ''} of "
-             f"{result['window_seconds']:g} s ({result['window_frames']} frames, sampled to "
-             f"{result['sequence_length']}) every {result['hop_seconds']:g} s"]
-    lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"
-              for rank, entry in enumerate(result["video_top5"], 1)]
-    lines += [f"  {what}: {path}" for what, path in result.get("outputs", {}).items() if path]
+def format_prediction(report: PredictionReport) -> str:
+    """What ``actrec predict`` prints: one video's windows and top-5, or a folder's top-1 per video; the files."""
+    lines = []
+    if len(report.predictions) == 1 and not report.failures:
+        result = report.predictions[0]
+        count = len(result.starts)
+        lines.append(f"{result.video}: {result.frames} frames, {count} window{'s' if count != 1 else ''} of "
+                     f"{result.window_frames / result.fps:.3g} s ({result.window_frames} frames, sampled to "
+                     f"{result.sequence_length}) every {result.hop_seconds:g} s")
+        lines += [f"  {rank}. {entry['label']:<28} {entry['probability']:.3f}"
+                  for rank, entry in enumerate(result.video_top(5), 1)]
+    else:
+        lines += [f"{result.video}: {top['label']} {top['probability']:.3f}"
+                  for result in report.predictions for top in result.video_top(1)]
+        lines += [f"{video}: skipped ({reason})" for video, reason in report.failures.items()]
+    lines += [f"  {what}: {path}" for what, path in report.outputs.items() if path]
     return "\n".join(lines)
 
 
-def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, hop: float) -> dict:
+def predict_folder(predictor: Predictor, folder: Path, csv_path: Path, hop: float) -> PredictionReport:
     """Video-level top-5 for every video under ``folder``; unreadable videos are listed with the reason."""
-    rows = []
+    rows, predictions, failures = [], [], {}
     for path in _videos_in(folder):
+        name = str(path.relative_to(folder))
         try:
-            top = predict_video(predictor, path, hop, 5)["video_top5"]
-            rows.append([str(path.relative_to(folder)), ""] + [x for e in top for x in (e["label"], e["probability"])])
+            prediction = predict_video(predictor, path, hop)
         except ActrecError as exc:
-            rows.append([str(path.relative_to(folder)), str(exc)])
+            rows.append([name, str(exc)])
+            failures[str(path)] = str(exc)
             log.warning(f"skipped: {exc}")
+            continue
+        predictions.append(prediction)
+        rows.append([name, ""] + [x for e in prediction.video_top(5) for x in (e["label"], e["probability"])])
     header = ["video", "error"] + [f"{what}{k}" for k in range(1, 6) for what in ("label", "probability")]
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
-    failed = sum(1 for row in rows if row[1])
-    log.info(f"{len(rows) - failed} videos predicted, {failed} failed; video-level top-5 in {csv_path}")
-    return {"csv": str(csv_path), "videos": len(rows), "failed": failed}
+    log.info(f"{len(predictions)} videos predicted, {len(failures)} failed; video-level top-5 in {csv_path}")
+    return PredictionReport(predictions, failures, {"CSV of video-level top-5": str(csv_path)})

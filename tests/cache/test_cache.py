@@ -136,6 +136,7 @@ def committed(path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_write_then_resume_equals_clean_run(tmp_path):
     total = 600
     crashed, clean = tmp_path / "crashed.h5", tmp_path / "clean.h5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -64,7 +65,7 @@ def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):
 
 
 def test_machine_keys_compared_only_where_both_sides_record_them():
-    assert MACHINE_KEYS == {"forward_dtype"}
+    assert MACHINE_KEYS == {"forward_dtype", "device"}
     cached = {"img_dim": 32, "forward_dtype": "bfloat16"}
     assert fingerprint_differences(cached, {"img_dim": 32}) == []  # stage two: the config cannot know it
     assert fingerprint_differences(cached, {"img_dim": 32, "forward_dtype": "bfloat16"}) == []
@@ -102,3 +103,42 @@ def test_every_key_the_schema_marks_as_changing_features_is_in_the_fingerprint(t
         after = embed_fingerprint(cfg)
         setattr(getattr(cfg, section), field, saved)
         assert after != before, f"{name} changed but the fingerprint did not"
+
+
+def test_one_compatibility_check_for_a_resumed_writer_and_a_join(tmp_path):
+    """The writer's resume check and the join's check of shards are the same comparison, worded for each."""
+    from pipeline.cache.fingerprint import compatibility_differences
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.cache.shards import join, shard_path
+    from pipeline.cache.writer import FeatureCacheWriter
+    from pipeline.errors import ActrecError
+
+    cached = {"fingerprint": {"img_dim": 32}, "class_names": ["a", "b", "c", "d"], "dim": 8, "dtype": "float16",
+              "has_flip": False}
+    other = dict(cached, fingerprint={"img_dim": 64}, class_names=["a"], dim=16, has_flip=True)
+    assert compatibility_differences(cached, cached) == []
+    assert compatibility_differences(cached, other) == [
+        "img_dim: cache has 32, config gives 64",
+        "class_names: cache has 4 classes (a, b, c, ...), this embed writes 1 classes (a)",
+        "dim: cache has 8, this embed writes 16", "has_flip: cache has False, this embed writes True"]
+    assert compatibility_differences(cached, other, ("x.h5 has", "y.h5 has"), ignore={"img_dim"})[0] == \
+        "class_names: x.h5 has 4 classes (a, b, c, ...), y.h5 has 1 classes (a)"
+
+    cache = tmp_path / "c.h5"
+    for rank, dim in ((0, 8), (1, 16)):
+        with FeatureCacheWriter(shard_path(cache, rank, 2), {"img_dim": 32}, ["a"], dim) as writer:
+            writer.add(f"a/v{rank}", 0, np.ones((2, dim), np.float32))
+    with pytest.raises(ActrecError, match=r"\(dim: rank0000-of-0002.h5 has 8, rank0001-of-0002.h5 has 16\)"):
+        join(cache)
+    with pytest.raises(ActrecError, match=r"\(dim: cache has 8, this embed writes 16\)"):
+        FeatureCacheWriter(shard_path(cache, 0, 2), {"img_dim": 32}, ["a"], 16)
+    assert len(FeatureCache(shard_path(cache, 0, 2))) == 1 and not cache.exists()
+
+
+def test_device_kind_is_a_machine_key():
+    from pipeline.embed.fingerprint import device_kind
+
+    assert device_kind(torch.device("cpu")) == "cpu"
+    [line] = fingerprint_differences({"device": "cpu"}, {"device": "NVIDIA H200 (CUDA 12.8, cuDNN 91002)"})
+    assert line.startswith("device: cache has 'cpu', this machine")
+    assert fingerprint_differences({"device": "cpu"}, {}) == [] == fingerprint_differences({}, {"device": "cpu"})

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import distributed
-from pipeline.cache.lock import lock_holder
+from pipeline.cache.lock import WriteLock, lock_holder
 from pipeline.cache.reader import FeatureCache
 from pipeline.cache.shards import join, shard_dir, shard_files, shard_path
 from pipeline.cache.writer import FeatureCacheWriter
@@ -23,6 +23,7 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
+from tests.embed.spawned_ranks import agree_on_rank
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 
 
@@ -77,6 +78,7 @@ def reference(reference_cache, tiny_dataset_config):
 
 
 
+@pytest.mark.slow
 def test_two_ranks_join_equals_one_process(tiny_dataset_root, reference, tmp_path):
     cache = tmp_path / "two" / "cache.h5"
     proc = torchrun(tiny_dataset_root, cache, extra=REFERENCE_SETS)
@@ -87,6 +89,7 @@ def test_two_ranks_join_equals_one_process(tiny_dataset_root, reference, tmp_pat
     assert not shard_dir(cache).exists()  # copied, so the shards are gone
 
 
+@pytest.mark.slow
 def test_rank_killed_mid_way_is_restarted_and_resumes_its_shard(tiny_dataset_root, reference, tmp_path):
     """torchrun --max-restarts=1: rank 1 killed with SIGKILL mid-way; the restarted ranks resume their shards and
     the joined cache still equals the one-process cache."""
@@ -128,6 +131,7 @@ def fake_shard(reference_cfg, cache: Path, rank: int, world: int, names: list[st
             writer.add(name, int(ref.labels[i]), ref.sequence(i), ref.sequence(i, flip=True))
 
 
+@pytest.mark.slow
 def test_changed_world_size_keeps_finished_videos_and_redistributes(reference, tmp_path, caplog):
     cfg = reference
     names = FeatureCache(cfg.cache.path).names
@@ -204,3 +208,58 @@ def test_a_shard_of_other_settings_is_refused_before_embedding(reference, tmp_pa
     with pytest.raises(ActrecError, match=r"rank0000-of-0002.h5 was made with other settings \(img_dim"):
         embed(reference)
     assert len(FeatureCache(shard_path(cache, 0, 2))) == 2 and not cache.exists()
+
+
+def test_embed_records_the_kind_of_device_it_ran_on(reference):
+    assert FeatureCache(reference.cache.path).fingerprint["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_cache_another_embed_writes_stops_every_rank_with_one_line(tiny_dataset_root, tmp_path):
+    """Rank 0 is refused the lock (held here, by this process, as a running embed holds it); its other rank learns
+    it from rank 0 and stops with the same line, not with a gloo "Connection closed by peer" traceback."""
+    cache = tmp_path / "busy" / "cache.h5"
+    cache.parent.mkdir()
+    lock = WriteLock(cache)
+    lock.acquire()
+    try:
+        out, _ = torchrun(tiny_dataset_root, cache).communicate(timeout=120)
+    finally:
+        lock.release()
+    refusals = [line for line in out.splitlines() if "another embed is writing" in line]
+    assert len(refusals) == 2, out
+    assert all(line == f"error: another embed is writing {cache} (pid {os.getpid()}); wait for it to finish or stop "
+               f"it, then run again" for line in refusals), out
+    assert "Connection closed" not in out and "gloo::" not in out.lower(), out
+    assert f'File "{PROJECT_ROOT / "pipeline"}' not in out, out  # no traceback through our code on any rank
+    assert not cache.exists() and shard_files(cache) == []
+
+
+def test_stage_two_refuses_a_virtual_cache_whose_shard_is_gone(reference, tmp_path):
+    """Before, HDF5 filled the missing shard's rows with zeros and training ran to the end on them."""
+    from pipeline.cache.reader import open_cache
+
+    names = FeatureCache(reference.cache.path).names
+    cache = tmp_path / "virtual" / "cache.h5"
+    fake_shard(reference, cache, 0, 2, names[0::2])
+    fake_shard(reference, cache, 1, 2, names[1::2])
+    join(cache, "virtual")
+    reference.cache.path = str(cache)
+    assert len(open_cache(reference)) == 32
+    shard_path(cache, 0, 2).unlink()
+    with pytest.raises(ActrecError, match=rf"the shard {shard_path(cache, 0, 2)}, which is missing"):
+        open_cache(reference)
+
+
+@pytest.mark.slow
+def test_every_rank_stops_with_the_failing_ranks_line(tmp_path):
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(agree_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank0").read_text().splitlines() == [
+        "['a', 'b']", "ActrecError: c.h5 is busy", "OSError: [Errno 28] No space left on device",
+        "ActrecError: disk full", "0"]
+    assert (tmp_path / "rank1").read_text().splitlines() == [
+        "['a', 'b']", "ActrecError: c.h5 is busy",
+        "ActrecError: rank 0 stopped (OSError: [Errno 28] No space left on device); see its error",
+        "ActrecError: disk full", "1"]

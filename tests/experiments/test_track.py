@@ -110,8 +110,7 @@ def test_sweep_and_tune_runs_are_grouped_in_one_mlflow_experiment_each(tmp_path,
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sets = tiny_overrides(tmp_path) + ["train.epochs=1", "train.batch_size=8", *QUIET, f"track.mlflow={uri}"]
     write_order_dataset(order_config(tmp_path))
-    run_sweep(CONFIG, sets, [{"model.name": "meanpool"}, {"model.name": "tcn"}], name="grid",
-              root=tmp_path / "sweeps")
+    run_sweep(CONFIG, sets, grid=["model.name=meanpool,tcn"], name="grid", root=tmp_path / "sweeps")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["tune", "-c", str(CONFIG), *[a for s in sets for a in ("--set", s)],
                                       "--param", "train.lr=float:1e-3:1e-2", "--trials", "2", "--name", "search",

@@ -64,10 +64,10 @@ def test_params_parse_into_distributions_and_a_space_file_lists_them(tmp_path):
     (["--param", "train.lr=float:1e-3:fast"], ["must be numbers"]),
     (["--param", "model.hidden_dim=int:0:8"], ["model.hidden_dim=int:0:8", "0 is not a valid value"]),
     (["--param", "model.name=cat:bilstm,lstm"], ["lstm is not a valid value"]),
-    (["--param", "embed.img_dim=int:32:64"], ["embed.img_dim cannot be tuned"]),
-    (["--param", "data.val_fraction=float:0.1:0.3"], ["data.val_fraction cannot be tuned"]),
-    (["--param", "data.split=cat:1,2"], ["data.split cannot be tuned"]),
-    (["--param", "train.threads=int:1:2"], ["train.threads cannot be tuned"]),
+    (["--param", "embed.img_dim=int:32:64"], ["embed.img_dim cannot vary in a tune", "changes the features"]),
+    (["--param", "data.val_fraction=float:0.1:0.3"], ["data.val_fraction cannot vary in a tune", "validation"]),
+    (["--param", "data.split=cat:1,2"], ["data.split cannot vary in a tune"]),
+    (["--param", "train.threads=int:1:2"], ["train.threads cannot vary in a tune", "changes nothing"]),
     ([], ["nothing to search"]),
 ])
 def test_bad_params_are_refused_with_one_line_and_nothing_written(tune_args, tmp_path, extra, words):

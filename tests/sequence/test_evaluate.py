@@ -3,11 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.errors import ActrecError
-from pipeline.sequence.evaluate import compute_metrics, evaluate, reversed_pairs, summarize_runs
+from pipeline.sequence.evaluate import compute_metrics, evaluate, reversed_pairs
 from pipeline.sequence.train import train
 from tests.orderdata import CLASSES, order_config, write_order_dataset
 
@@ -113,45 +111,6 @@ def test_reversed_pairs_follow_the_synthetic_names():
     assert reversed_pairs(["ApplyEyeMakeup", "ApplyLipstick"]) == []
 
 
-def write_metrics(run_dir: Path, model: str, split: str, top1: float, pair=None) -> None:
-    run_dir.mkdir(parents=True)
-    metrics = {"model": model, "split": split, "top1": top1, "top5": 1.0, "mean_class_accuracy": top1,
-               "clip_top1": top1, "leaks_groups": False, "confusion_matrix": [[1]]}
-    if pair is not None:
-        metrics["pair_accuracy"] = pair
-    (run_dir / "metrics.json").write_text(json.dumps(metrics))
-
-
-def test_summarize_runs_means_each_model_over_its_splits(tmp_path):
-    for split, top1 in (("1", 0.80), ("2", 0.70), ("3", 0.75)):
-        write_metrics(tmp_path / f"bilstm_split{split}", "bilstm", split, top1, pair=0.9)
-    write_metrics(tmp_path / "meanpool_split1", "meanpool", "1", 0.5, pair=0.5)
-    dirs = [tmp_path / f"bilstm_split{k}" for k in "123"] + [tmp_path / "meanpool_split1"]
-    summary = summarize_runs(dirs)
-    assert summary["by_model"]["bilstm"]["mean_top1"] == pytest.approx(0.75)
-    assert summary["by_model"]["bilstm"]["splits"] == ["1", "2", "3"]
-    assert summary["by_model"]["meanpool"]["mean_pair_accuracy"] == pytest.approx(0.5)
-    assert summary["mean_top1"] == pytest.approx((0.8 + 0.7 + 0.75 + 0.5) / 4)
-
-    result = CliRunner().invoke(cli, ["report", *map(str, dirs)])
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    mean_row = next(line for line in lines if line.startswith("mean "))
-    assert "bilstm" in mean_row and "0.7500" in mean_row and "0.9000" in mean_row
-    assert any(line.startswith("meanpool_split1") and "0.5000" in line for line in lines)
-
-
-def test_report_on_a_run_without_metrics_fails_cleanly(tmp_path):
-    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "run `actrec evaluate`" in result.output
-
-
-def test_report_refuses_a_foreign_metrics_file(tmp_path):
-    (tmp_path / "metrics.json").write_text("[1, 2]")
-    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
-    assert result.exit_code == 2 and "not a metrics.json written by `actrec evaluate`" in result.output
-
-
 def test_test_videos_without_features_count_as_wrong_answers(trained_runs, tmp_path):
     """The UCF-101 protocol: a test video that failed to embed or is missing is an error, not a smaller test set."""
     cfg = trained_runs["bilstm"]
@@ -174,15 +133,3 @@ def test_unscored_videos_lower_every_video_level_number():
     assert metrics["per_class"] == {"A": 1.0, "B": pytest.approx(1 / 3)}
     assert metrics["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
     assert metrics["num_videos"] == 4 and metrics["num_failed"] == 2
-
-
-def test_report_shows_how_many_test_videos_had_no_features(tmp_path):
-    write_metrics(tmp_path / "a", "bilstm", "1", 0.5)
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    metrics.update(num_videos=3783, num_failed=2)
-    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
-    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
-    assert result.exit_code == 0, result.output
-    header, _, row = result.output.splitlines()[:3]
-    assert "videos" in header and "failed" in header
-    assert row.split()[4:6] == ["3783", "2"] and "counts them as wrong answers" in result.output

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,15 +14,16 @@ from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
 from pipeline.inputs.formats.ucf101 import load_split
 from pipeline.sequence.predict import (
+    PredictionReport,
     Predictor,
-    frame_windows,
+    format_prediction,
     predict,
     predict_video,
     window_indices,
     window_length,
     window_starts,
-    write_annotated,
 )
+from pipeline.sequence.render import frame_windows, write_annotated
 from pipeline.sequence.sampling import eval_clip_indices
 from pipeline.sequence.train import train
 from tests.helpers import read_video
@@ -92,10 +94,16 @@ def test_prediction_matches_evaluate_path(trained):
 def test_json_schema_and_annotated_video(trained, tmp_path):
     cfg, best = trained
     video = load_split(cfg).test[0].path
-    result = predict(video, best, out=str(tmp_path / "out.mp4"), json_path=str(tmp_path / "out.json"), hop=0.08,
+    report = predict(video, best, out=str(tmp_path / "out.mp4"), json_path=str(tmp_path / "out.json"), hop=0.08,
                      device="cpu")
     data = json.loads((tmp_path / "out.json").read_text())
-    assert data["frames"] == len(read_video(video)) == result["frames"]
+    assert data["frames"] == len(read_video(video)) == report.predictions[0].frames
+    assert data["video_top5"] == report.predictions[0].video_top(5) and report.failures == {}
+    assert report.outputs == {"annotated video": str(tmp_path / "out.mp4"), "JSON timeline": str(tmp_path / "out.json")}
+    printed = format_prediction(report).splitlines()
+    ranked = printed[1:1 + len(data["video_top5"])]
+    assert [line.split()[1] for line in ranked] == [e["label"] for e in data["video_top5"]]
+    assert printed[-1] == f"  JSON timeline: {tmp_path / 'out.json'}"
     # The training clips spanned whole videos of this dataset: a window spans as long, at this video's rate.
     clip_seconds = torch.load(best, weights_only=True)["clip_seconds"]
     assert clip_seconds == pytest.approx(cfg.synth.frames / cfg.synth.fps)
@@ -117,10 +125,10 @@ def test_gif_is_size_limited(trained, tmp_path):
 
     cfg, best = trained
     video = load_split(cfg).test[0].path
-    result = predict_video(Predictor(best, "cpu"), video, hop=0.16, topk=3)
+    result = predict_video(Predictor(best, "cpu"), video, hop=0.16)
     written = write_annotated(video, result, tmp_path / "out.gif", topk=3, gif_max_frames=5)
     with Image.open(tmp_path / "out.gif") as gif:
-        assert gif.n_frames == written <= 5 and written == len(range(0, result["frames"], -(-result["frames"] // 5)))
+        assert gif.n_frames == written <= 5 and written == len(range(0, result.frames, -(-result.frames // 5)))
 
 
 def test_short_and_portrait_videos(trained, tmp_path):
@@ -131,7 +139,7 @@ def test_short_and_portrait_videos(trained, tmp_path):
         writer.write(np.full((40, 24, 3), 40 * t, np.uint8))
     writer.release()
     result = predict(path, best, out=str(tmp_path / "p.mp4"), json_path=str(tmp_path / "p.json"), device="cpu")
-    assert result["frames"] == 3 and len(result["windows"]) == 1
+    assert result.predictions[0].frames == 3 and len(result.predictions[0].starts) == 1
     annotated = read_video(tmp_path / "p.mp4")
     assert annotated.shape[0] == 3 and annotated.shape[2] >= 320 and annotated.shape[1] > annotated.shape[2]
 
@@ -143,10 +151,16 @@ def test_folder_gives_csv(trained, tmp_path):
     for item in load_split(cfg).test[:2]:
         shutil.copy(item.path, folder / item.path.name)
     (folder / "broken.avi").write_bytes(b"not a video")
-    summary = predict(folder, best, device="cpu")
+    report = predict(folder, best, device="cpu")
     lines = (folder / "predictions.csv").read_text().splitlines()
-    assert summary == {"csv": str(folder / "predictions.csv"), "videos": 3, "failed": 1}
+    assert isinstance(report, PredictionReport) and len(report.predictions) == 2
+    assert list(report.failures) == [str(folder / "broken.avi")]
+    assert report.outputs == {"CSV of video-level top-5": str(folder / "predictions.csv")}
     assert len(lines) == 4 and lines[0].startswith("video,error,label1,probability1")
+    top1 = {Path(p.video).name: p.video_top(1)[0]["label"] for p in report.predictions}
+    assert {line.split(",")[0]: line.split(",")[2] for line in lines[1:] if "broken" not in line} == top1
+    printed = format_prediction(report)
+    assert "broken.avi: skipped" in printed and all(f"{name}: {label}" in printed for name, label in top1.items())
 
 
 def test_bad_inputs_give_one_line_and_write_nothing(trained, tmp_path):
