@@ -26,6 +26,7 @@ from typing import Any, Union
 import yaml
 
 from pipeline.errors import ActrecError
+from pipeline.sequence.models import model_names
 
 UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
 # One device/precision vocabulary for every stage (pipeline/device.py turns it into torch objects).
@@ -167,20 +168,31 @@ class CacheConfig:
                      "HDF5 virtual dataset over the shards (no copy; keep the shards)", choices=["copy", "virtual"])
     load: str = _key("auto", "stage two reads features into memory ('memory'), by index from disk ('disk'), "
                      "or copies the run's videos to the training device once and gathers clips there ('device'); "
-                     "'auto' = 'device' on a GPU they fit in half of, else memory when they fit in a quarter "
-                     "of RAM, else disk", choices=["auto", "memory", "disk", "device"])
+                     "'auto' = 'device' on a GPU when they fit in half of its free memory, else memory when they "
+                     "fit in a quarter of RAM, else disk", choices=["auto", "memory", "disk", "device"])
 
 
 @dataclass
 class ModelConfig:
-    name: str = _key("bilstm", "sequence model", choices=["bilstm", "meanpool", "tcn"], affects="training")
-    latent_dim: int = _key(512, "width of the trainable projection of cached features", min=1, max=16384,
+    # Each model reads some of these keys (its module in pipeline/sequence/models/ declares which); `train` warns
+    # about a key set for a model that ignores it.
+    name: str = _key("bilstm", "sequence model (one module each in pipeline/sequence/models/)",
+                     choices=model_names(), affects="training")
+    latent_dim: int = _key(512, "width of the trainable projection of cached features (every model but linear; "
+                           "transformer: its model width)", min=1, max=16384, affects="training")
+    hidden_dim: int = _key(1024, "bilstm: LSTM hidden size per direction and the head's hidden layer; meanpool, "
+                           "tcn: the head's hidden layer; transformer: the feed-forward width of each encoder layer "
+                           "and the head's hidden layer; linear: unused", min=1, max=16384, affects="training")
+    layers: int = _key(1, "bilstm: LSTM layers; transformer: encoder layers", min=1, max=16, affects="training")
+    heads: int = _key(4, "transformer: attention heads (a divisor of model.latent_dim)", min=1, max=64,
+                      affects="training")
+    pooling: str = _key("cls", "transformer: read the clip out of a class token ('cls') or the mean of the encoded "
+                        "frames ('mean')", choices=["cls", "mean"], affects="training")
+    bidirectional: bool = _key(True, "bilstm: bidirectional LSTM", affects="training")
+    attention: bool = _key(True, "bilstm: attention pooling over time (else mean over all timesteps)",
                            affects="training")
-    hidden_dim: int = _key(1024, "LSTM hidden size (per direction)", min=1, max=16384, affects="training")
-    layers: int = _key(1, "LSTM layers", min=1, max=16, affects="training")
-    bidirectional: bool = _key(True, "bidirectional LSTM", affects="training")
-    attention: bool = _key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
-    dropout: float = _key(0.5, "dropout before the head (and between LSTM layers)", min=0.0, max=0.95,
+    dropout: float = _key(0.5, "dropout before the head's layers (bilstm: also between LSTM layers; tcn: in each "
+                          "block; transformer: in each encoder layer); linear: unused", min=0.0, max=0.95,
                           affects="training")
 
 
@@ -202,6 +214,9 @@ class TrainConfig:
     flip: Union[bool, str] = _key("auto", "train on mirrored features half the time; 'auto' = when the cache has "
                                   "them (embed.flip). Switch it off where left and right matter (MoveLeft vs "
                                   "MoveRight)", choices=["auto", True, False], affects="training")
+    refit: bool = _key(False, "after validation chooses the best epoch count, train a fresh model with the same "
+                       "settings on the training + validation videos for that many epochs (checkpoints/refit.pt; "
+                       "a cosine spans those epochs); evaluate scores that model", affects="training")
     workers: int = _key(0, "DataLoader workers (0 = load in the main process)", min=0, max=64)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default; 1 is fastest for small models "
                            "on a busy machine)", min=0, max=256)
@@ -214,7 +229,8 @@ class EvalConfig:
     clips: int = _key(1, "clips spread uniformly over each test video; scores averaged per video", min=1, max=100,
                       affects="training")
     batch_size: int = _key(64, "clips per evaluation batch", min=1, max=65536)
-    checkpoint: str = _key("best", "'best', 'last' or a path to a checkpoint", nonempty=True)
+    checkpoint: str = _key("best", "'best' (with train.refit: the refit model, refit.pt), 'last' or a path to a "
+                           "checkpoint", nonempty=True)
     device: str = _key("auto", DEVICE_HELP, choices=DEVICES)
     precision: str = _key("auto", PRECISION_HELP, choices=PRECISIONS)
     threads: int = _key(0, "torch intra-op threads on CPU (0 = torch's default)", min=0, max=256)

@@ -1,7 +1,7 @@
 """Rows 8 and 9: seconds per UCF-101-sized training epoch on device-resident features, and the seed's own
 training step (its BiLSTM + attention with the ResNet-152 inside, batch 4, train-mode BatchNorm) next to ours.
 
-Row 8 runs the real ``train_epoch_resident`` (cache.load=device) on a UCF-101-shaped cache of random 2048-d
+Row 8 runs the real ``train_epoch`` with cache.load=device on a UCF-101-shaped cache of random 2048-d
 features with the UCF-101 model (BiLSTM 1024, attention, L = 40, batch 16): on the CPU over ``train_steps``
 batches scaled to 9,537 clips, and on a GPU, when there is one, over a whole epoch of 9,537 clips. Row 9 times
 the seed's step and ours in the same process on the same device, so the ratio is against the seed's real cost.
@@ -15,7 +15,7 @@ import time
 import torch
 
 from pipeline.bench.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row
-from pipeline.bench.stage_two import cache_epoch_seconds_per_clip
+from pipeline.bench.stage_two import cache_epoch_seconds_per_clip, training_run
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -24,41 +24,19 @@ SEED_BATCH = 4  # the seed's batch size
 GPU_EPOCH_TARGET_S = 3.0
 
 
-def resident_run(cfg: Config, clips: int, device: torch.device):
-    """A fresh Run on ``device`` with device-resident features and a TrainClips of ``clips`` positions."""
-    from pipeline.cache.reader import FeatureCache
-    from pipeline.device import autocast_dtype
-    from pipeline.sequence.models import build_model
-    from pipeline.sequence.sampling import EvalClips, TrainClips
-    from pipeline.sequence.train import Run, build_optimizer, resident_features
-
-    cache = FeatureCache(cfg.cache.path)
-    cache.load_all()
-    torch.manual_seed(0)
-    model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
-    amp = autocast_dtype(device, cfg.train.precision)
-    run = Run(cfg, model, build_optimizer(cfg, model),
-              torch.amp.GradScaler("cuda", enabled=amp == torch.float16), device, amp)
-    # Positions cycle over the cache's videos: an epoch of ``clips`` clips costs the same whichever videos they are.
-    rows = [k % len(cache) for k in range(clips)]
-    train_set = TrainClips(cache, rows, [int(cache.labels[r]) for r in rows], cfg.train.sequence_length, 0, False,
-                           sampler=cfg.train.sampler)
-    run.resident = resident_features(cfg, cache, train_set, EvalClips(cache, [], [], 1, 1), device)
-    return run, train_set
-
-
 def resident_epoch_seconds(cfg: Config, device: torch.device, clips: int) -> float:
-    """Seconds per clip of ``train_epoch_resident`` over ``clips`` clips on ``device`` (after a warm-up epoch)."""
-    from pipeline.sequence.train import train_epoch_resident
+    """Seconds per clip of ``train_epoch`` on device-resident features over ``clips`` clips on ``device`` (after
+    a warm-up epoch)."""
+    from pipeline.sequence.train import train_epoch
 
-    run, train_set = resident_run(derive(cfg, {"cache.load": "device"}), clips, device)
+    run, train_set = training_run(derive(cfg, {"cache.load": "device", "train.device": device.type}), clips)
     warm_up = train_set.rows
     train_set.rows = warm_up[:cfg.train.batch_size * 2]
-    train_epoch_resident(run, train_set, 0)
+    train_epoch(run, train_set, 0)
     train_set.rows = warm_up
     _sync(device)
     started = time.perf_counter()
-    train_epoch_resident(run, train_set, 1)  # returns floats: the GPU has finished
+    train_epoch(run, train_set, 1)  # returns floats: the GPU has finished
     return (time.perf_counter() - started) / clips
 
 

@@ -48,35 +48,47 @@ def feature_cache(sizes: Sizes, root: Path) -> Config:
 
 
 def _training_parts(cfg: Config):
-    """The cache (loaded), a fresh sequence model, its optimizer and the training clips, as ``train`` builds them."""
+    """A fresh sequence model for the cache's features and its optimizer, as ``train`` builds them."""
     from pipeline.cache.reader import FeatureCache
     from pipeline.sequence.models import build_model
-    from pipeline.sequence.sampling import TrainClips
     from pipeline.sequence.train import build_optimizer
 
     cache = FeatureCache(cfg.cache.path)
-    cache.load_all()
     torch.manual_seed(0)
     model = build_model(cfg, cache.dim, len(cache.class_names))
-    clips = TrainClips(cache, list(range(len(cache.names))), [int(x) for x in cache.labels],
-                       cfg.train.sequence_length, seed=0, flip=False)
-    return cache, model, build_optimizer(cfg, model), clips
+    return model, build_optimizer(cfg, model)
+
+
+def training_run(cfg: Config, clips: int):
+    """A fresh Run (``cfg.train.device``, the clip source ``cfg.cache.load`` picks) and a TrainClips of ``clips``
+    positions, built as ``train`` builds them."""
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.sequence.sampling import TrainClips
+    from pipeline.sequence.train import build_run
+
+    cache = FeatureCache(cfg.cache.path)
+    cache.load_all()
+    # Positions cycle over the cache's videos: an epoch of ``clips`` clips costs the same whichever videos they are.
+    rows = [k % len(cache) for k in range(clips)]
+    train_set = TrainClips(cache, rows, [int(cache.labels[r]) for r in rows], cfg.train.sequence_length, 0, False,
+                           sampler=cfg.train.sampler)
+    return build_run(cfg, cache, None, rows, flip=False), train_set
 
 
 def cache_epoch_seconds_per_clip(cfg: Config, steps: int) -> tuple[float, float]:
-    """Seconds per training clip on cached features (real loader and step), and the data loading share."""
-    from pipeline.sequence.train import Run, make_loader, train_epoch
+    """Seconds per training clip on cached features (real clip source and ``train_epoch``), and the share of it
+    spent loading clips."""
+    from pipeline.sequence.train import train_epoch
 
-    _, model, optimizer, clips = _training_parts(cfg)
     batch = cfg.train.batch_size
-    subset = torch.utils.data.Subset(clips, [k % len(clips) for k in range(steps * batch)])
-    loader = make_loader(subset, batch, 0, order_seed=(0, 0))
-    run = Run(cfg, model, optimizer, torch.amp.GradScaler("cuda", enabled=False), torch.device("cpu"), None)
-    warm_up = torch.utils.data.Subset(clips, [k % len(clips) for k in range(batch)])
-    train_epoch(run, make_loader(warm_up, batch, 0), 0)
-    total, _ = timed(train_epoch, run, loader, 0)
-    loading, _ = timed(lambda: [None for _ in loader])
-    return total / len(subset), loading / total
+    run, train_set = training_run(cfg, steps * batch)
+    rows = train_set.rows
+    train_set.rows = rows[:batch]
+    train_epoch(run, train_set, 0)  # warm-up
+    train_set.rows = rows
+    total, _ = timed(train_epoch, run, train_set, 0)
+    loading, _ = timed(lambda: [None for _ in run.clips.train_batches(train_set, np.arange(len(rows)), batch)])
+    return total / len(rows), loading / total
 
 
 def seed_training_step(backbone, model, optimizer, loss_fn, frames: torch.Tensor, labels: torch.Tensor) -> float:
@@ -101,7 +113,7 @@ def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg:
     from pipeline.bench.seed_frames import seed_frame_stream
     from pipeline.embed.backbone import load_backbone
 
-    _, model, optimizer, _ = _training_parts(cfg)
+    model, optimizer = _training_parts(cfg)
     backbone = load_backbone(backbone_name, "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
     frames = seed_frame_stream(jpeg_cfg, cfg.embed.img_dim)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -120,7 +132,7 @@ def flops_per_clip(cfg: Config, backbone_name: str) -> tuple[float, float]:
 
     from pipeline.embed.backbone import load_backbone
 
-    _, model, _, _ = _training_parts(cfg)
+    model, _ = _training_parts(cfg)
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
     counter = FlopCounterMode(display=False)
     with counter:

@@ -24,10 +24,13 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 
 
-def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float) -> dict:
+def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float,
+                    trained_on: str = "training") -> dict:
     """Everything a resumed run, evaluate and predict need, as tensors and plain values.
 
     ``clip_seconds`` is how much time a training clip covers on average: prediction windows span as much.
+    ``trained_on``: 'training' (the model validation chose from) or 'training+validation' (train.refit's model,
+    trained for the epoch count ``best_epoch`` that validation chose).
     """
     cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
     return {
@@ -46,6 +49,7 @@ def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, c
         "best_epoch": int(state["best_epoch"]),
         "history": [dict(row) for row in state["history"]],
         "clip_seconds": float(clip_seconds),
+        "trained_on": trained_on,
     }
 
 
@@ -54,6 +58,14 @@ def restore_rng(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and rng.get("cuda"):
         torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Put back a checkpoint's grad-scaler state. A run that continues in fp16 after bf16 or fp32 epochs has no
+    scale to restore (their scaler was off): its scaler starts from the initial scale (the resume warns that the
+    precision changed)."""
+    if state:
+        scaler.load_state_dict(state)
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
@@ -104,3 +116,6 @@ def _upgrade_config(config: dict) -> None:
     config.setdefault("train", {}).setdefault("sampler", "stride")  # the seed's sampler was the only one
     config["train"].setdefault("flip", "auto")  # mirrored features were used whenever the cache had them
     config.setdefault("predict", {}).pop("stride", None)  # windows now step in seconds (predict.hop)
+    config.setdefault("model", {}).setdefault("heads", 4)  # transformer keys: no model read them then
+    config["model"].setdefault("pooling", "cls")
+    config["train"].setdefault("refit", False)

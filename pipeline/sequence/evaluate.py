@@ -37,6 +37,7 @@ def evaluate(cfg) -> dict:
 
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
+    check_refit_finished(ckpt, path)
     check_same_test_list(cfg, ckpt, path)
     dataset, split, unscored_labels = test_data(cfg, ckpt, path)
     logits, labels = score_test_clips(cfg, ckpt, dataset)
@@ -82,18 +83,15 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``[N, K, C]`` of every test clip on the eval device, and the labels ``[N]``."""
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.sequence.checkpoint import model_from_checkpoint
-    from pipeline.sequence.resident import ResidentFeatures, choose_placement, predict_resident
+    from pipeline.sequence.clips import clip_source
     from pipeline.sequence.train import predict_clips
 
     set_threads(cfg.eval.threads)
     device = resolve_device(cfg.eval.device, option="eval.device")
     model = model_from_checkpoint(ckpt).to(device)
     amp_dtype = autocast_dtype(device, cfg.eval.precision)
-    if choose_placement(cfg.cache.load, dataset.cache, dataset.rows, False, device):
-        # The test videos' features go to the device once; each forward gathers many videos' clips there.
-        resident = ResidentFeatures(dataset.cache, dataset.rows, device, flip=False)
-        return predict_resident(model, dataset, resident, cfg.eval.batch_size, amp_dtype)
-    return predict_clips(model, dataset, cfg.eval.batch_size, device, amp_dtype, desc="evaluate")
+    clips = clip_source(cfg.cache.load, dataset.cache, dataset.rows, False, device)
+    return predict_clips(model, clips, dataset, cfg.eval.batch_size, amp_dtype, desc="evaluate")
 
 
 def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
@@ -105,6 +103,8 @@ def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
         "sequence_length": ckpt["config"]["train"]["sequence_length"],
         "checkpoint": str(path),
         "checkpoint_epoch": int(ckpt["epoch"]),
+        # 'training+validation': train.refit's model, trained for the epochs validation chose (checkpoint_epoch).
+        "trained_on": ckpt.get("trained_on", "training"),
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
         "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
@@ -149,10 +149,20 @@ def write_predictions(path: Path, split, dataset, scores: np.ndarray) -> None:
 
 
 def checkpoint_path(cfg) -> Path:
-    """eval.checkpoint: 'best' / 'last' of run.dir, or a path."""
+    """eval.checkpoint: 'best' (with train.refit: the refit model) / 'last' of run.dir, or a path."""
+    if cfg.eval.checkpoint == "best" and cfg.train.refit:
+        return Path(cfg.run.dir) / "checkpoints" / "refit.pt"
     if cfg.eval.checkpoint in ("best", "last"):
         return Path(cfg.run.dir) / "checkpoints" / f"{cfg.eval.checkpoint}.pt"
     return Path(cfg.eval.checkpoint)
+
+
+def check_refit_finished(ckpt: dict, path: Path) -> None:
+    """Refuse a refit model that has not trained all the epochs validation chose (an interrupted refit)."""
+    epochs = ckpt["config"]["train"]["epochs"]
+    if ckpt.get("trained_on") == "training+validation" and ckpt["epoch"] < epochs:
+        raise ActrecError(f"{path} is an unfinished refit ({ckpt['epoch']} of {epochs} epochs); run `actrec train` "
+                          f"with the same config again to finish it")
 
 
 def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
@@ -214,7 +224,8 @@ def reversed_pairs(class_names: list[str]) -> list[tuple[int, int]]:
 def format_summary(metrics: dict) -> str:
     title = (f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos, "
              f"{metrics['eval_clips']} clip(s) of {metrics['sequence_length']} frames each, checkpoint epoch "
-             f"{metrics['checkpoint_epoch']}")
+             f"{metrics['checkpoint_epoch']}"
+             + (", refit on training + validation" if metrics.get("trained_on") == "training+validation" else ""))
     lines = [title,
              f"  top-1 (video)         {metrics['top1']:.4f}",
              f"  top-5 (video)         {metrics['top5']:.4f}",

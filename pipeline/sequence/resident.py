@@ -1,17 +1,14 @@
-"""Device-resident clips: the features of a run's videos copied to the training device once, clips gathered there.
+"""Device-resident features: a run's videos' features copied to the training device once, and where clips sit in them.
 
 With ``cache.load: device`` (or ``auto`` on a GPU when the run's features fit in ``DEVICE_SHARE`` of its
-memory), the training and validation videos' features go to the device in one copy. Each epoch the clip
-frame indices are computed with the sampling module's own seeded draws (``TrainClips.draw``: the same
-draws per (seed, epoch, position) as the DataLoader path) and uploaded as one index tensor; every step then
-gathers its batch on the device: no DataLoader, no per-clip numpy, no host-to-device copy per step. Batches,
-their order and the values in them are those of the DataLoader path, so a CPU run gives the same weights
-either way and a resumed run continues exactly.
+free memory), the videos' features go to the device in one copy. Each epoch the clip frame indices are
+computed with the sampling module's own seeded draws (``TrainClips.draw``: the same draws per (seed, epoch,
+position) as the DataLoader path) and uploaded as one index tensor of feature positions; clips.DeviceClips
+gathers every batch from it on the device.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -19,9 +16,7 @@ import torch
 
 from pipeline.sequence.sampling import EvalClips, TrainClips, eval_clip_indices
 
-log = logging.getLogger(__name__)
-
-DEVICE_SHARE = 0.5  # 'auto' puts the features on a GPU when they take at most this share of its memory
+DEVICE_SHARE = 0.5  # 'auto' puts the features on a GPU when they take at most this share of its free memory
 
 
 class ResidentFeatures:
@@ -62,14 +57,15 @@ def host_load(load: str) -> str:
 
 
 def choose_placement(load: str, cache, rows: list[int], flip: bool, device: torch.device) -> bool:
-    """Whether the run's features go to the training device (``cache.load`` device, or auto on a GPU that
-    holds them in ``DEVICE_SHARE`` of its memory)."""
+    """Whether the run's features go to the training device (``cache.load`` device, or auto on a GPU whose free
+    memory holds them in ``DEVICE_SHARE`` of it)."""
     if load == "device":
         return True
     if load != "auto" or device.type != "cuda":
         return False
-    total = torch.cuda.get_device_properties(device).total_memory
-    return ResidentFeatures.nbytes(cache, rows, flip) <= DEVICE_SHARE * total
+    # Free, not total: other processes (a sweep's parallel runs, another user) may hold much of the GPU already.
+    free, _ = torch.cuda.mem_get_info(device)
+    return ResidentFeatures.nbytes(cache, rows, flip) <= DEVICE_SHARE * free
 
 
 def epoch_plan(train_set: TrainClips, resident: ResidentFeatures) -> torch.Tensor:
@@ -95,19 +91,3 @@ def batches(order: np.ndarray, batch_size: int, device: torch.device):
     order_t = torch.from_numpy(np.asarray(order, dtype=np.int64)).to(device)
     for step in range(math.ceil(len(order) / batch_size)):
         yield order_t[step * batch_size:(step + 1) * batch_size]
-
-
-@torch.no_grad()
-def predict_resident(model, dataset: EvalClips, resident: ResidentFeatures, batch_size: int, amp_dtype=None):
-    """Logits ``[N, K, C]`` of every evaluation clip and the labels ``[N]``, many videos per forward."""
-    model.eval()
-    plan = eval_plan(dataset, resident)
-    videos_per_batch = max(1, batch_size // dataset.clips)
-    device = resident.device
-    logits = []
-    for positions in batches(np.arange(len(dataset)), videos_per_batch, device):
-        index = plan[positions]  # [b, K, L]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(resident.gather(index.flatten(0, 1)))
-        logits.append(out.float().reshape(len(positions), dataset.clips, -1))
-    return torch.cat(logits).cpu().numpy(), np.asarray(dataset.labels, dtype=np.int64)

@@ -13,9 +13,10 @@ A video of ``n`` cached frames gives clips of ``L`` frames (``train.sequence_len
   random start): its clips move faster than the evaluation clips, so order-aware models are scored on
   a time scale they did not train on. It is there to compare against, not the default.
 
-Videos shorter than ``L`` are padded by repeating their last frame (the seed repeated the first);
-repeating the whole sequence instead would add a jump from the end back to the start, which looks
-like motion played backwards.
+A video shorter than ``L`` frames spreads its frames evenly over the clip (clip frame ``j`` is video frame
+``floor(j * n / L)``), in training, evaluation and prediction alike: every frame is repeated about equally, so
+the clip still plays the video at one even speed. Repeating the last frame instead would freeze the clip's
+end; repeating the whole sequence would add a jump from the end back to the start (motion played backwards).
 
 Every draw comes from a generator seeded with (train.seed, epoch, position in the list), so a run
 samples the same clips whatever the number of DataLoader workers, and a resumed run continues exactly.
@@ -30,46 +31,63 @@ from torch.utils.data import Dataset
 from pipeline.errors import ActrecError
 
 
-def pad_indices(n: int, length: int) -> np.ndarray:
-    """Frame indices ``0..n-1``, the last one repeated until there are at least ``length``."""
+def spread_indices(n: int, length: int) -> np.ndarray:
+    """The frames a clip of ``length`` draws from: ``0..n-1``, or for a video shorter than ``length`` the
+    ``length`` indices ``floor(j * n / length)`` (each frame repeated about equally, in order)."""
     if n < 1:
         raise ActrecError("a cached video has no frames; re-run `actrec embed` (the cache is inconsistent)")
-    return np.concatenate([np.arange(n), np.full(max(0, length - n), n - 1)])
-
-
-SAMPLERS = ("segments", "stride")
+    if n >= length:
+        return np.arange(n)
+    return np.arange(length) * n // length
 
 
 def segment_indices(n: int, length: int, offsets: np.ndarray) -> np.ndarray:
     """``[..., length]`` frame indices: the frame at fraction ``offsets`` (in [0, 1)) of each of ``length``
-    equal segments of the (padded) video.
+    equal segments of the video (spread to ``length`` frames when shorter).
 
     ``offsets`` is ``[length]`` for one clip or ``[K, length]`` / ``[K, 1]`` for K clips; segment ``j`` of a
     video of ``m = max(n, length)`` frames covers ``[j * m / length, (j + 1) * m / length)``.
     """
-    frames = pad_indices(n, length)
+    frames = spread_indices(n, length)
     positions = (np.arange(length) + offsets) * len(frames) / length
     return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
 
 
-def train_clip_indices(n: int, length: int, rng: np.random.Generator, sampler: str = "segments") -> np.ndarray:
-    """``length`` frame indices of a random training clip: a random frame of each segment, or (``stride``) the
-    seed's random stride in 1..max(1, n // length) from a random start."""
-    if sampler == "segments":
+class SegmentSampler:
+    """``segments``: a random frame of each of ``length`` equal segments, so a clip spans the whole video."""
+
+    def indices(self, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
         return segment_indices(n, length, rng.random(length))
-    frames = pad_indices(n, length)
-    stride = int(rng.integers(1, max(1, len(frames) // length) + 1))
-    start = int(rng.integers(0, len(frames) - stride * length + 1))
-    return frames[start:start + stride * length:stride]
+
+    def span(self, n: int, length: int) -> float:
+        return float(n)
 
 
-def clip_span(n: int, length: int, sampler: str = "segments") -> float:
-    """How many frames of a video of ``n`` frames a training clip covers, on average: all of them (padded to
-    ``length``) with segments; with the seed's sampler, ``stride * length`` averaged over its strides."""
-    frames = max(n, length)
-    if sampler == "segments":
-        return float(frames)
-    return float(np.mean(np.arange(1, max(1, frames // length) + 1) * length))
+class StrideSampler:
+    """``stride``: the seed's sampler, a random stride in 1..max(1, n // length) from a random start."""
+
+    def indices(self, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        frames = spread_indices(n, length)
+        stride = int(rng.integers(1, max(1, len(frames) // length) + 1))
+        start = int(rng.integers(0, len(frames) - stride * length + 1))
+        return frames[start:start + stride * length:stride]
+
+    def span(self, n: int, length: int) -> float:
+        # A short video's clip spreads over its n frames; a longer one's covers stride * length, averaged.
+        if n < length:
+            return float(n)
+        return float(np.mean(np.arange(1, max(1, n // length) + 1) * length))
+
+
+CLIP_SAMPLERS = {"segments": SegmentSampler, "stride": StrideSampler}
+
+
+def make_clip_sampler(name: str):
+    """The training clip sampler ``train.sampler`` names: ``indices(n, length, rng)`` draws a clip's frame
+    indices, ``span(n, length)`` is how many frames of the video a clip covers on average."""
+    if name not in CLIP_SAMPLERS:
+        raise ActrecError(f"train.sampler: unknown sampler {name!r}. Allowed: {', '.join(CLIP_SAMPLERS)}")
+    return CLIP_SAMPLERS[name]()
 
 
 def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
@@ -87,13 +105,12 @@ class TrainClips(Dataset):
     def __init__(self, cache, rows: list[int], labels: list[int], length: int, seed: int, flip: bool,
                  sampler: str = "segments"):
         self.cache, self.rows, self.labels = cache, rows, labels
-        self.length, self.seed, self.flip, self.sampler = length, seed, flip, sampler
+        self.length, self.seed, self.flip, self.sampler = length, seed, flip, make_clip_sampler(sampler)
         self.epoch = 0
 
     def mean_span(self) -> float:
         """Frames a training clip covers, averaged over the videos: with the cache's fps, the clips' time scale."""
-        return float(np.mean([clip_span(int(self.cache.lengths[row]), self.length, self.sampler)
-                              for row in self.rows]))
+        return float(np.mean([self.sampler.span(int(self.cache.lengths[row]), self.length) for row in self.rows]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -105,7 +122,7 @@ class TrainClips(Dataset):
         """Frame indices and mirroring of position ``k``'s clip this epoch: the seeded draws that the
         DataLoader path and the device-resident path (resident.py) share."""
         rng = np.random.default_rng([self.seed, self.epoch, k])
-        indices = train_clip_indices(int(self.cache.lengths[self.rows[k]]), self.length, rng, self.sampler)
+        indices = self.sampler.indices(int(self.cache.lengths[self.rows[k]]), self.length, rng)
         return indices, bool(self.flip and rng.random() < 0.5)
 
     def __getitem__(self, k: int):

@@ -4,6 +4,10 @@ Each epoch trains on one random clip per training video, validates on the group-
 validation subset (never the test list), and writes ``run.dir/checkpoints/last.pt`` (and
 ``best.pt`` when validation accuracy improves), ``history.csv`` and ``curves.png``.
 
+With ``train.refit`` a second phase follows: a fresh model with the same settings trains on the training and
+validation videos for the best epoch count validation chose, writing ``checkpoints/refit.pt`` after each epoch
+(and ``refit_history.csv``); evaluation then scores that model. An interrupted refit continues when run again.
+
 Checkpoints hold only tensors and plain Python values (loaded with ``weights_only=True``):
 model, optimizer and grad-scaler state, the RNG state, the completed epoch count, the resolved
 config, class names, the cache fingerprint and the feature width. Together with the
@@ -13,36 +17,57 @@ alone, that makes a resumed CPU run end with exactly the weights of an uninterru
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.cache.fingerprint import fingerprint_differences
 from pipeline.cache.reader import cache_rows, open_cache
-from pipeline.config import config_diff, config_from_dict, save_config
+from pipeline.config import Config, config_diff, config_from_dict, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import track_run
 from pipeline.fileio import atomic_path
-from pipeline.sequence.checkpoint import load_checkpoint, make_checkpoint, restore_rng, save_checkpoint
+from pipeline.sequence.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    restore_rng,
+    restore_scaler,
+    save_checkpoint,
+)
+from pipeline.sequence.clips import ClipSource, clip_source
 from pipeline.sequence.metrics import topk_accuracy, video_scores
-from pipeline.sequence.models import build_model
+from pipeline.sequence.models import build_model, ignored_model_keys
 from pipeline.sequence.resident import host_load
 from pipeline.sequence.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
 
 ASSUMED_FPS = 25.0  # UCF-101's rate, for caches that do not record their videos' frame rate
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files a phase of training writes in ``run.dir``: its resumable checkpoint, the best one on validation
+    (None: the phase does not validate), its history and curves."""
+    last: str
+    best: str | None
+    history: str
+    curves: str
+    trained_on: str  # which videos the phase trains on, as its checkpoints record it
+
+
+SELECTION = Outputs("last.pt", "best.pt", "history.csv", "curves.png", "training")
+REFIT = Outputs("refit.pt", None, "refit_history.csv", "refit_curves.png", "training+validation")
 
 
 @dataclass
@@ -52,39 +77,40 @@ class Run:
     ``state`` holds the completed epoch count, the best validation result and the history; it is what a
     checkpoint records besides the weights, so a resumed run picks up exactly here.
     """
-    cfg: Any
+    cfg: Config
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     device: torch.device
     amp_dtype: torch.dtype | None
+    clips: ClipSource
     state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_acc": -1.0, "best_val_loss": math.inf,
                                                  "best_epoch": 0, "history": []})
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
-    resident: Any = None  # ResidentFeatures when the features live on the device (resident.py)
+    outputs: Outputs = SELECTION
 
     @property
     def dir(self) -> Path:
         return Path(self.cfg.run.dir)
 
 
-def train(cfg, resume: bool = False, on_epoch=None) -> dict:
+def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run.
 
     ``on_epoch(row)`` is called with each epoch's history row once the epoch's checkpoint is written; an
     exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
     """
     started = time.perf_counter()
+    warn_ignored_model_keys(cfg)
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
-    if previous is not None and previous["epoch"] >= cfg.train.epochs:
+    if previous is not None and previous["epoch"] >= cfg.train.epochs and not refit_pending(cfg, cache, previous):
         log.info(f"training already done: {cfg.run.dir}/checkpoints/last.pt finished {previous['epoch']} epochs "
                  f"with the same config and cache (best val acc {previous['best_val_acc']:.3f}); skipping. Use "
                  f"another run.dir or delete {cfg.run.dir} to train again")
         return run_summary(previous, Path(cfg.run.dir), seconds=0.0, skipped=True)
     train_set, val_set, split_name = training_data(cfg, cache)
-    run = build_run(cfg, cache, previous)
-    run.resident = resident_features(cfg, cache, train_set, val_set, run.device)
+    run = build_run(cfg, cache, previous, train_set.rows + val_set.rows, train_set.flip)
     run.dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.dir / "config.yaml")
     precision = f", {dtype_name(run.amp_dtype)} autocast" if run.amp_dtype else ""
@@ -97,10 +123,20 @@ def train(cfg, resume: bool = False, on_epoch=None) -> dict:
             track(run.state["history"][-1])
             if on_epoch is not None:
                 on_epoch(run.state["history"][-1])
+    if cfg.train.refit:
+        refit(run, cache, train_set, val_set)
     summary = run_summary(run.state, run.dir, seconds=time.perf_counter() - started, skipped=False)
     log.info(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
              f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run.dir}/checkpoints")
     return summary
+
+
+def warn_ignored_model_keys(cfg) -> None:
+    """Name, in one line, the model.* keys the config sets although its model does not read them."""
+    ignored = ignored_model_keys(cfg.to_dict())
+    if ignored:
+        log.warning(f"{cfg.model.name} does not use {', '.join(ignored)}: set, but ignored (configs/README.md "
+                    f"says which model reads which key)")
 
 
 def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
@@ -120,24 +156,38 @@ def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
     return previous
 
 
-def build_run(cfg, cache, previous: dict | None) -> Run:
-    """The model, optimiser and scaler on the configured device: fresh (seeded) or restored from ``previous``."""
+def build_run(cfg: Config, cache, previous: dict | None, videos: list[int], flip: bool) -> Run:
+    """The model, optimiser and scaler on the configured device, fresh (seeded) or restored from ``previous``,
+    and the clip source of the cache rows ``videos`` (``flip``: with their mirrored features)."""
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, option="train.device")
     amp_dtype = autocast_dtype(device, cfg.train.precision)
+    clips = clip_source(cfg.cache.load, cache, videos, flip, device, cfg.train.workers)
+    run = fresh_run(cfg, cache, device, amp_dtype, clips)
+    if previous is not None:
+        resume_run(run, previous)
+    return run
+
+
+def fresh_run(cfg: Config, cache, device: torch.device, amp_dtype, clips: ClipSource,
+              outputs: Outputs = SELECTION) -> Run:
+    """A new model (initialised from train.seed), its optimiser and grad scaler, reading clips from ``clips``."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, cache.dim, len(cache.class_names)).to(device)
-    run = Run(cfg, model, build_optimizer(cfg, model), torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-              device, amp_dtype)
-    if previous is not None:
-        model.load_state_dict(previous["model"])
-        run.optimizer.load_state_dict(previous["optimizer"])
-        run.scaler.load_state_dict(previous.get("scaler") or {})
-        restore_rng(previous["rng"], device)
-        run.state = {key: previous[key] for key in run.state}
-        log.info(f"resuming {run.dir}/checkpoints/last.pt after epoch {run.state['epoch']} of {cfg.train.epochs}")
-        warn_if_resumed_elsewhere(run)
-    return run
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return Run(cfg, model, build_optimizer(cfg, model), scaler, device, amp_dtype, clips, outputs=outputs)
+
+
+def resume_run(run: Run, previous: dict) -> None:
+    """Put a checkpoint's weights, optimiser, scaler, RNG and progress back into ``run``."""
+    run.model.load_state_dict(previous["model"])
+    run.optimizer.load_state_dict(previous["optimizer"])
+    restore_scaler(run.scaler, previous.get("scaler") or {})
+    restore_rng(previous["rng"], run.device)
+    run.state = {key: previous[key] for key in run.state}
+    log.info(f"resuming {run.dir}/checkpoints/{run.outputs.last} after epoch {run.state['epoch']} of "
+             f"{run.cfg.train.epochs}")
+    warn_if_resumed_elsewhere(run)
 
 
 def warn_if_resumed_elsewhere(run: Run) -> None:
@@ -165,18 +215,66 @@ def warn_if_schedule_stretches(cfg, previous: dict) -> None:
                 f"{cfg.train.epochs}")
 
 
+def refit_config(cfg: Config, epochs: int) -> Config:
+    """The refit phase's settings: the run's, for the ``epochs`` validation chose (a cosine spans those)."""
+    refit_cfg = copy.deepcopy(cfg)
+    refit_cfg.train.epochs = epochs
+    return refit_cfg
+
+
+def refit_checkpoint(cfg: Config, cache, selected: dict) -> dict | None:
+    """The run's refit.pt when it refits the epoch count ``selected`` (a last.pt) chose with these settings; None
+    when there is none, or when it refit another epoch count (the run was extended since): that one starts over."""
+    path = Path(cfg.run.dir) / "checkpoints" / REFIT.last
+    if not path.exists():
+        return None
+    previous = load_checkpoint(path)
+    if previous["best_epoch"] != selected["best_epoch"]:
+        log.info(f"{path} refit {previous['best_epoch']} epochs, validation now chooses {selected['best_epoch']}: "
+                 f"refitting afresh")
+        return None
+    check_continues(refit_config(cfg, selected["best_epoch"]), previous, cache.fingerprint, True, path)
+    return previous
+
+
+def refit_pending(cfg: Config, cache, selected: dict) -> bool:
+    """Whether ``train.refit`` still has epochs to train after the finished selection phase ``selected``."""
+    if not cfg.train.refit:
+        return False
+    previous = refit_checkpoint(cfg, cache, selected)
+    return previous is None or previous["epoch"] < selected["best_epoch"]
+
+
+def refit(selected: Run, cache, train_set: TrainClips, val_set: EvalClips) -> None:
+    """Phase two of ``train.refit``: a fresh model with the run's settings trained on the training and validation
+    videos for the epoch count validation chose; continues an interrupted refit.pt."""
+    epochs = selected.state["best_epoch"]
+    cfg = refit_config(selected.cfg, epochs)
+    run = fresh_run(cfg, cache, selected.device, selected.amp_dtype, selected.clips, outputs=REFIT)
+    for key in ("best_val_acc", "best_val_loss", "best_epoch"):  # what the refit model was chosen by
+        run.state[key] = selected.state[key]
+    previous = refit_checkpoint(selected.cfg, cache, selected.state)
+    if previous is not None:
+        resume_run(run, previous)
+    videos = TrainClips(cache, train_set.rows + val_set.rows, train_set.labels + val_set.labels, train_set.length,
+                        train_set.seed, train_set.flip, cfg.train.sampler)
+    if run.state["epoch"] < epochs:
+        log.info(f"refit: a fresh {cfg.model.name} on the {len(videos)} training and validation videos for the "
+                 f"{epochs} epochs validation chose")
+    no_validation = EvalClips(cache, [], [], val_set.length, val_set.clips)
+    for epoch in range(run.state["epoch"], epochs):
+        run_epoch(run, videos, no_validation, cache, epoch)
+
+
 def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch: int) -> None:
     """Train one epoch, validate, and write the checkpoints and history that record it."""
     cfg, state, started = run.cfg, run.state, time.perf_counter()
-    train_set.set_epoch(epoch)
-    if run.resident is not None:
-        train_loss, train_acc = train_epoch_resident(run, train_set, epoch)
-    else:
-        loader = make_loader(train_set, cfg.train.batch_size, cfg.train.workers, order_seed=(cfg.train.seed, epoch))
-        train_loss, train_acc = train_epoch(run, loader, epoch)
+    train_loss, train_acc = train_epoch(run, train_set, epoch)
     val_loss, val_acc = validate(run, val_set) if len(val_set) else (math.nan, math.nan)
-    # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins.
-    improved = not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"])
+    # Small validation sets saturate accuracy early; among equal accuracies the lower loss wins. A phase that
+    # keeps no best checkpoint (the refit) keeps the best epoch validation chose.
+    improved = run.outputs.best is not None and (
+        not len(val_set) or (val_acc, -val_loss) > (state["best_val_acc"], -state["best_val_loss"]))
     if improved:
         state.update(best_val_acc=val_acc, best_val_loss=val_loss, best_epoch=epoch + 1)
     state["epoch"] = epoch + 1
@@ -185,13 +283,15 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
                              "lr": learning_rate(cfg, epoch), "seconds": time.perf_counter() - started,
                              "device": str(run.device), "precision": dtype_name(run.amp_dtype)})
     checkpoint = make_checkpoint(cfg, run.model, run.optimizer, run.scaler, state, cache, run.device,
-                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS))
+                                 clip_seconds=train_set.mean_span() / (cache.fps or ASSUMED_FPS),
+                                 trained_on=run.outputs.trained_on)
     if improved:
-        save_checkpoint(checkpoint, run.dir / "checkpoints" / "best.pt")
+        save_checkpoint(checkpoint, run.dir / "checkpoints" / run.outputs.best)
     # History first: once last.pt says the epoch is done, a rerun skips it and would not write it again.
-    write_history(state["history"], run.dir)
-    save_checkpoint(checkpoint, run.dir / "checkpoints" / "last.pt")
-    log.info(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
+    write_history(state["history"], run.dir / run.outputs.history, run.dir / run.outputs.curves)
+    save_checkpoint(checkpoint, run.dir / "checkpoints" / run.outputs.last)
+    phase = "refit " if run.outputs is REFIT else ""
+    log.info(f"{phase}epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f} acc {train_acc:.3f}  "
              f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and len(val_set) else ''}")
 
 
@@ -207,6 +307,9 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     val_rows, val_labels = cache_rows(cache, split.val, "validation")
     if not train_rows:
         raise ActrecError(f"split {split.name} leaves no training videos in {cfg.cache.path}")
+    if not val_rows and cfg.train.refit:
+        raise ActrecError("train.refit: true needs validation videos to choose the epoch count (data.val_fraction "
+                          "is 0); set data.val_fraction above 0, or train.refit to false")
     if not val_rows:
         log.warning("no validation videos (data.val_fraction = 0); best.pt follows the last epoch")
     flip = use_flip(cfg, cache)
@@ -237,7 +340,8 @@ def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path
                           f"(--set run.dir=...) or delete {run_dir} to train on this cache")
     # Keys that change the features are the cache fingerprint's to compare (above).
     changed = config_diff(ckpt["config"], cfg.to_dict(), "training", "test list")
-    blocking = {key: change for key, change in changed.items() if key != "train.epochs"}
+    # The selection phase does not depend on train.refit: a finished run may still be refit (refit_checkpoint).
+    blocking = {key: change for key, change in changed.items() if key not in ("train.epochs", "train.refit")}
     if ckpt["epoch"] >= cfg.train.epochs:
         # A finished run: eval.* only mattered for choosing best.pt, which is done; evaluating with more clips is fine.
         blocking = {key: change for key, change in blocking.items() if not key.startswith("eval.")}
@@ -263,33 +367,30 @@ def learning_rate(cfg, progress: float) -> float:
     return cfg.train.lr
 
 
-def make_loader(dataset, batch_size: int, workers: int, order_seed=None) -> DataLoader:
-    """Batches in a fixed order (``order_seed``: a permutation drawn from it) so runs repeat exactly."""
-    order = list(range(len(dataset))) if order_seed is None else clip_order(order_seed, len(dataset)).tolist()
-    # An explicit generator keeps worker seeding from consuming the global RNG that dropout draws from.
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
-                      generator=torch.Generator().manual_seed(0), persistent_workers=False)
-
-
 def clip_order(order_seed, n: int) -> np.ndarray:
     """The order an epoch visits its ``n`` clips in, drawn from ``order_seed`` (train.seed, epoch)."""
     return np.random.default_rng(list(order_seed)).permutation(n)
 
 
-def train_epoch(run: Run, loader, epoch: int) -> tuple[float, float]:
-    """One pass over the training clips; mean loss and accuracy of the clips seen."""
-    cfg, model, device = run.cfg, run.model, run.device
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+def train_epoch(run: Run, train_set: TrainClips, epoch: int) -> tuple[float, float]:
+    """One pass over the training clips of ``epoch`` from the run's clip source; mean loss and accuracy.
+
+    Loss and accuracy are summed on the device, so a step never waits for the GPU to report back.
+    """
+    cfg, device = run.cfg, run.device
+    run.model.train()
+    train_set.set_epoch(epoch)
+    steps = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    order = clip_order((cfg.train.seed, epoch), len(train_set))
+    bar = tqdm(run.clips.train_batches(train_set, order, cfg.train.batch_size), total=steps,
+               desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False, dynamic_ncols=True)
     for step, (clips, labels) in enumerate(bar):
-        clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss, logits = train_step(run, clips, labels, learning_rate(cfg, epoch + step / len(loader)))
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
-    return total_loss / seen, correct / seen
+        loss, logits = train_step(run, clips, labels, learning_rate(cfg, epoch + step / steps))
+        total_loss += loss.double() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return float(total_loss) / len(train_set), int(correct) / len(train_set)
 
 
 def train_step(run: Run, clips: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,84 +411,40 @@ def train_step(run: Run, clips: torch.Tensor, labels: torch.Tensor, lr: float) -
     return loss.detach(), logits.detach()
 
 
-def train_epoch_resident(run: Run, train_set: TrainClips, epoch: int) -> tuple[float, float]:
-    """``train_epoch`` on device-resident features: the same batches in the same order, gathered on the device.
-
-    Loss and accuracy are summed on the device, so a step never waits for the GPU to report back.
-    """
-    from pipeline.sequence.resident import batches, epoch_plan
-
-    cfg, device = run.cfg, run.device
-    run.model.train()
-    plan = epoch_plan(train_set, run.resident)
-    labels_all = torch.as_tensor(train_set.labels, dtype=torch.long, device=device)
-    order = clip_order((cfg.train.seed, epoch), len(train_set))
-    steps = math.ceil(len(train_set) / cfg.train.batch_size)
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(batches(order, cfg.train.batch_size, device), total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-               unit="batch", leave=False, dynamic_ncols=True)
-    for step, positions in enumerate(bar):
-        labels = labels_all[positions]
-        loss, logits = train_step(run, run.resident.gather(plan[positions]), labels,
-                                  learning_rate(cfg, epoch + step / steps))
-        total_loss += loss.double() * len(positions)
-        correct += (logits.argmax(dim=1) == labels).sum()
-    return float(total_loss) / len(train_set), int(correct) / len(train_set)
-
-
-def resident_features(cfg, cache, train_set: TrainClips, val_set: EvalClips, device):
-    """The run's videos' features on the training device, or None to read clips through the DataLoader."""
-    from pipeline.sequence.resident import ResidentFeatures, choose_placement
-
-    rows = train_set.rows + val_set.rows
-    if not choose_placement(cfg.cache.load, cache, rows, train_set.flip, device):
-        return None
-    resident = ResidentFeatures(cache, rows, device, train_set.flip)
-    log.info(f"features of the {len(rows)} training and validation videos on {device} "
-             f"({resident.features.nbytes / 2**20:.1f} MiB): clips gathered there, no DataLoader")
-    return resident
-
-
 @torch.no_grad()
-def predict_clips(model, dataset: EvalClips, batch_size: int, device, amp_dtype=None,
+def predict_clips(model, clips: ClipSource, dataset: EvalClips, batch_size: int, amp_dtype=None,
                   desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of every evaluation clip ``[N, K, C]`` and the labels ``[N]`` of the dataset's videos."""
+    """Logits of every evaluation clip ``[N, K, C]`` and the labels ``[N]`` of the dataset's videos, from
+    ``clips`` (many videos per forward)."""
     model.eval()
-    videos_per_batch = max(1, batch_size // dataset.clips)
-    loader = make_loader(dataset, videos_per_batch, workers=0)
     logits, labels = [], []
-    for clips, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
-        b, k = clips.shape[:2]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(clips.to(device).flatten(0, 1))
-        logits.append(out.float().reshape(b, k, -1).cpu().numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+    batches = clips.eval_batches(dataset, videos_per_batch=max(1, batch_size // dataset.clips))
+    for features, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None):
+        b, k = features.shape[:2]
+        with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(features.flatten(0, 1))
+        logits.append(out.float().reshape(b, k, -1))
+        labels.append(batch_labels)
+    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def validate(run: Run, dataset: EvalClips) -> tuple[float, float]:
     """Clip-level cross-entropy and video-level accuracy (clip probabilities averaged) on the validation videos."""
-    if run.resident is not None:
-        from pipeline.sequence.resident import predict_resident
-
-        logits, labels = predict_resident(run.model, dataset, run.resident, run.cfg.eval.batch_size, run.amp_dtype)
-    else:
-        logits, labels = predict_clips(run.model, dataset, run.cfg.eval.batch_size, run.device, run.amp_dtype)
+    logits, labels = predict_clips(run.model, run.clips, dataset, run.cfg.eval.batch_size, run.amp_dtype)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits).flatten(0, 1),
                                        torch.from_numpy(labels).repeat_interleave(logits.shape[1]))
     return float(loss), topk_accuracy(video_scores(logits), labels, 1)
 
 
-def write_history(history: list[dict], run_dir: Path) -> None:
-    """history.csv (one row per epoch) and curves.png."""
+def write_history(history: list[dict], csv_path: Path, curves_path: Path) -> None:
+    """The history as CSV (one row per epoch) and its curves."""
     from pipeline.plots import plot_curves
 
-    with atomic_path(run_dir / "history.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+    plot_curves(history, curves_path, title=csv_path.parent.name)
 
 
 def run_summary(state: dict, run_dir: Path, seconds: float, skipped: bool) -> dict:

@@ -1,8 +1,13 @@
+from dataclasses import fields
+
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.sequence.models import build_model
+from pipeline.config import ModelConfig, load_config
+from pipeline.errors import ActrecError
+from pipeline.sequence.models import build_model, ignored_model_keys, model_names, used_model_keys
+from pipeline.sequence.train import train
+from tests.orderdata import order_config, write_order_dataset
 
 
 def model_config(name, **model_keys):
@@ -15,6 +20,9 @@ def model_config(name, **model_keys):
     ("bilstm", {"attention": "false", "layers": 2, "bidirectional": "false"}),
     ("meanpool", {}),
     ("tcn", {}),
+    ("transformer", {"heads": 3, "layers": 2}),
+    ("transformer", {"pooling": "mean"}),
+    ("linear", {}),
 ])
 def test_models_return_logits_of_the_right_shape(name, keys):
     torch.manual_seed(0)
@@ -38,9 +46,14 @@ def test_meanpool_is_blind_to_frame_order_and_bilstm_is_not():
     meanpool = build_model(model_config("meanpool"), 8, 3).eval()
     bilstm = build_model(model_config("bilstm"), 8, 3).eval()
     tcn = build_model(model_config("tcn"), 8, 3).eval()
+    linear = build_model(model_config("linear"), 8, 3).eval()
     torch.testing.assert_close(meanpool(x), meanpool(reversed_x))
+    torch.testing.assert_close(linear(x), linear(reversed_x))
     assert not torch.allclose(bilstm(x), bilstm(reversed_x))
     assert not torch.allclose(tcn(x), tcn(reversed_x))
+    for pooling in ("cls", "mean"):
+        transformer = build_model(model_config("transformer", pooling=pooling), 8, 3).eval()
+        assert not torch.allclose(transformer(x), transformer(reversed_x))
 
 
 def test_bilstm_pools_over_all_timesteps():
@@ -60,6 +73,101 @@ def test_bilstm_pools_over_all_timesteps():
             torch.testing.assert_close(pooled, (weights.unsqueeze(-1) * outputs).sum(dim=1))
 
 
+def test_transformer_is_pre_norm_with_positions_for_the_clip_length():
+    cfg = model_config("transformer", layers=2, heads=3, dropout=0.2)
+    cfg.train.sequence_length = 9
+    model = build_model(cfg, 8, 3)
+    assert model.position.shape == (1, 10, 12) and model.cls_token.shape == (1, 1, 12)  # 9 frames + class token
+    assert len(model.encoder.layers) == 2 and all(layer.norm_first for layer in model.encoder.layers)
+    attention = model.encoder.layers[0].self_attn
+    assert attention.num_heads == 3 and attention.dropout == pytest.approx(0.2)
+    assert model.encoder.layers[0].linear1.out_features == 10  # model.hidden_dim: the feed-forward width
+    mean_cfg = model_config("transformer", pooling="mean")
+    mean = build_model(mean_cfg, 8, 3)
+    assert mean.position.shape[1] == mean_cfg.train.sequence_length and not hasattr(mean, "cls_token")
+    with pytest.raises(ActrecError, match=r"model.latent_dim=12 is not a multiple of model.heads=5"):
+        build_model(model_config("transformer", heads=5), 8, 3)
+
+
+@pytest.mark.slow
+def test_transformer_tells_reversed_pairs_apart_and_the_linear_probe_cannot(tmp_path):
+    """On classes that differ only in frame order, the transformer learns the order; the linear probe on the
+    mean feature sees the same mean for both classes of a pair (chance within a pair is 0.5)."""
+    from pipeline.sequence.evaluate import evaluate
+
+    results = {}
+    for name, keys in (("transformer", ["model.heads=2", "train.epochs=20"]), ("linear", ["train.epochs=8"])):
+        cfg = order_config(tmp_path, f"model.name={name}", "train.lr=0.005", *keys, f"run.dir={tmp_path}/{name}")
+        if name == "transformer":
+            write_order_dataset(cfg)
+        results[name] = train(cfg)["best_val_acc"], evaluate(cfg)["pair_accuracy"]
+    assert results["transformer"][0] >= 0.75 and results["transformer"][1] >= 0.9
+    assert results["linear"][0] <= 0.6 and results["linear"][1] <= 0.6
+
+
 def test_layers_and_dropout_reach_the_lstm():
     model = build_model(model_config("bilstm", layers=2, dropout=0.3), 8, 3)
     assert model.lstm.num_layers == 2 and model.lstm.dropout == pytest.approx(0.3) and model.lstm.bidirectional
+
+
+def other_value(f):
+    """A valid value of a model.* key other than its default."""
+    default, meta = f.default, f.metadata
+    if meta["choices"]:
+        return next(c for c in meta["choices"] if c != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1 if meta["max"] is None or default < meta["max"] else default - 1
+    return min(default + 0.1, meta["max"])
+
+
+def test_model_names_come_from_the_registry_and_each_model_declares_schema_keys():
+    schema = {f.name: f for f in fields(ModelConfig)}
+    assert schema["name"].metadata["choices"] == model_names()
+    assert {"bilstm", "meanpool", "tcn"} <= set(model_names())
+    for name in model_names():
+        used = used_model_keys(name)
+        assert "model.name" in used
+        assert {key.split(".")[1] for key in used} <= set(schema), name
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_key_the_model_does_not_declare_changes_nothing_in_it(name):
+    """What a model declares is what it reads: every other model.* key set to another value builds the same
+    weights and the same outputs."""
+    base = model_config(name)
+    changed = model_config(name)
+    ignored = [f for f in fields(ModelConfig) if f"model.{f.name}" not in used_model_keys(name)]
+    for f in ignored:
+        setattr(changed.model, f.name, other_value(f))
+    assert ignored_model_keys(changed.to_dict()) == [f"model.{f.name}" for f in ignored]
+    assert ignored_model_keys(load_config(None, [f"model.name={name}"]).to_dict()) == []  # defaults: none
+    torch.manual_seed(0)
+    a = build_model(base, 20, 5).eval()
+    torch.manual_seed(0)
+    b = build_model(changed, 20, 5).eval()
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    x = torch.randn(3, 8, 20)
+    assert torch.equal(a(x), b(x))
+
+
+def test_meanpool_ignores_attention_and_train_says_so_in_one_line(tmp_path, caplog):
+    cfg = order_config(tmp_path, "model.name=meanpool", "model.attention=false", "model.layers=2",
+                       "train.epochs=1")
+    write_order_dataset(cfg)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]
+    assert lines == ["meanpool does not use model.layers, model.attention: set, but ignored (configs/README.md "
+                     "says which model reads which key)"]
+
+
+def test_an_unknown_model_is_one_clear_error():
+    cfg = model_config("bilstm")
+    cfg.model.name = "lstm"
+    with pytest.raises(ActrecError, match="model.name: unknown model 'lstm'. Allowed: bilstm"):
+        build_model(cfg, 4, 2)
+    with pytest.raises(ActrecError, match="model.name: 'lstm' is not allowed"):
+        load_config(None, ["model.name=lstm"])

@@ -49,7 +49,7 @@ def test_window_arithmetic():
     assert window_starts(20, 8, 4) == [0, 4, 8, 12]
     assert window_starts(21, 8, 4) == [0, 4, 8, 12, 13]  # the tail is always covered
     idx = window_indices(5, 8, [0], length=8)
-    assert idx.tolist() == [[0, 1, 2, 3, 4, 4, 4, 4]]  # padded by repeating, as in training
+    assert idx.tolist() == [[0, 0, 1, 1, 2, 3, 3, 4]]  # spread evenly (floor(j * 5 / 8)), as in training
     assert window_indices(21, 8, [13], length=8)[0].tolist() == list(range(13, 21))
     # A window longer than the clip is sampled as an evaluation clip: the centres of its segments.
     assert window_indices(100, 40, [10, 60], length=8).tolist() == [

@@ -72,13 +72,14 @@ def test_interrupted_device_resident_run_resumes_exactly(tmp_path, monkeypatch):
                                load_checkpoint(last))
 
 
-def test_auto_puts_features_on_a_gpu_only_when_they_fit_its_share(monkeypatch):
+def test_auto_puts_features_on_a_gpu_only_when_they_fit_its_free_share(monkeypatch):
     cache = SimpleNamespace(lengths=np.array([100, 50]), dim=2048, dtype="float16")
     need = resident.ResidentFeatures.nbytes(cache, [0, 1, 1], flip=True)
     assert need == 150 * 2048 * 2 * 2
     gpu = torch.device("cuda")
-    for total, expected in ((2 * need, True), (2 * need - 1, False)):
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _, t=total: SimpleNamespace(total_memory=t))
+    # The free memory decides, whatever the total: a GPU mostly held by other runs gets no features.
+    for free, expected in ((2 * need, True), (2 * need - 1, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _, f=free: (f, 100 * need))
         assert resident.choose_placement("auto", cache, [0, 1], True, gpu) is expected
     assert not resident.choose_placement("auto", cache, [0, 1], True, torch.device("cpu"))
     assert not resident.choose_placement("memory", cache, [0, 1], True, gpu)

@@ -5,17 +5,48 @@ from pipeline.cache.reader import FeatureCache
 from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.errors import ActrecError
 from pipeline.sequence.sampling import (
+    CLIP_SAMPLERS,
     EvalClips,
     TrainClips,
     eval_clip_indices,
-    pad_indices,
-    train_clip_indices,
+    make_clip_sampler,
+    spread_indices,
 )
 
 
-def test_pad_repeats_the_last_frame():
-    assert pad_indices(3, 6).tolist() == [0, 1, 2, 2, 2, 2]
-    assert pad_indices(5, 3).tolist() == [0, 1, 2, 3, 4]
+def train_clip_indices(n, length, rng, sampler="segments"):
+    return make_clip_sampler(sampler).indices(n, length, rng)
+
+
+def test_a_short_video_spreads_its_frames_evenly():
+    assert spread_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+    assert spread_indices(3, 7).tolist() == [0, 0, 0, 1, 1, 2, 2]  # floor(j * 3 / 7)
+    assert spread_indices(5, 3).tolist() == [0, 1, 2, 3, 4]
+    for n in range(1, 12):
+        frames = spread_indices(n, 12)
+        counts = np.bincount(frames, minlength=n)
+        assert (np.diff(frames) >= 0).all() and counts.min() >= 1 and counts.max() - counts.min() <= 1, n
+    with pytest.raises(ActrecError, match="no frames"):
+        spread_indices(0, 4)
+
+
+def test_samplers_are_the_schema_choices_and_unknown_ones_are_refused():
+    from dataclasses import fields
+
+    from pipeline.config import TrainConfig
+
+    sampler = next(f for f in fields(TrainConfig) if f.name == "sampler")
+    assert sampler.metadata["choices"] == list(CLIP_SAMPLERS)
+    with pytest.raises(ActrecError, match="train.sampler: unknown sampler 'tsn'"):
+        make_clip_sampler("tsn")
+
+
+@pytest.mark.parametrize("n, length, segments_span, stride_span", [(3, 6, 3.0, 3.0), (40, 8, 40.0, 24.0),
+                                                                    (8, 8, 8.0, 8.0)])
+def test_span_is_the_frames_a_clip_covers(n, length, segments_span, stride_span):
+    """A short video's clip covers its n frames, not the length of the clip; stride averages stride * length."""
+    assert make_clip_sampler("segments").span(n, length) == segments_span
+    assert make_clip_sampler("stride").span(n, length) == stride_span
 
 
 def test_train_clips_use_every_allowed_stride_and_stay_inside_the_video():
@@ -37,9 +68,10 @@ def test_train_clip_starts_cover_the_video():
 
 
 @pytest.mark.parametrize("sampler", ["segments", "stride"])
-def test_short_video_is_padded_in_training(sampler):
-    clip = train_clip_indices(3, 6, np.random.default_rng(0), sampler)
-    assert clip.tolist() == [0, 1, 2, 2, 2, 2]
+def test_short_video_is_spread_evenly_in_training(sampler):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert train_clip_indices(3, 6, rng, sampler).tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_segment_clips_take_one_frame_of_each_segment_in_order():
@@ -76,7 +108,8 @@ def test_the_seed_sampler_trains_faster_than_it_evaluates(n):
 def test_one_eval_clip_spans_the_whole_video_evenly():
     assert eval_clip_indices(32, 16, 1).tolist() == [list(range(1, 32, 2))]
     assert eval_clip_indices(8, 8, 1).tolist() == [list(range(8))]
-    assert eval_clip_indices(3, 5, 1).tolist() == [[0, 1, 2, 2, 2]]
+    # A short video: every evaluation clip is the evenly spread one, floor(j * 3 / 5).
+    assert eval_clip_indices(3, 5, 3).tolist() == [[0, 0, 1, 1, 2]] * 3
 
 
 def test_several_eval_clips_take_other_offsets_of_the_same_segments():

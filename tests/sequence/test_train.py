@@ -1,6 +1,7 @@
 """Stage two end to end on tiny real HDF5 caches whose classes differ only in temporal order."""
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,95 @@ def test_extending_a_cosine_run_says_how_the_rate_jumps(tmp_path, caplog):
         train(longer, resume=True)
     # At epoch 2 the 2-epoch cosine had reached 0; the 4-epoch one is at half the rate.
     assert "train.epochs 2 -> 4 with the cosine schedule" in caplog.text and "goes from 0 to 0.005" in caplog.text
+
+
+def refit_outputs(cfg):
+    checkpoints = Path(cfg.run.dir) / "checkpoints"
+    return load_checkpoint(checkpoints / "last.pt"), checkpoints / "refit.pt"
+
+
+@pytest.mark.slow
+def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_epochs(tmp_path, caplog):
+    from pipeline.sequence.evaluate import evaluate
+
+    cfg = order_config(tmp_path, "train.epochs=3", "train.refit=true", "train.schedule=cosine")
+    write_order_dataset(cfg)
+    with caplog.at_level("INFO", logger="pipeline"):
+        summary = train(cfg)
+    selected, refit_path = refit_outputs(cfg)
+    refit = load_checkpoint(refit_path)
+    chosen = selected["best_epoch"]
+    assert summary["best_epoch"] == chosen and selected["trained_on"] == "training"
+    assert refit["trained_on"] == "training+validation" and refit["epoch"] == chosen
+    assert refit["config"]["train"]["epochs"] == chosen and refit["best_epoch"] == chosen
+    assert refit["best_val_acc"] == selected["best_val_acc"]
+    history = list(csv.DictReader(open(Path(cfg.run.dir) / "refit_history.csv")))
+    assert len(history) == chosen and all(row["val_acc"] == "nan" for row in history)
+    train_videos, val_videos = (int(n) for n in re.search(r"on (\d+) videos \(validation: (\d+)\)",
+                                                           caplog.text).groups())
+    assert f"on the {train_videos + val_videos} training and validation videos for the {chosen} epochs" in caplog.text
+    # A fresh model: its weights are not the selected model's.
+    assert any(not torch.equal(refit["model"][k], selected["model"][k]) for k in refit["model"])
+    metrics = evaluate(cfg)
+    assert metrics["trained_on"] == "training+validation" and metrics["checkpoint"] == str(refit_path)
+    assert metrics["checkpoint_epoch"] == chosen
+    assert train(cfg)["skipped"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_can_be_refit_and_an_interrupted_refit_continues_exactly(tmp_path, monkeypatch):
+    from pipeline.sequence import train as loop
+    from pipeline.sequence.evaluate import evaluate
+
+    keys = ["train.epochs=4", "model.dropout=0.3", "train.lr=0.002"]
+    whole = order_config(tmp_path / "a", *keys, "train.refit=true")
+    write_order_dataset(whole)
+    train(whole)
+    shared = [f"cache.path={whole.cache.path}", f"data.splits={whole.data.splits}", *keys]
+    plain = order_config(tmp_path / "b", *shared)
+    train(plain)
+    selected, refit_path = refit_outputs(plain)
+    assert selected["best_epoch"] >= 2 and not refit_path.exists()
+    real_save, saves = loop.save_checkpoint, []
+
+    def save_then_stop(checkpoint, path):
+        saves.append(Path(path).name)
+        if saves.count("refit.pt") == 2:
+            raise KeyboardInterrupt  # killed after the first refit epoch was saved
+        real_save(checkpoint, path)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    later = order_config(tmp_path / "b", *shared, "train.refit=true")  # refit switched on for the finished run
+    with pytest.raises(KeyboardInterrupt):
+        train(later)
+    monkeypatch.undo()
+    assert load_checkpoint(refit_path)["epoch"] == 1
+    with pytest.raises(ActrecError, match=r"unfinished refit \(1 of \d epochs\); run `actrec train`"):
+        evaluate(later)
+    assert not train(later)["skipped"]  # continues the refit
+    assert_same_training_state(load_checkpoint(Path(whole.run.dir) / "checkpoints" / "refit.pt"),
+                               load_checkpoint(refit_path))
+
+
+def test_refit_without_validation_videos_is_refused(tmp_path):
+    cfg = order_config(tmp_path, "train.refit=true", "data.val_fraction=0")
+    write_order_dataset(cfg)
+    with pytest.raises(ActrecError, match="train.refit: true needs validation videos"):
+        train(cfg)
+
+
+def test_an_fp16_resume_after_bf16_epochs_starts_a_fresh_scaler():
+    """bf16 and fp32 runs save the state of a disabled GradScaler ({}); fp16 continues from its initial scale."""
+    from pipeline.sequence.checkpoint import restore_scaler
+
+    disabled = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    assert disabled == {}
+    fp16 = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**10)
+    restore_scaler(fp16, disabled)
+    assert fp16.get_scale() == 2.0**10
+    trained = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**5).state_dict()
+    restore_scaler(fp16, trained)
+    assert fp16.get_scale() == 2.0**5
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    restore_scaler(off, trained)  # fp16 -> bf16: the scale is not needed
+    assert not off.is_enabled()
