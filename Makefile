@@ -14,6 +14,16 @@ GRID ?=
 RUNS ?=
 JOBS ?=
 NAME ?=
+# make tune: PARAMS="train.lr=float:1e-5:1e-2:log model.hidden_dim=int:128:2048:log" (or SPACE=FILE), TRIALS=N,
+# JOBS=N, NAME=NAME (default: the config's name), STORAGE=URL (default: runs/tune/NAME/study.db), PRUNER=median|halving
+PARAMS ?=
+SPACE ?= $(if $(PARAMS),,configs/tune-space.txt)
+TRIALS ?= 20
+STORAGE ?=
+PRUNER ?=
+TUNE_ARGS := $(foreach p,$(PARAMS),--param $(p)) $(if $(SPACE),--space $(SPACE)) --trials $(TRIALS) \
+  $(if $(JOBS),--jobs $(JOBS)) --name $(or $(NAME),$(basename $(notdir $(CONFIG)))) \
+  $(if $(STORAGE),--storage $(STORAGE)) $(if $(PRUNER),--pruner $(PRUNER))
 # Ranks of `make embed` on this machine: one per visible GPU (CUDA_VISIBLE_DEVICES, else nvidia-smi), 1 without.
 VISIBLE_GPUS := $(shell if [ -n "$$CUDA_VISIBLE_DEVICES" ]; then echo "$$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c '[0-9]'; \
   else nvidia-smi -L 2>/dev/null | grep -c '^GPU'; fi)
@@ -38,7 +48,7 @@ DEMO_BILSTM := $(DEMO_SWEEP)/name=bilstm_attention=true
 # The first test video of the synthetic split 1, for the demo's prediction.
 DEMO_VIDEO = data/synthetic/videos/$$(head -n 1 data/synthetic/splits/testlist01.txt | tr -d '\r')
 
-.PHONY: help install download extract embed train evaluate sweep all demo test bench lint clean
+.PHONY: help install download extract embed train evaluate sweep tune all demo test bench lint clean
 
 help: ## List the targets (this text)
 	@echo "usage: make TARGET [CONFIG=configs/ucf101.yaml] [SET=\"section.key=value ...\"]"
@@ -73,6 +83,9 @@ evaluate: $(STAMP) ## Evaluate best.pt of each split in SPLITS on its test list;
 
 sweep: $(STAMP) ## Many train+evaluate runs on one cache (GRID="k=v1,v2 ..." or RUNS=FILE, JOBS=N): a leaderboard
 	$(ACTREC) sweep $(ARGS) $(SWEEP_ARGS)
+
+tune: $(STAMP) ## Optuna search of training settings on one cache (PARAMS="k=float:LO:HI:log ..." or SPACE=FILE)
+	$(ACTREC) tune $(ARGS) $(TUNE_ARGS)
 
 all: $(STAMP) ## download, extract (only for embed.source=frames), embed, train, evaluate on CONFIG
 	$(MAKE) download

@@ -62,6 +62,7 @@ MEMORY_SETTINGS = {
     "predict": "embed.batch_size of the run's config, or predict on a shorter video",
     "bench": "the sizes in the config passed to bench",
     "sweep": "--jobs, train.batch_size or model.hidden_dim (or set cache.load=memory)",
+    "tune": "--jobs, train.batch_size or the --param ranges of model sizes (or set cache.load=memory)",
 }
 
 
@@ -324,6 +325,37 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
     if result["failed"]:
         raise ActrecError(f"{result['failed']} of {len(result['rows'])} runs failed (their errors are in {board}); "
                           f"fix the cause and run the same command again to run them")
+
+
+@cli.command()
+@config_options
+@click.option("--param", "params", multiple=True, metavar="SECTION.KEY=KIND:...",
+              help="A searched key: int:LOW:HIGH[:log], float:LOW:HIGH[:log] or cat:A,B,...; repeatable.")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
+              help="A file of --param values, one per line (# comments).")
+@click.option("--trials", type=click.IntRange(min=1), default=20, help="Finished trials the study runs to.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, help="Worker processes on this machine.")
+@click.option("--name", required=True, help="Study name and folder under runs/tune/ (letters, digits, - _ .).")
+@click.option("--storage", default=None, metavar="URL",
+              help="SQLAlchemy URL of the study's database [default: sqlite:///runs/tune/NAME/study.db].")
+@click.option("--pruner", type=click.Choice(["median", "halving"]), default="median",
+              help="Stop poor trials early on their validation accuracy: median or successive halving.")
+@reports_errors
+def tune(config_path, overrides, params, space_file, trials, jobs, name, storage, pruner):
+    """Search training settings with Optuna (TPE, pruning); print the leaderboard ranked by validation accuracy.
+
+    Each trial is an ordinary run dir under runs/tune/NAME/. The study lives in a database, so the same
+    command again continues it, and the same command on several machines sharing --storage and the cache
+    runs one study.
+    """
+    from pipeline.experiments.tune import parse_space, plan_tune, run_tune
+
+    spec = plan_tune(config_path, overrides, parse_space(params, space_file), name, trials, storage, pruner)
+    result = run_tune(spec, jobs=jobs)
+    click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
+    best = result["best"]
+    click.echo(f"best trial {best['trial']} ({best['run_dir']}): val top-1 {best['val_top1']:.4f}, test top-1 "
+               f"{best['test_top1']:.4f} (test computed once for the validation pick, never used to choose)")
 
 
 @cli.command()

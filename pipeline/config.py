@@ -282,6 +282,25 @@ class RunConfig:
 
 
 @dataclass
+class TrackConfig:
+    tensorboard: bool = _key(True, "write TensorBoard event files to run.dir/tb/: loss, accuracy and learning rate "
+                             "per epoch, and the run's settings with its final metrics in the HParams view")
+    mlflow: str = _key("", "MLflow tracking URI to also log params, per-epoch metrics and artifacts to: a local "
+                       "folder (e.g. mlruns) or sqlite:///mlflow.db (pip install -e '.[mlflow]'); empty = off")
+    experiment: str = _key("{data.name}", "MLflow experiment of the run; `actrec sweep` and `actrec tune` set it to "
+                           "sweep/NAME or tune/NAME so their runs are grouped", nonempty=True)
+
+
+@dataclass
+class TuneConfig:
+    seed: int = _key(0, "seed of `actrec tune`'s TPE sampler (each worker mixes in its index and the study's trial "
+                        "count, so parallel workers and reruns do not repeat each other's draws)", min=0)
+    startup_trials: int = _key(5, "trials drawn at random before TPE models the results; the pruner stops no "
+                               "trial before this many have finished", min=1, max=100000)
+    warmup_epochs: int = _key(2, "epochs each trial trains before the pruner may stop it", min=0, max=100000)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -296,6 +315,8 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     source: str = field(default="<defaults>", compare=False, repr=False)
 

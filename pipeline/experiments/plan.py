@@ -26,6 +26,7 @@ from pipeline.config import (
     stable_hash,
 )
 from pipeline.errors import ActrecError
+from pipeline.experiments.track import group_runs
 from pipeline.fileio import safe_name
 from pipeline.sequence.models import used_model_keys
 
@@ -192,6 +193,7 @@ def plan_sweep(config_path, sets=(), grid=(), runs_file=None, name: str | None =
         check_run_count(len(variants), base.sweep.max_runs, f"--runs {runs_file}")
     keys = list(dict.fromkeys(k for variant in variants for k in variant.values))
     folder = Path(root) / (safe_name(name, "--name") if name is not None else default_name(base.data.name, keys))
+    raw = group_runs(raw, f"sweep/{folder.name}")  # its runs as one MLflow experiment (track.mlflow)
     names = run_names(variants, keys)
     runs = [SweepRun(run_name, variant.values, run_config(raw, variant.values, folder / run_name,
                                                           variant.where, source), variant.where)

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import config_diff
 from pipeline.errors import ActrecError
+from pipeline.experiments.track import track_evaluation
 from pipeline.fileio import write_json
 from pipeline.sequence.metrics import (
     confusion_matrix,
@@ -45,6 +46,7 @@ def evaluate(cfg) -> dict:
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
     write_predictions(Path(cfg.run.dir) / "predictions.csv", split, dataset, video_scores(logits))
+    track_evaluation(cfg, metrics)  # the test metrics beside the run's hparams (TensorBoard, MLflow)
     return metrics
 
 

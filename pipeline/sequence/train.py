@@ -35,6 +35,7 @@ from pipeline.cache.reader import cache_rows, open_cache
 from pipeline.config import Config, config_diff, config_from_dict, save_config
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
+from pipeline.experiments.track import track_run
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import (
     load_checkpoint,
@@ -93,8 +94,12 @@ class Run:
         return Path(self.cfg.run.dir)
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run."""
+def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
+    """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run.
+
+    ``on_epoch(row)`` is called with each epoch's history row once the epoch's checkpoint is written; an
+    exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
+    """
     started = time.perf_counter()
     warn_ignored_model_keys(cfg)
     cache = open_cache(cfg)
@@ -112,8 +117,12 @@ def train(cfg: Config, resume: bool = False) -> dict:
     log.info(f"training {cfg.model.name} on {len(train_set)} videos (validation: {len(val_set)}) of split "
              f"{split_name}: {sum(p.numel() for p in run.model.parameters()):,} parameters, device "
              f"{run.device}{precision}")
-    for epoch in range(run.state["epoch"], cfg.train.epochs):
-        run_epoch(run, train_set, val_set, cache, epoch)
+    with track_run(cfg, run.state) as track:
+        for epoch in range(run.state["epoch"], cfg.train.epochs):
+            run_epoch(run, train_set, val_set, cache, epoch)
+            track(run.state["history"][-1])
+            if on_epoch is not None:
+                on_epoch(run.state["history"][-1])
     if cfg.train.refit:
         refit(run, cache, train_set, val_set)
     summary = run_summary(run.state, run.dir, seconds=time.perf_counter() - started, skipped=False)

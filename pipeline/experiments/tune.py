@@ -1,0 +1,524 @@
+"""Hyper-parameter search with Optuna: a study in a database, each trial an ordinary run dir.
+
+``actrec tune`` searches training settings (``--param key=int:LOW:HIGH[:log]``, ``float:LOW:HIGH[:log]`` or
+``cat:A,B,...``) with a seeded TPE sampler and stops poor trials early: every epoch reports its validation
+accuracy to a median or successive-halving pruner. The study lives in an SQLAlchemy database (SQLite at
+``runs/tune/NAME/study.db`` by default), so the same command on several machines sharing that database and the
+cache runs one study, and a rerun continues it. A trial left running by a killed process is marked failed and
+queued again with its settings and run dir, so it resumes from its last checkpoint. Trials are ranked by
+validation accuracy only; the best one is evaluated on the test list once, at the end, and its test top-1 shown
+beside it. The leaderboard is the sweeps' (``leaderboard.md/.csv/.png``), so ``actrec report`` reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import AFFECTS, config_from_dict, keys_affecting
+from pipeline.errors import ActrecError
+from pipeline.experiments.execute import thread_share
+from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
+from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
+from pipeline.experiments.track import check_tracking, group_runs
+from pipeline.fileio import safe_name, write_json
+
+log = logging.getLogger(__name__)
+
+KINDS = ("int", "float", "cat")
+PRUNERS = ("median", "halving")
+TUNABLE_SECTIONS = ("model", "train", "eval")
+# A worker's heartbeat: a trial whose process stopped beating for GRACE_S (a dead machine) is failed and retried.
+HEARTBEAT_S, GRACE_S = 30, 120
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key: ``int``/``float`` between ``low`` and ``high`` (log-uniform with ``log``), or ``cat``."""
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.kind == "cat":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    @property
+    def spec(self) -> str:
+        if self.kind == "cat":
+            return "cat:" + ",".join(self.choices)
+        return f"{self.kind}:{self.low}:{self.high}" + (":log" if self.log else "")
+
+    def examples(self) -> list[str]:
+        """The values a config must accept for every draw of this parameter to be valid."""
+        return list(self.choices) if self.kind == "cat" else [str(self.low), str(self.high)]
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Everything a worker process needs to take part in the study (plain, picklable values)."""
+    config_path: str | None
+    sets: tuple
+    params: tuple
+    name: str
+    folder: Path
+    storage: str
+    trials: int
+    pruner: str
+    cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
+
+
+def tunable_keys() -> list[str]:
+    """Keys a tune may search: model/train/eval keys that change what a run computes (never the features, the
+    validation or test videos, nor paths and speed settings)."""
+    return [k for k in keys_affecting("training") if k.split(".")[0] in TUNABLE_SECTIONS]
+
+
+def parse_param(item: str, where: str = "--param") -> Param:
+    """``model.hidden_dim=int:128:2048:log`` -> a Param; refuses unknown keys, kinds and empty ranges."""
+    key, sep, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if not sep or "." not in key or not text:
+        raise ActrecError(f"{where} {item!r}: expected section.key=KIND:..., e.g. model.hidden_dim=int:128:2048:log, "
+                          f"train.lr=float:1e-5:1e-2:log or model.name=cat:bilstm,meanpool")
+    check_tunable(key, f"{where} {item!r}")
+    kind, _, rest = text.partition(":")
+    if kind not in KINDS:
+        raise ActrecError(f"{where} {item!r}: unknown distribution {kind!r}; use int:LOW:HIGH[:log], "
+                          f"float:LOW:HIGH[:log] or cat:A,B,...")
+    if kind == "cat":
+        choices = tuple(c.strip() for c in rest.split(","))
+        if not rest or any(not c for c in choices) or len(set(choices)) != len(choices):
+            raise ActrecError(f"{where} {item!r}: cat needs distinct values separated by commas, e.g. cat:a,b")
+        return Param(key, kind, choices=choices)
+    return _numeric_param(key, kind, rest.split(":"), f"{where} {item!r}")
+
+
+def _numeric_param(key: str, kind: str, parts: list[str], where: str) -> Param:
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise ActrecError(f"{where}: expected {kind}:LOW:HIGH or {kind}:LOW:HIGH:log")
+    number = int if kind == "int" else float
+    try:
+        low, high = number(parts[0]), number(parts[1])
+    except ValueError:
+        raise ActrecError(f"{where}: LOW and HIGH must be {'whole numbers' if kind == 'int' else 'numbers'}, "
+                          f"got {parts[0]!r} and {parts[1]!r}") from None
+    log_scale = len(parts) == 3
+    if not low <= high:
+        raise ActrecError(f"{where}: LOW {low} is above HIGH {high}; write the range low to high")
+    if log_scale and low <= 0:
+        raise ActrecError(f"{where}: a log range must be above 0 (LOW is {low}); raise LOW or drop :log")
+    return Param(key, kind, low, high, log_scale)
+
+
+def check_tunable(key: str, where: str) -> None:
+    """Refuse an unknown key, the keys no compared runs may vary (as sweeps do) and keys that change nothing a
+    trial computes."""
+    if key not in keys_affecting(*AFFECTS, None):
+        raise ActrecError(f"{where}: unknown key {key!r} (every key: configs/README.md)")
+    if key not in tunable_keys():
+        try:
+            check_varied_keys([key], "a tune")
+        except ActrecError as exc:
+            raise ActrecError(f"{where}: {exc}") from None
+        raise ActrecError(f"{where}: {key} cannot vary in a tune: it changes nothing a trial computes; search "
+                          f"model.*, train.* and eval.* keys that do ({', '.join(tunable_keys())})")
+
+
+def parse_space(items, space_file=None) -> tuple[Param, ...]:
+    """The ``--param`` items and the lines of ``--space FILE`` (one ``key=KIND:...`` per line, ``#`` comments)."""
+    entries = [(item, "--param") for item in items]
+    if space_file is not None:
+        try:
+            text = Path(space_file).read_text()
+        except OSError as exc:
+            raise ActrecError(f"--space {space_file}: cannot read it ({exc.strerror})") from exc
+        for number, line in enumerate(text.splitlines(), 1):
+            words = [w for w in line.split("#", 1)[0].split() if w != "--param"]
+            entries += [(word, f"--space {space_file} line {number}") for word in words]
+    if not entries:
+        raise ActrecError("nothing to search: pass --param KEY=KIND:... (repeatable) or --space FILE")
+    params = {}
+    for item, where in entries:
+        param = parse_param(item, where)
+        if param.key in params:
+            raise ActrecError(f"{where} {item!r}: {param.key} is searched twice; give it once")
+        params[param.key] = param
+    return tuple(params.values())
+
+
+def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | None, pruner: str,
+              root="runs/tune") -> TuneSpec:
+    """Check everything a tune needs before anything is written: the name, each parameter's values against the
+    config schema, the base config and its cache."""
+    from pipeline.cache.reader import open_cache
+
+    safe_name(name, "--name")
+    if pruner not in PRUNERS:
+        raise ActrecError(f"--pruner {pruner}: unknown; use one of {', '.join(PRUNERS)}")
+    raw, base, source = load_base(config_path, sets)
+    for param in params:
+        for value in param.examples():
+            run_config(raw, {param.key: value}, Path(root) / name, f"--param {param.key}={param.spec}: {value} is "
+                       f"not a valid value", source)
+    open_cache(base).close()  # a missing or mismatched cache: one line now, not a failure per trial
+    check_tracking(base)
+    folder = Path(root) / name
+    url = storage or default_storage(folder)
+    return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
+                    trials, pruner, os.getcwd())
+
+
+def default_storage(folder: Path) -> str:
+    """The study's own SQLite database in its folder (an absolute path: workers may start elsewhere)."""
+    return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+
+def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
+    """Run the study to ``spec.trials`` finished trials (``jobs`` worker processes), then evaluate the best trial on
+    the test list and write the leaderboard (also when interrupted)."""
+    study = open_study(spec, worker=0, create=True)
+    recover(study)
+    base = load_base(spec.config_path, spec.sets)[1].to_dict()
+    finished = finished_count(study)
+    jobs = max(1, min(jobs, spec.trials - finished))  # no worker without a trial to run
+    threads = thread_share(base, jobs) if jobs > 1 else 0
+    log.info(f"tune {spec.name}: {finished} of {spec.trials} trials finished; study in {spec.storage}")
+    try:
+        if jobs == 1:
+            run_worker(spec, 0, threads)
+        else:
+            run_workers(spec, jobs, threads)
+    finally:
+        rows = write_tune_leaderboard(spec, study)
+    best = evaluate_best(spec, study, rows)
+    if best is None:
+        raise ActrecError(f"no trial of study {spec.name} finished ({sum(r['status'] == 'failed' for r in rows)} "
+                          f"failed); their errors are in {spec.folder / 'leaderboard.md'}")
+    return {"folder": str(spec.folder), "storage": spec.storage, "best": best,
+            "rows": write_tune_leaderboard(spec, study)}
+
+
+def open_study(spec: TuneSpec, worker: int, create: bool = False):
+    """The study on its storage with this worker's seeded sampler and the pruner; refuses a study of the same
+    name that searches another space or trains with other base settings."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = load_base(spec.config_path, spec.sets)[1]
+    if create and spec.storage == default_storage(spec.folder):
+        spec.folder.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(spec.storage)
+    if spec.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials,
+                                             n_warmup_steps=cfg.tune.warmup_epochs)
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.tune.warmup_epochs))
+    study = optuna.create_study(storage=storage, study_name=spec.name, pruner=pruner, direction="maximize",
+                                load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=sampler_seed(cfg.tune.seed, worker, len(study.get_trials(deepcopy=False))),
+        n_startup_trials=cfg.tune.startup_trials, constant_liar=True)
+    if create:
+        check_same_study(study, spec, comparable_settings(cfg.to_dict()))
+    return study
+
+
+def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The TPE seed of one worker: from tune.seed, the worker's index and the study's trials so far, so parallel
+    workers and a rerun of an interrupted study do not repeat each other's random draws."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, trials_so_far]).generate_state(1)[0])
+
+
+def open_storage(url: str):
+    """Optuna's RDBStorage on ``url`` with a heartbeat; one line when it cannot be opened."""
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              heartbeat_stale_trial_callback=requeue)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and the drivers raise many kinds; all mean "cannot open"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ActrecError(f"--storage {url}: cannot open it ({first}); give an SQLAlchemy URL of a reachable "
+                          f"database, e.g. sqlite:///runs/tune/study.db or postgresql://user@host/db") from exc
+
+
+def check_same_study(study, spec: TuneSpec, settings: dict) -> None:
+    """Record the space and base settings on a new study; refuse to continue one that had others."""
+    space = {param.key: param.spec for param in spec.params}
+    recorded = study.user_attrs
+    if "space" not in recorded:
+        study.set_user_attr("space", space)
+        study.set_user_attr("settings", settings)
+        return
+    if recorded["space"] != space:
+        raise ActrecError(f"study {spec.name} in {spec.storage} searches {recorded['space']}, not {space}; use "
+                          f"another --name for another search space")
+    changed = [f"{key}: {recorded['settings'].get(key)!r} -> {value!r}" for key, value in settings.items()
+               if key not in space and recorded["settings"].get(key) != value]
+    if changed:
+        raise ActrecError(f"study {spec.name} in {spec.storage} was started with other settings "
+                          f"({'; '.join(changed)}); use another --name, or the settings it was started with")
+
+
+def finished_count(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def recover(study) -> None:
+    """Fail the trials this machine's killed processes left running, and queue again every trial stopped by a
+    kill or Ctrl-C (not by its own error), so it resumes from its run dir's last checkpoint."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if trial.state == TrialState.RUNNING and attrs.get("host") == host and not _alive(attrs.get("pid")):
+            try:  # as Optuna's own fail_stale_trials does it: there is no public call to end another's trial
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue
+            log.warning(f"trial {trial.number} was left running by a killed process (pid {attrs.get('pid')}): "
+                        f"marked failed and queued again")
+            requeue(study, trial)
+        elif trial.state == TrialState.FAIL and attrs.get("interrupted"):
+            requeue(study, trial)
+
+
+def requeue(study, trial) -> None:
+    """Queue a trial stopped from outside again with its settings and run dir (once)."""
+    run_dir = trial.user_attrs.get("run_dir")
+    if run_dir and not any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(trial.params, user_attrs={"run_dir": run_dir, "retry_of": trial.number})
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_workers(spec: TuneSpec, jobs: int, threads: int) -> None:
+    """``jobs`` worker processes on the study, each dying with this process (a kill leaves no trial training)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("pipeline").getEffectiveLevel()
+    workers = [context.Process(target=worker_main, args=(spec, i, threads, os.getpid(), level))
+               for i in range(jobs)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)  # Ctrl-C reaches the workers too: let them record their trials as stopped
+            if worker.is_alive():
+                worker.terminate()
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:
+        raise ActrecError(f"{len(failed)} of {jobs} tune workers stopped with an error (exit status "
+                          f"{', '.join(map(str, failed))}); see the messages above, then run the command again to "
+                          f"continue the study")
+
+
+def worker_main(spec: TuneSpec, worker: int, threads: int, parent: int, level: int) -> None:
+    """A worker process: log as the command does, die with the command, run trials. A killed worker leaves its
+    trial RUNNING under its dead pid: the next run fails and requeues it."""
+    from pipeline.experiments.execute import die_with_parent
+
+    die_with_parent(parent)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[worker {worker}] %(message)s"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    try:
+        run_worker(spec, worker, threads)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
+    """One process of the study: trials until the study has ``spec.trials`` finished ones."""
+    os.chdir(spec.cwd)  # relative run dirs and config paths mean the same in every worker
+    study = open_study(spec, worker)
+    remaining = spec.trials - finished_count(study)
+    if remaining > 0:
+        study.optimize(lambda trial: objective(trial, spec, threads), n_trials=remaining, catch=(Exception,),
+                       callbacks=[lambda study, trial: stop_when_enough(study, spec.trials)])
+
+
+def stop_when_enough(study, trials: int) -> None:
+    """Stop this worker once the finished trials and those running elsewhere make ``trials``: the study ends with
+    that many, not one extra per worker (a running one that fails leaves it short; a rerun completes it)."""
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.RUNNING))) >= trials:
+        study.stop()
+
+
+def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0) -> dict:
+    """The resolved config (``to_dict`` form) of one trial: the base config grouped under the study's MLflow
+    experiment, the trial's values (as exact text), its thread share and its run dir."""
+    raw, _, source = load_base(spec.config_path, spec.sets)
+    values = {key: str(value) for key, value in params.items()}
+    if threads:
+        values.update({"train.threads": str(threads), "eval.threads": str(threads)})
+    return run_config(group_runs(raw, f"tune/{spec.name}"), values, Path(run_dir), f"tune {spec.name}", source)
+
+
+def objective(trial, spec: TuneSpec, threads: int) -> float:
+    """Train one trial, reporting each epoch's validation accuracy to the pruner; its best validation accuracy."""
+    import optuna
+
+    from pipeline.sequence.train import train
+
+    params = {param.key: param.suggest(trial) for param in spec.params}
+    run_dir = trial.user_attrs.get("run_dir") or str(spec.folder / f"trial-{trial.number:04d}")
+    for key, value in (("run_dir", run_dir), ("host", socket.gethostname()), ("pid", os.getpid())):
+        trial.set_user_attr(key, value)
+    run = SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir, threads))
+    cfg = config_from_dict(run.config, source=f"tune {spec.name} trial {trial.number}")
+    rows = {int(row["epoch"]): row for row in read_history(Path(run_dir))}  # a resumed trial's earlier epochs
+    for epoch, row in rows.items():
+        trial.report(float(row["val_acc"]), epoch)
+
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] not in rows:
+            trial.report(row["val_acc"], row["epoch"])
+        rows[row["epoch"]] = row
+        if row["epoch"] < cfg.train.epochs and trial.should_prune():  # after the last epoch there is nothing to save
+            raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+    try:
+        if rows and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {max(rows)}")
+        train(cfg, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists(), on_epoch=on_epoch)
+    except optuna.TrialPruned as exc:
+        write_record(run, trial.number, rows, "pruned", str(exc))
+        log.info(f"trial {trial.number} {exc} ({_describe(params)})")
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        raise
+    except Exception as exc:
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        trial.set_user_attr("error", error)
+        write_record(run, trial.number, rows, "failed", error)
+        log.warning(f"trial {trial.number} failed (recorded; the study goes on): {error}")
+        raise
+    record = write_record(run, trial.number, rows, "done", "")
+    log.info(f"trial {trial.number}: val top-1 {record['val_top1']:.3f} ({_describe(params)})")
+    return record["val_top1"]
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    try:
+        with open(run_dir / "history.csv") as f:
+            return [{**row, "epoch": int(row["epoch"]), "val_acc": float(row["val_acc"]),
+                     "val_loss": float(row["val_loss"]), "seconds": float(row["seconds"])} for row in csv.DictReader(f)]
+    except OSError:
+        return []
+
+
+def write_record(run: SweepRun, number: int, rows: dict, status: str, error: str) -> dict:
+    """The trial's sweep.json (what the leaderboard reads): its best epoch as training picks it (higher
+    validation accuracy, then lower loss), epochs and seconds trained."""
+    best = max(rows.values(), key=lambda row: (row["val_acc"], -row["val_loss"])) if rows else {}
+    record = {"name": run.name, "trial": number, "varied": run.varied, "run_dir": str(run.dir),
+              "settings": comparable_settings(run.config), "host": socket.gethostname(), "pid": os.getpid(),
+              "status": status, "val_top1": best.get("val_acc"), "val_loss": best.get("val_loss"),
+              "test_top1": None, "mean_class_accuracy": None, "epochs": len(rows),
+              "seconds": round(sum(float(row["seconds"]) for row in rows.values()), 2), "error": error}
+    write_json(run.dir / RESULT_FILE, record)
+    return record
+
+
+def trial_runs(spec: TuneSpec, study) -> list[SweepRun]:
+    """The study's trials as sweep runs, one per run dir (a trial queued again replaces the one it resumes)."""
+    latest = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "run_dir" in trial.user_attrs:
+            latest[trial.user_attrs["run_dir"]] = trial
+    runs = []
+    for run_dir, trial in latest.items():
+        params = {param.key: trial.params[param.key] for param in spec.params if param.key in trial.params}
+        runs.append(SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir)))
+    return runs
+
+
+def write_tune_leaderboard(spec: TuneSpec, study) -> list[dict]:
+    """The study's leaderboard (as a sweep's: ranked by validation; pruned, failed and running trials last)."""
+    runs = trial_runs(spec, study)
+    rows = rank_rows([trial_row(run) for run in runs])
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    write_leaderboard(spec.folder, rows, list(dict.fromkeys(k for run in runs for k in run.varied)),
+                      f"Tune {spec.name}")
+    return rows
+
+
+def trial_row(run: SweepRun) -> dict:
+    """A trial's leaderboard row from its record; a record of other settings counts as not run."""
+    record = read_record(run.dir)
+    if record.get("settings") != comparable_settings(run.config):
+        record = {}
+    status = record.get("status", "pending")
+    return {**run.varied, **{column: record.get(column) for column in LEADERBOARD_COLUMNS}, "run_dir": str(run.dir),
+            "status": status, "error": record.get("error") or ("" if status == "done" else "running or not run")}
+
+
+def evaluate_best(spec: TuneSpec, study, rows: list[dict]) -> dict | None:
+    """Evaluate the validation pick (the leaderboard's first row) on the test list once; write best.json."""
+    from pipeline.sequence.evaluate import evaluate
+
+    if not rows or rows[0]["status"] != "done":
+        return None
+    pick = rows[0]
+    record = read_record(pick["run_dir"])
+    if record.get("test_top1") is None:
+        trial_run = next(run for run in trial_runs(spec, study) if str(run.dir) == pick["run_dir"])
+        metrics = evaluate(config_from_dict(trial_run.config, source=f"tune trial {trial_run.name}"))
+        record.update(test_top1=metrics["top1"], mean_class_accuracy=metrics["mean_class_accuracy"])
+        write_json(Path(pick["run_dir"]) / RESULT_FILE, record)
+    best = {"trial": record.get("trial"), "run_dir": pick["run_dir"], "params": record.get("varied"),
+            "val_top1": record["val_top1"], "val_loss": record["val_loss"], "test_top1": record["test_top1"],
+            "note": "chosen by validation accuracy; test top-1 computed once for the pick, never used to choose"}
+    write_json(spec.folder / "best.json", best)
+    return best
+
+
+def shown(params: dict) -> dict:
+    """A trial's values as the leaderboard shows them (4 significant digits; the run's config has them all)."""
+    return {key: f"{value:.4g}" if isinstance(value, float) else str(value) for key, value in params.items()}
+
+
+def _describe(params: dict) -> str:
+    return " ".join(f"{key.split('.', 1)[1]}={value}" for key, value in shown(params).items())
