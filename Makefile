@@ -93,7 +93,7 @@ all: $(STAMP) ## download, extract (only for embed.source=frames), embed, train,
 	  else echo "extract: not needed (embed.source=videos decodes the .avi files directly)"; fi
 	$(MAKE) embed train evaluate
 
-demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep of 4 models, predict, leaderboard
+demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep of 6 models, predict, leaderboard
 	$(ACTREC) synth $(DEMO)
 	$(ACTREC) embed $(DEMO)
 	$(ACTREC) sweep $(DEMO) --runs configs/demo-sweep.txt --jobs 2 --name demo
