@@ -19,6 +19,7 @@ import click
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
+from pipeline.inputs import formats
 
 
 class _State:
@@ -134,7 +135,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command()
 @config_options
 @click.option("--force", is_flag=True, default=False, help="Regenerate even if the dataset exists.")
-@click.option("--format", "data_format", type=click.Choice(["ucf101", "hmdb51", "folder"]), default=None,
+@click.option("--format", "data_format", type=click.Choice(formats.names()), default=None,
               help="Write it in this layout (same as --set data.format=...)  [default: data.format]")
 @reports_errors
 def synth(config_path, overrides, force, data_format):

@@ -25,15 +25,14 @@ from typing import Any, Union
 import yaml
 
 from pipeline.errors import ActrecError
+from pipeline.inputs import formats
 
-UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
 # One device/precision vocabulary for every stage (pipeline/device.py turns it into torch objects).
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 DEVICE_HELP = "'auto' picks CUDA when present"
 PRECISION_HELP = ("autocast dtype on CUDA: 'auto' = bf16 where the GPU computes it natively, else fp16; "
                   "the CPU always runs fp32")
-UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 
 
 # What a key's value changes, recorded next to the key so every check derives from the schema:
@@ -62,9 +61,9 @@ class DataConfig:
     name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
     # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
     # (pipeline/inputs/datasets.py), which UCF-101 caches made before these keys existed keep matching.
-    format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
-                       "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
-                       choices=["ucf101", "hmdb51", "folder"])
+    format: str = _key("ucf101", "layout of data.videos and data.splits, one of pipeline/inputs/formats/: 'ucf101' "
+                       "(classInd.txt, trainlistNN.txt, testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or "
+                       "'folder' (a folder of videos per class)", choices=formats.names())
     synthetic: bool = _key(False, "the dataset is the generated one: `actrec download` (and `make all`) runs "
                                   "`actrec synth` instead of downloading")
     videos: str = _key("data/ucf101/UCF-101", "video root: a folder per class (UCF-101: Class/v_Class_gXX_cYY.avi)")
@@ -75,7 +74,7 @@ class DataConfig:
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
         "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
         "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
-        choices=[1, 2, 3, "random", "random-groups", "auto"], affects="test list")
+        choices=formats.split_values(), affects="test list")
     random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
     test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
                                      "test list", min=0.01, max=0.9)
@@ -101,9 +100,10 @@ class SynthConfig:
 
 @dataclass
 class DownloadConfig:
-    videos_url: str = _key(UCF101_URL, "URL of the video archive (UCF101.rar; hmdb51_org.rar for data.format=hmdb51)")
-    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the split archive (a zip for UCF-101; test_train_splits.rar "
-                                              "for HMDB-51)")
+    videos_url: str = _key("", "URL of the video archive; empty: the one data.format declares (UCF101.rar, "
+                               "hmdb51_org.rar)")
+    splits_url: str = _key("", "URL of the split archive; empty: the one data.format declares (UCF-101's zip, "
+                               "HMDB-51's test_train_splits.rar)")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
     timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)

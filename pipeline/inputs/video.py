@@ -90,7 +90,3 @@ def _read_jpegs(paths: list[Path]) -> Iterator[np.ndarray]:
             raise DecodeError(f"{p}: unreadable JPEG")
         yield cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
-
-def read_frames_dir(folder: str | Path) -> np.ndarray:
-    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
-    return np.stack(list(iter_frames_dir(folder)))

@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.inputs.video import DecodeError, read_frames_dir, video_fps
-from tests.helpers import read_video
+from pipeline.inputs.video import DecodeError, video_fps
+from tests.helpers import read_frames_dir, read_video
 
 
 def write_avi(path, frames=30, size=(32, 24), fps=10, fourcc="MJPG"):
