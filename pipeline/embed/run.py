@@ -55,6 +55,7 @@ class _Video:
     packed: int = 0              # frames put into batches
     expected: int | None = None  # frames in all, known once the video's last piece is through
     reason: str = ""             # why decoding failed, if it did
+    header_frames: int | None = None  # its header's frame count, when decoding ended before it (frames kept)
     features: list = field(default_factory=list)
     flip_features: list = field(default_factory=list)
     received: int = 0
@@ -200,7 +201,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
             log.warning(f"failed: {video.item.name}: {video.reason}")
         else:
             writer.add(video.item.name, video.item.label, np.concatenate(video.features),
-                       np.concatenate(video.flip_features) if flip else None)
+                       np.concatenate(video.flip_features) if flip else None, header_frames=video.header_frames)
             counts["embedded"] += 1
             counts["frames"] += video.received
             bar.set_postfix_str(f"{counts['frames'] / (time.perf_counter() - started):.0f} frames/s", refresh=False)
@@ -210,7 +211,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
 
     def on_end(piece: Piece) -> None:
         video = videos[piece.index]
-        video.expected, video.reason = video.packed, piece.reason
+        video.expected, video.reason, video.header_frames = video.packed, piece.reason, piece.header_frames
         settle(video)
 
     def deliver(batch: feed.Batch, outputs: list[np.ndarray]) -> None:

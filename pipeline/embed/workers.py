@@ -33,11 +33,13 @@ POLL_SECONDS = 5.0   # how often a waiting consumer checks that the worker it wa
 @dataclass
 class Piece:
     """Part of video ``index``: ``frames`` uint8 ``[n, 3, img_dim, img_dim]``; or, with ``end``, the close of the
-    video, with ``reason`` saying why decoding failed ('' when it did not). A failure may follow frames."""
+    video, with ``reason`` saying why decoding failed ('' when it did not; a failure may follow frames) and
+    ``header_frames`` the count its header lists when the decode ended before it but the frames are kept."""
     index: int
     frames: torch.Tensor | None = None
     end: bool = False
     reason: str = ""
+    header_frames: int | None = None
 
 
 @dataclass
@@ -61,19 +63,17 @@ def resolve_workers(value, local_world_size: int = 1) -> int:
     return auto_workers(local_world_size) if value == "auto" else int(value)
 
 
-def _frames_of(source: str, path: Path):
-    return iter_frames_dir(path) if source == "frames" else iter_video_frames(path)
-
-
 def video_pieces(index: int, source: str, path: Path, resize, chunk: int) -> Iterator[Piece]:
     """The pieces of one video (decoded and resized as they stream), closed by an ``end`` piece."""
+    short: list[int] = []  # the header's frame count, when the decode ends early but keeps its frames
+    frames = iter_frames_dir(path) if source == "frames" else iter_video_frames(path, lambda _, n: short.append(n))
     try:
-        for frames in resized_chunks(_frames_of(source, path), resize, chunk):
-            yield Piece(index, frames)
+        for chunk_frames in resized_chunks(frames, resize, chunk):
+            yield Piece(index, chunk_frames)
     except DecodeError as exc:
         yield Piece(index, end=True, reason=str(exc))
         return
-    yield Piece(index, end=True)
+    yield Piece(index, end=True, header_frames=short[0] if short else None)
 
 
 def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int) -> Iterator[Piece]:

@@ -5,14 +5,18 @@ Everything downstream gets uint8 RGB frames shaped ``[T, H, W, 3]``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
 from pipeline.errors import ActrecError
 
+log = logging.getLogger(__name__)
+
+KEEP_SHARE = 0.5  # a decode that ends early keeps its frames when they are more than this share of the header's count
 FRAME_PATTERN = "{:06d}.jpg"  # frames/Class/v_Class_gXX_cYY/000001.jpg, 1-based like the seed's extractor
 
 
@@ -20,8 +24,12 @@ class DecodeError(ActrecError):
     """A video or frame folder that cannot be decoded (corrupt, truncated, empty)."""
 
 
-def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield the frames of a video file as uint8 RGB ``[H, W, 3]`` arrays, in order."""
+def iter_video_frames(path: str | Path, on_short: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file as uint8 RGB ``[H, W, 3]`` arrays, in order (one sequential pass).
+
+    A decode that ends early (a cut-off or damaged file) keeps the frames that decoded when they are most of the
+    count the header lists; ``on_short(decoded, header_frames)`` is told so. Fewer raise ``DecodeError`` at the end.
+    """
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: no such video file")
@@ -43,9 +51,20 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         capture.release()
     if count == 0:
         raise DecodeError(f"{path}: no decodable frames")
-    # Container frame counts can be off by a frame or two; a larger shortfall is a cut-off file.
-    if expected > 0 and count < expected - max(2, expected // 100):
+    _check_count(path, count, expected, on_short)
+
+
+def _check_count(path: Path, count: int, expected: int, on_short) -> None:
+    """Container frame counts can be off by a frame or two; a larger shortfall is a cut-off or damaged file,
+    whose frames are kept when they are most of the header's count (more than KEEP_SHARE of it)."""
+    if expected <= 0 or count >= expected - max(2, expected // 100):
+        return
+    if count <= KEEP_SHARE * expected:
         raise DecodeError(f"{path}: truncated: decoded {count} of the {expected} frames its header lists")
+    log.warning("%s: decoding ended at frame %d of the %d its header lists; keeping those %d", path, count, expected,
+                count)
+    if on_short is not None:
+        on_short(count, expected)
 
 
 def video_fps(path: str | Path, default: float = 25.0) -> float:

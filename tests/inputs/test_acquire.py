@@ -97,7 +97,7 @@ def test_each_format_downloads_its_own_archives_and_refuses_another_formats(tmp_
 
 
 def test_every_format_module_declares_what_the_registry_asks(tmp_path):
-    from pipeline.config import DataConfig
+    from pipeline.config import DataConfig, key_choices
     from pipeline.inputs import formats
 
     assert formats.names() == ["folder", "hmdb51", "ucf101"]
@@ -106,7 +106,7 @@ def test_every_format_module_declares_what_the_registry_asks(tmp_path):
         assert module.NAME == name and module.SPLITS and set(module.URLS) <= {"videos", "splits"}
         for function in ("acquire", "load_split", "embed_items", "split_files_signature", "write_synthetic_splits"):
             assert callable(getattr(module, function)), (name, function)
-    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(DataConfig)}
+    choices = {f.name: key_choices(f) for f in dataclasses.fields(DataConfig)}
     assert choices["format"] == formats.names()
     assert set(choices["split"]) == {v for name in formats.names() for v in formats.get(name).SPLITS}
     result = CliRunner().invoke(cli, ["synth", "--help"])

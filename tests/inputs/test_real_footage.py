@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -20,8 +19,8 @@ from pipeline.inputs.video import iter_video_frames, video_fps
 from pipeline.sequence.evaluate import evaluate
 from pipeline.sequence.predict import predict
 from pipeline.sequence.train import train
-from tests.footage import source
-from tests.helpers import PROJECT_ROOT, read_video, tiny_overrides
+from tests.footage import footage_config, header_count, source
+from tests.helpers import read_video
 
 av = pytest.importorskip("av")
 
@@ -35,14 +34,6 @@ def pyav_frames(path: Path) -> np.ndarray:
     """Every frame of ``path`` as uint8 RGB through PyAV (its own bundled FFmpeg): the independent decoder."""
     with av.open(str(path)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
-def header_count(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        capture.release()
 
 
 @pytest.mark.parametrize("relative", ["lossless/mjpg.avi", "lossless/ffv1.avi"])
@@ -86,16 +77,6 @@ def test_crop_on_16_9_and_11_9_footage_equals_the_backbones_own_transform(name, 
     assert ours.shape == theirs.shape == (3, 224, 224)
     # Within one uint8 step of rounding, after normalisation by the smallest std (0.224).
     assert (ours - theirs).abs().max() <= 1 / 255 / 0.224 + 1e-5
-
-
-def footage_config(real_footage: Path, tmp_path: Path, fmt: str):
-    """The tiny pipeline settings on one real-footage dataset; the folder format's drawn split goes to tmp_path."""
-    dataset = real_footage / fmt
-    splits = tmp_path / "splits" if fmt == "folder" else dataset / "splits"
-    extra = ["data.split=auto"] if fmt == "folder" else []
-    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(tmp_path) + [
-        "data.synthetic=false", f"data.format={fmt}", f"data.name=real-{fmt}", f"data.videos={dataset}/videos",
-        f"data.splits={splits}", "embed.batch_size=32", "train.sequence_length=8", *extra])
 
 
 @pytest.mark.slow
