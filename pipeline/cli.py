@@ -257,7 +257,8 @@ def merge_cache(cache_path, mode):
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch"]),
+              type=click.Choice(["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch",
+                                 "decoders"]),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def bench(config_path, overrides, quick, out_dir, readme, only):
