@@ -35,7 +35,7 @@ class Sizes:
     cache_frames: int = 120
     train_steps: int = 8
     repeats: int = 3                   # row 1: alternating embed / bare-forward runs (medians compared)
-    real_groups: int = 4               # row 1-real: clips per class of the small run; the large run has 3x
+    real_groups: int = 2               # row 1-real: clips per class of the small run; the large run has 3x
     real_whole: bool = True            # row 1-real: each clip a whole source (482 frames a group), else 16 frames
     scaling_clips: int = 2             # row 5: N = 2 classes x 8 groups x scaling_clips videos, then 4N
     train_changes: dict = field(default_factory=dict)  # changes to the UCF-101 defaults for rows 3-5

@@ -87,11 +87,15 @@ def per_core_fps(decoder: Callable[[Path], Iterator[np.ndarray]], path: Path) ->
     from pipeline.config import load_config
     from pipeline.embed.backbone import frame_resize, resized_chunks
 
-    torch.set_num_threads(1)
     resize = frame_resize(load_config(None, ["embed.backbone=resnet18", f"embed.img_dim={IMG_DIM}"]).embed)
-    started = time.process_time()
-    frames = sum(len(chunk) for chunk in resized_chunks(decoder(path), resize, CHUNK))
-    return frames / (time.process_time() - started), frames
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the resize in one thread, as in a decode worker
+    try:
+        started = time.process_time()
+        frames = sum(len(chunk) for chunk in resized_chunks(decoder(path), resize, CHUNK))
+        return frames / (time.process_time() - started), frames
+    finally:
+        torch.set_num_threads(threads)
 
 
 def measure(files: dict[str, Path], rounds: int) -> dict:
