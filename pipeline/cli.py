@@ -19,6 +19,7 @@ import click
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
+from pipeline.inputs import formats
 
 
 class _LogHandler(logging.Handler):
@@ -133,7 +134,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @cli.command()
 @config_options
 @click.option("--force", is_flag=True, default=False, help="Regenerate even if the dataset exists.")
-@click.option("--format", "data_format", type=click.Choice(["ucf101", "hmdb51", "folder"]), default=None,
+@click.option("--format", "data_format", type=click.Choice(formats.names()), default=None,
               help="Write it in this layout (same as --set data.format=...)  [default: data.format]")
 @reports_errors
 def synth(config_path, overrides, force, data_format):
@@ -276,7 +277,8 @@ def merge_cache(cache_path, mode, mixed_devices):
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch"]),
+              type=click.Choice(["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch",
+                                 "decoders"]),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def bench(config_path, overrides, quick, out_dir, readme, only):

@@ -26,16 +26,15 @@ from typing import Any, Union
 import yaml
 
 from pipeline.errors import ActrecError
+from pipeline.inputs import formats
 from pipeline.sequence.models import model_names
 
-UCF101_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"
 # One device/precision vocabulary for every stage (pipeline/device.py turns it into torch objects).
 DEVICES = ["auto", "cpu", "cuda"]
 PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 DEVICE_HELP = "'auto' picks CUDA when present"
 PRECISION_HELP = ("autocast dtype on CUDA: 'auto' = bf16 where the GPU computes it natively, else fp16; "
                   "the CPU always runs fp32")
-UCF101_SPLITS_URL = "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"
 
 
 # What a key's value changes, recorded next to the key so every check derives from the schema:
@@ -48,7 +47,8 @@ AFFECTS = ("features", "test list", "training")
 
 
 def _key(default, help, choices=None, min=None, max=None, nonempty=False, affects=None, auto=False):
-    """A config key: its default, help text, allowed values (checked in ``_check_value``) and what it ``affects``.
+    """A config key: its default, help text, allowed values (checked in ``_check_value``; a list, or a function
+    that returns it) and what it ``affects``.
 
     ``auto``: a whole number in min..max, or the string 'auto' (the code decides)."""
     assert affects in AFFECTS + (None,), affects
@@ -64,9 +64,9 @@ class DataConfig:
     name: str = _key("ucf101", "dataset name, used in default cache and run paths", nonempty=True, affects="features")
     # format, test_fraction and group_pattern reach the cache fingerprint through the split files' signature
     # (pipeline/inputs/datasets.py), which UCF-101 caches made before these keys existed keep matching.
-    format: str = _key("ucf101", "layout of data.videos and data.splits: 'ucf101' (classInd.txt, trainlistNN.txt, "
-                       "testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or 'folder' (a folder of videos per class)",
-                       choices=["ucf101", "hmdb51", "folder"])
+    format: str = _key("ucf101", "layout of data.videos and data.splits, one of pipeline/inputs/formats/: 'ucf101' "
+                       "(classInd.txt, trainlistNN.txt, testlistNN.txt), 'hmdb51' (Class_test_splitN.txt) or "
+                       "'folder' (a folder of videos per class)", choices=formats.names())
     synthetic: bool = _key(False, "the dataset is the generated one: `actrec download` (and `make all`) runs "
                                   "`actrec synth` instead of downloading")
     videos: str = _key("data/ucf101/UCF-101", "video root: a folder per class (UCF-101: Class/v_Class_gXX_cYY.avi)")
@@ -77,7 +77,7 @@ class DataConfig:
         1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
         "'random-groups' (random but no group on both sides); data.format=folder: 'auto' (drawn once, written "
         "to data.splits) or 1 (your own trainlist01.txt/testlist01.txt); hmdb51: 1, 2 or 3",
-        choices=[1, 2, 3, "random", "random-groups", "auto"], affects="test list")
+        choices=formats.split_values, affects="test list")
     random_test_fraction: float = _key(0.2, "test share for the random splits", min=0.01, max=0.9, affects="test list")
     test_fraction: float = _key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
                                      "test list", min=0.01, max=0.9)
@@ -103,9 +103,10 @@ class SynthConfig:
 
 @dataclass
 class DownloadConfig:
-    videos_url: str = _key(UCF101_URL, "URL of the video archive (UCF101.rar; hmdb51_org.rar for data.format=hmdb51)")
-    splits_url: str = _key(UCF101_SPLITS_URL, "URL of the split archive (a zip for UCF-101; test_train_splits.rar "
-                                              "for HMDB-51)")
+    videos_url: str = _key("", "URL of the video archive; empty: the one data.format declares (UCF101.rar, "
+                               "hmdb51_org.rar)")
+    splits_url: str = _key("", "URL of the split archive; empty: the one data.format declares (UCF-101's zip, "
+                               "HMDB-51's test_train_splits.rar)")
     dest: str = _key("data/ucf101", "folder for the archives; videos unpack to data.videos")
     retries: int = _key(5, "retries per file on network errors (exponential backoff)", min=0, max=100)
     timeout: float = _key(60.0, "socket timeout in seconds", min=1.0, max=3600.0)
@@ -462,6 +463,12 @@ def _override_value(text: str) -> Any:
         return text
 
 
+def key_choices(f: dataclasses.Field) -> list | None:
+    """A key's allowed values; a registry's are asked for only here, so loading the schema imports no plug-ins."""
+    choices = f.metadata["choices"]
+    return choices() if callable(choices) else choices
+
+
 def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -470,12 +477,12 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, source: str) -> An
         if value == "auto":
             return value
         default = meta["min"] if meta["min"] is not None else 0  # otherwise a whole number
-    if meta["choices"]:
+    choices = key_choices(f)
+    if choices:
         # YAML reads `split: 1` as an int and `--set data.split=1` too; "1" from elsewhere is the same choice.
-        lookup = {str(c): c for c in meta["choices"]}
+        lookup = {str(c): c for c in choices}
         if str(value) not in lookup:
-            raise ActrecError(f"{where}: {value!r} is not allowed. Allowed values: "
-                              f"{', '.join(map(str, meta['choices']))}")
+            raise ActrecError(f"{where}: {value!r} is not allowed. Allowed values: {', '.join(map(str, choices))}")
         return lookup[str(value)]
     if isinstance(default, bool):
         if not isinstance(value, bool):

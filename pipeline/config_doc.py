@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from pipeline.config import SECTIONS
+from pipeline.config import SECTIONS, key_choices
 
 HEADER = """# Config reference
 
@@ -42,8 +42,8 @@ def describe_keys() -> list[tuple[str, Any, str, str]]:
 def _allowed_text(f: dataclasses.Field) -> str:
     meta = f.metadata
     text = meta["help"]
-    if meta["choices"]:
-        text += f" (one of: {', '.join(map(str, meta['choices']))})"
+    if key_choices(f):
+        text += f" (one of: {', '.join(map(str, key_choices(f)))})"
     elif meta["min"] is not None or meta["max"] is not None:
         text += f" (range: {'' if meta['min'] is None else meta['min']}..{'' if meta['max'] is None else meta['max']}"
         text += ", or auto)" if meta.get("auto") else ")"

@@ -71,3 +71,20 @@ def small_disk(tmp_path):
     yield mount
     for folder in reversed(mounts):
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture(scope="session")
+def real_footage(request, tmp_path_factory):
+    """Real clips in UCF-101's, HMDB-51's and the folder format (pipeline/bench/footage.py), built once and kept in the
+    pytest cache (``.pytest_cache/d/actrec-real-footage``) so later sessions reuse them; in a session without the
+    cache plugin, built once per session. Tests must not modify it."""
+    from pipeline.bench.footage import FootageMissing, build_footage
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("actrec-real-footage") if cache is not None else tmp_path_factory.mktemp("real-footage")
+    try:
+        return build_footage(Path(root))
+    except FootageMissing as exc:
+        if os.environ.get("CI"):  # CI installs the test extra: there the real-footage tests must run, never skip
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))

@@ -20,6 +20,13 @@ def read_video(path) -> np.ndarray:
     return np.stack(list(iter_video_frames(path)))
 
 
+def read_frames_dir(folder) -> np.ndarray:
+    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
+    from pipeline.inputs.video import iter_frames_dir
+
+    return np.stack(list(iter_frames_dir(folder)))
+
+
 def tiny_overrides(root: Path) -> list[str]:
     """--set overrides for a tiny synthetic dataset, cache and run under ``root``."""
     return [

@@ -25,7 +25,8 @@ def test_quick_bench_has_every_row(tmp_path):
     ids = [row["id"] for row in data["rows"]]
     gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
     cuda_epoch = [] if data["device"].startswith("CPU") else ["8-cuda"]
-    assert ids == ["1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch, "9"]
+    assert ids == ["1-real", "1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch,
+                   "9", "10"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
         assert (row["ratio"] is None) == (row["id"] == "8-cuda")
@@ -39,7 +40,7 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 8
+    assert len(ROWS) == 10
 
 
 def test_readme_section_needs_markers(tmp_path):

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
-    from pipeline.inputs.datasets import SPLITS
+    from pipeline.inputs import formats
 
-    assert cfg.data.split in SPLITS[cfg.data.format]
+    assert cfg.data.split in formats.get(cfg.data.format).SPLITS
     assert cfg.cache.path.endswith(".h5") and "{" not in cfg.cache.path
     assert "{" not in cfg.run.dir
 
@@ -46,7 +46,7 @@ def test_weights_path_gives_file_name_safe_tag():
     ("train.grad_clip=.inf", "expected a finite number"),
     ("train.epochs=2.5", "train.epochs: expected a whole number"),
     ("train.epochs=0", "below the minimum 1"),
-    ("data.split=4", "Allowed values: 1, 2, 3, random"),
+    ("data.split=4", "Allowed values: 1, 2, 3, auto, random"),
     ("model.attention=maybe", "expected true or false"),
     ("trainepochs", "expected section.key=value"),
 ])

@@ -12,7 +12,7 @@ from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-ROWS = ("embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch")
+ROWS = ("real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch", "decoders")
 
 
 def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench"), readme: Path | None = None,
@@ -43,12 +43,14 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
 
 def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
     """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
-    from pipeline.bench import chunks, disk, embed, epoch, gpu, scaling, stage_two
+    from pipeline.bench import chunks, decoders, disk, embed, epoch, gpu, scaling, stage_two
 
     wanted = set(selected)
     rows = []
     if wanted & {"embed", "seed", "train", "disk"}:
         dataset = synthetic_dataset(cfg, sizes, work / "embed", groups=sizes.videos // 2, clips=1)
+    if "real" in wanted:
+        rows.append(embed.bench_embed_real(cfg, sizes, work / "real", f"{cmd} --only real"))
     if wanted & {"embed", "seed"}:
         rows += embed.bench_embed(dataset, sizes, f"{cmd} --only embed", with_seed="seed" in wanted)
     if wanted & {"train", "disk", "scaling", "epoch"}:
@@ -67,4 +69,7 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
         rows.append(chunks.bench_chunks(sizes, work / "chunks", f"{cmd} --only chunks"))
     if "epoch" in wanted:
         rows += epoch.bench_epoch(cache_cfg, sizes, f"{cmd} --only epoch")
+    if "decoders" in wanted:
+        rows.append(decoders.bench_decoders(work / "real" / "footage", f"{cmd} --only decoders",
+                                            rounds=sizes.repeats))
     return rows

@@ -34,6 +34,10 @@ COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": 
                      "lengths": np.int64},
            "failures": {"names": h5py.string_dtype("utf-8", NAME_BYTES),
                         "reasons": h5py.string_dtype("utf-8", REASON_BYTES)}}
+# Videos whose decode ended before the frame count their header lists, kept because most frames decoded: name and
+# that count. Added after format 1 was first written: a cache without the group reads as having none, and a writer
+# that resumes such a cache adds it.
+SHORT_COLUMNS = {"names": h5py.string_dtype("utf-8", NAME_BYTES), "header_frames": np.int64}
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,7 @@ def read_meta(f: h5py.File, path) -> dict:
     committed = set(meta["names"])
     meta["failures"] = {name: reason for name, reason in failures.items() if name not in committed}
     meta["failure_rows"] = failures
+    meta["short"] = _short_videos(f, committed)
     _check_committed(meta, f, path)
     return meta
 
@@ -153,6 +158,15 @@ def read_checked(f: h5py.File, path) -> dict:
     meta = read_meta(f, path)
     meta["sources"] = check_sources(f, path)
     return meta
+
+
+def _short_videos(f: h5py.File, committed: set[str]) -> dict[str, int]:
+    """Committed videos that decoded short: name -> the frame count their header lists (none in older caches)."""
+    if "short/count" not in f:
+        return {}
+    n = int(f["short/count"][0])
+    rows = zip(_decode(f["short/names"][:n]), f["short/header_frames"][:n].astype(np.int64).tolist())
+    return {name: frames for name, frames in rows if name in committed}
 
 
 def write_attributes(f: h5py.File, fingerprint: dict, class_names: list[str], config: dict, dim: int, dtype: str,
@@ -228,6 +242,7 @@ class FeatureCache:
         self.lengths: np.ndarray = meta["lengths"]
         self.failures: dict[str, str] = meta["failures"]
         self.sources: list[str] = meta["sources"]  # a virtual cache's shards, relative to its folder
+        self.short: dict[str, int] = meta["short"]  # videos whose decode ended early -> their header's frame count
         self.total_frames = committed_frames(meta)
         self._index = {name: i for i, name in enumerate(self.names)}
         self._memory: dict[bool, np.ndarray] = {}
@@ -393,6 +408,7 @@ def describe_cache(path) -> str:
         f"videos:     {len(cache.names)}",
         f"frames:     {cache.total_frames}",
         f"failures:   {len(cache.failures)}",
+        f"short:      {len(cache.short)} (decode ended early; the frames that decoded are kept)",
         f"classes:    {len(cache.class_names)}",
         f"features:   {cache.dim}-d {cache.dtype}{' + flip' if cache.has_flip else ''}",
         f"fps:        {cache.fps:g}" if cache.fps else "fps:        not recorded",
@@ -407,6 +423,10 @@ def describe_cache(path) -> str:
         lines.append(f"status:     being written by pid {owner} (counts grow until it finishes)")
     lines.append("fingerprint:")
     lines += [f"  {key}: {value}" for key, value in sorted(cache.fingerprint.items())]
+    if cache.short:
+        lines.append("short videos (frames kept of the header's count):")
+        lines += [f"  {name}: {cache.lengths[cache.index_of(name)]} of {frames}"
+                  for name, frames in sorted(cache.short.items())]
     if cache.failures:
         lines.append("failed videos:")
         lines += [f"  {name}: {reason}" for name, reason in sorted(cache.failures.items())]

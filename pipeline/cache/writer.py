@@ -34,6 +34,7 @@ from pipeline.cache.reader import (
     COLUMNS,
     NAME_BYTES,
     REASON_BYTES,
+    SHORT_COLUMNS,
     committed_frames,
     open_error,
     open_for_reading,
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 RECOVERY_ROWS = 1 << 16  # rows per read when copying a crashed file's committed prefix
 SPARE_BYTES = 2 << 20  # room kept free beyond a video's rows: new chunks, index rows, metadata
 RESERVE_BYTES = 8 << 20  # freed after a failed write, so HDF5 can finish its pending writes and close the file
+_GROUPS = {**COLUMNS, "short": SHORT_COLUMNS}  # every row group this writer keeps
 
 
 def _encode(text: str, limit: int, what: str) -> bytes:
@@ -68,6 +70,13 @@ def _copy_prefix(source: h5py.Dataset, target: h5py.Dataset, rows: int) -> None:
     for start in range(0, rows, RECOVERY_ROWS):
         stop = min(rows, start + RECOVERY_ROWS)
         target[start:stop] = source[start:stop]
+
+
+def _create_group(f: h5py.File, group: str, columns: dict) -> None:
+    """Empty appendable columns of ``group`` and its ``count`` of committed rows."""
+    for name, dtype in columns.items():
+        f.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
+    f.create_dataset(f"{group}/count", data=np.zeros(1, np.int64))
 
 
 def _allocate(path: Path, size: int) -> None:
@@ -132,7 +141,7 @@ class FeatureCacheWriter:
                 # chunks when garbage-collected, where HDF5's write errors are only printed, never raised.
                 self._ds = {name: self._file[name] for name in self._feature_datasets}
                 self._ds.update({f"{group}/{column}": self._file[f"{group}/{column}"]
-                                 for group, columns in COLUMNS.items() for column in (*columns, "count")})
+                                 for group, columns in _GROUPS.items() for column in (*columns, "count")})
                 self._load_state()
                 self._file.swmr_mode = True
         except BaseException:
@@ -167,11 +176,14 @@ class FeatureCacheWriter:
 
     def _open_rw(self) -> h5py.File:
         try:
-            return h5py.File(self.path, "r+", libver="latest", locking=False)
+            f = h5py.File(self.path, "r+", libver="latest", locking=False)
         except (OSError, RuntimeError) as exc:
             if "consistency flags" in str(exc):
                 raise
             raise open_error(self.path, exc) from exc
+        if "short" not in f:  # a cache written before the group existed: add it now, SWMR mode cannot later
+            _create_group(f, "short", SHORT_COLUMNS)
+        return f
 
     def _create(self, target: Path) -> None:
         """Write an empty cache with all datasets (SWMR cannot create objects later) via temp + rename."""
@@ -188,10 +200,8 @@ class FeatureCacheWriter:
             for name in self._feature_datasets:
                 f.create_dataset(name, shape=(0, self.dim), maxshape=(None, self.dim), chunks=(rows, self.dim),
                                  dtype=self.dtype)
-            for group, datasets in COLUMNS.items():
-                for name, dtype in datasets.items():
-                    f.create_dataset(f"{group}/{name}", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=dtype)
-                f.create_dataset(f"{group}/count", data=np.zeros(1, np.int64))
+            for group, datasets in _GROUPS.items():
+                _create_group(f, group, datasets)
 
     def _recover(self) -> None:
         """Rebuild the file from the committed state of a killed writer (committed rows copied exactly)."""
@@ -219,8 +229,10 @@ class FeatureCacheWriter:
                 new.attrs["fps"] = old.attrs["fps"]
             for name in self._feature_datasets:
                 _copy_prefix(old[name], new[name], total)
-            for group, rows in (("index", len(meta["names"])), ("failures", int(old["failures/count"][0]))):
-                for column in COLUMNS[group]:
+            groups = [("index", len(meta["names"])), ("failures", int(old["failures/count"][0]))]
+            groups += [("short", int(old["short/count"][0]))] if "short/count" in old else []
+            for group, rows in groups:
+                for column in _GROUPS[group]:
                     _copy_prefix(old[f"{group}/{column}"], new[f"{group}/{column}"], rows)
                 new[f"{group}/count"][0] = rows
 
@@ -247,15 +259,20 @@ class FeatureCacheWriter:
         for name in self._feature_datasets:
             if self._ds[name].shape[0] != self._frames:
                 self._ds[name].resize(self._frames, axis=0)
-        for group, rows in (("index", self._count), ("failures", self._n_failure_rows)):
-            for column in COLUMNS[group]:
+        self._n_short_rows = int(self._ds["short/count"][0])
+        for group, rows in (("index", self._count), ("failures", self._n_failure_rows), ("short", self._n_short_rows)):
+            for column in _GROUPS[group]:
                 self._ds[f"{group}/{column}"].resize(rows, axis=0)
         self._file.flush()
 
     # -- writing ------------------------------------------------------------------------------------------------
 
-    def add(self, name: str, label: int, features: np.ndarray, flip_features: np.ndarray | None = None) -> None:
-        """Append one video's features ``[T, D]``; it counts as done only once data and index are flushed."""
+    def add(self, name: str, label: int, features: np.ndarray, flip_features: np.ndarray | None = None,
+            header_frames: int | None = None) -> None:
+        """Append one video's features ``[T, D]``; it counts as done only once data and index are flushed.
+
+        ``header_frames``: the frame count the video's header lists, when its decode ended before it; recorded
+        (before the video's commit point, so a committed short video is never unrecorded) for ``actrec info``."""
         if name in self.done:
             raise ValueError(f"{name} is already in {self.path}")
         if features.ndim != 2 or features.shape[1] != self.dim or features.shape[0] == 0:
@@ -273,6 +290,9 @@ class FeatureCacheWriter:
                 self._ds[dataset].resize(stop, axis=0)
                 self._ds[dataset][start:stop] = values.astype(self.dtype, copy=False)
             self._file.flush()
+            if header_frames is not None and header_frames > len(features):
+                self._commit_row("short", self._n_short_rows, {"names": encoded, "header_frames": header_frames})
+                self._n_short_rows += 1
             self._commit_row("index", self._count,
                              {"names": encoded, "labels": label, "offsets": start, "lengths": len(features)})
         self._count += 1

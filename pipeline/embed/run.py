@@ -37,7 +37,7 @@ from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_thre
 from pipeline.embed import feed
 from pipeline.embed.backbone import frame_resize, load_backbone
 from pipeline.embed.fingerprint import device_kind, embed_fingerprint
-from pipeline.embed.workers import Piece, pieces, resolve_workers
+from pipeline.embed.workers import DecodePool, Piece, pieces, resolve_workers
 from pipeline.errors import ActrecError
 from pipeline.inputs.datasets import VideoItem, embed_items, frames_dir
 from pipeline.inputs.extract import check_frames_manifest
@@ -55,6 +55,7 @@ class _Video:
     packed: int = 0              # frames put into batches
     expected: int | None = None  # frames in all, known once the video's last piece is through
     reason: str = ""             # why decoding failed, if it did
+    header_frames: int | None = None  # its header's frame count, when decoding ended before it (frames kept)
     features: list = field(default_factory=list)
     flip_features: list = field(default_factory=list)
     received: int = 0
@@ -99,20 +100,30 @@ def embed(cfg) -> dict:
 
     device = distributed.rank_device(resolve_device(cfg.embed.device), rank)
     distributed.init(rank, device)
+    pool = _start_decoding(cfg, len(items))
     try:
         amp_dtype = autocast_dtype(device, cfg.embed.precision)
         model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
         fingerprint["forward_dtype"] = dtype_name(amp_dtype)
         fingerprint["device"] = device_kind(device)
         run = _Run(cfg, rank, model, device, amp_dtype, fingerprint, class_names,
-                   typical_fps([item.path for item in items]))
+                   typical_fps([item.path for item in items]), pool)
         sharded = rank.launched or bool(shard_files(path))
         done, counts, seconds = (_embed_sharded if sharded else _embed_single)(run, items)
         failures = counts["failures"]
     finally:
+        if pool is not None:
+            pool.close()
         distributed.shutdown()
     return _summary(cfg, items, embedded=counts["embedded"], skipped=len(done), frames=counts["frames"],
                     failures=failures, started=started, embed_seconds=seconds, timing=counts["timing"])
+
+
+def _start_decoding(cfg, videos: int) -> DecodePool | None:
+    """The decode worker processes (none for embed.workers=0), started before the backbone loads so that their
+    start (seconds of imports each) overlaps it; they get their videos once the cache says which are left."""
+    workers = min(resolve_workers(cfg.embed.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), videos)
+    return DecodePool(frame_resize(cfg.embed), cfg.embed.batch_size, workers) if workers else None
 
 
 @dataclass
@@ -126,6 +137,7 @@ class _Run:
     fingerprint: dict
     class_names: list[str]
     fps: float | None  # the videos' typical frame rate, recorded in the cache
+    pool: DecodePool | None = None  # decode workers already started (None: decode in this process)
 
     def writer(self, path: Path) -> FeatureCacheWriter:
         cfg = self.cfg
@@ -139,7 +151,7 @@ class _Run:
                  + f" -> {writer.path} [{self.cfg.embed.backbone}, {self.device}"
                  + (f", {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else "") + "]")
         started = time.perf_counter()
-        counts = embed_and_commit(self.cfg, self.model, self.device, self.amp_dtype, writer, todo)
+        counts = embed_and_commit(self.cfg, self.model, self.device, self.amp_dtype, writer, todo, self.pool)
         counts["failures"] = {name: writer.failures[name] for name in counts["failed"]}
         return counts, time.perf_counter() - started
 
@@ -186,8 +198,11 @@ def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]
     return done, counts, seconds
 
 
-def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem]) -> dict:
-    """Decode, batch, forward and commit ``todo``; return what was embedded, what failed and where time went."""
+def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem],
+                     pool: DecodePool | None = None) -> dict:
+    """Decode, batch, forward and commit ``todo``; return what was embedded, what failed and where time went.
+
+    ``pool``: decode workers started ahead (closed when done); without one, embed.workers says how to decode."""
     counts = {"embedded": 0, "frames": 0, "failed": [], "timing": dict.fromkeys(TIMING_KEYS, 0.0)}
     videos = [_Video(item) for item in todo]
     bar = tqdm(total=len(todo), desc="embed", unit="video", disable=None)
@@ -205,7 +220,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
             log.warning(f"failed: {video.item.name}: {video.reason}")
         else:
             writer.add(video.item.name, video.item.label, np.concatenate(video.features),
-                       np.concatenate(video.flip_features) if flip else None)
+                       np.concatenate(video.flip_features) if flip else None, header_frames=video.header_frames)
             counts["embedded"] += 1
             counts["frames"] += video.received
             bar.set_postfix_str(f"{counts['frames'] / (time.perf_counter() - started):.0f} frames/s", refresh=False)
@@ -215,7 +230,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
 
     def on_end(piece: Piece) -> None:
         video = videos[piece.index]
-        video.expected, video.reason = video.packed, piece.reason
+        video.expected, video.reason, video.header_frames = video.packed, piece.reason, piece.header_frames
         settle(video)
 
     def deliver(batch: feed.Batch, outputs: list[np.ndarray]) -> None:
@@ -240,7 +255,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     workers = resolve_workers(cfg.embed.workers, local)
     resize = frame_resize(cfg.embed)
-    stream = pieces(decode_jobs(cfg, todo), resize, cfg.embed.batch_size, workers)
+    stream = pieces(decode_jobs(cfg, todo), resize, cfg.embed.batch_size, workers, pool)
     pin = device.type == "cuda"
     with bar, contextlib.closing(stream):  # closing: an error or Ctrl-C stops the decode workers at once
         batches = feed.batches(counted(stream), cfg.embed.batch_size, cfg.embed.img_dim, pin, on_end,

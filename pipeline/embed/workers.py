@@ -1,5 +1,6 @@
 """Decoding for stage one: worker processes turn videos into resized uint8 chunks, handed over in video order.
 
+The workers can start before the list is known (``DecodePool``), so their start overlaps the backbone's loading.
 Worker ``w`` of ``W`` decodes videos ``w, w + W, w + 2W, ...`` (one OpenCV thread, one torch thread
 each), streaming every video as chunks of at most ``chunk`` frames already resized to ``img_dim``
 into its own bounded queue. The consumer reads video ``k`` from worker ``k mod W``'s queue, so the
@@ -33,11 +34,13 @@ POLL_SECONDS = 5.0   # how often a waiting consumer checks that the worker it wa
 @dataclass
 class Piece:
     """Part of video ``index``: ``frames`` uint8 ``[n, 3, img_dim, img_dim]``; or, with ``end``, the close of the
-    video, with ``reason`` saying why decoding failed ('' when it did not). A failure may follow frames."""
+    video, with ``reason`` saying why decoding failed ('' when it did not; a failure may follow frames) and
+    ``header_frames`` the count its header lists when the decode ended before it but the frames are kept."""
     index: int
     frames: torch.Tensor | None = None
     end: bool = False
     reason: str = ""
+    header_frames: int | None = None
 
 
 @dataclass
@@ -61,51 +64,64 @@ def resolve_workers(value, local_world_size: int = 1) -> int:
     return auto_workers(local_world_size) if value == "auto" else int(value)
 
 
-def _frames_of(source: str, path: Path):
-    return iter_frames_dir(path) if source == "frames" else iter_video_frames(path)
-
-
 def video_pieces(index: int, source: str, path: Path, resize, chunk: int) -> Iterator[Piece]:
     """The pieces of one video (decoded and resized as they stream), closed by an ``end`` piece."""
+    short: list[int] = []  # the header's frame count, when the decode ends early but keeps its frames
+    frames = (iter_frames_dir(path) if source == "frames"
+              else iter_video_frames(path, lambda _, n: short.append(n), threads=1))
     try:
-        for frames in resized_chunks(_frames_of(source, path), resize, chunk):
-            yield Piece(index, frames)
+        for chunk_frames in resized_chunks(frames, resize, chunk):
+            yield Piece(index, chunk_frames)
     except DecodeError as exc:
         yield Piece(index, end=True, reason=str(exc))
         return
-    yield Piece(index, end=True)
+    yield Piece(index, end=True, header_frames=short[0] if short else None)
 
 
-def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int) -> Iterator[Piece]:
+def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int,
+           pool: DecodePool | None = None) -> Iterator[Piece]:
     """Pieces of every job ``(source, path)`` in list order, decoded in ``workers`` processes (0: in this one).
 
-    ``resize``: a ``backbone.FrameResize`` (or an int: squash to that size)."""
-    if workers == 0 or not jobs:
+    ``resize``: a ``backbone.FrameResize`` (or an int: squash to that size). ``pool``: worker processes started
+    earlier with ``DecodePool`` (then ``resize``, ``chunk`` and ``workers`` are the pool's); it is closed here."""
+    if pool is None and (workers == 0 or not jobs):
         for index, (source, path) in enumerate(jobs):
             yield from video_pieces(index, source, path, resize, chunk)
         return
-    pool = _Pool(jobs, resize, chunk, min(workers, len(jobs)))
+    pool = pool or DecodePool(resize, chunk, min(workers, len(jobs)))
     try:
-        yield from pool
+        yield from pool.pieces(jobs)
     finally:
         pool.close()
 
 
-def _work(jobs, first: int, step: int, resize, chunk: int, out, stop) -> None:
-    """A worker process: decode its jobs in order into ``out``, then stay until ``stop``: the consumer fetches
-    each chunk's shared memory from this process, so it must outlive the last chunk's reception. A worker
-    whose parent died (``kill -9``, torchrun stopping a rank) exits instead of waiting forever."""
+def _work(worker: int, workers: int, resize, chunk: int, inbox, out, stop) -> None:
+    """A worker process: wait for its jobs (every ``workers``-th of the list, from ``worker``), decode them in
+    order into ``out``, then stay until ``stop``: the consumer fetches each chunk's shared memory from this
+    process, so it must outlive the last chunk's reception. A worker whose parent died (``kill -9``, torchrun
+    stopping a rank) exits instead of waiting forever."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     parent = os.getppid()
     try:
-        for k, (source, path) in enumerate(jobs):
-            for piece in video_pieces(first + k * step, source, path, resize, chunk):
+        jobs = _get(inbox, parent, stop)
+        for k, (source, path) in enumerate(jobs or []):
+            for piece in video_pieces(worker + k * workers, source, path, resize, chunk):
                 _put(out, piece, parent)
     except BaseException:
-        _put(out, _Crash(first, traceback.format_exc()), parent)
+        _put(out, _Crash(worker, traceback.format_exc()), parent)
     while not stop.wait(POLL_SECONDS / 5):
         _exit_if_orphaned(parent)
+
+
+def _get(inbox, parent: int, stop):
+    """The job list sent to this worker (None when the pool closes before sending one)."""
+    while not stop.is_set():
+        try:
+            return inbox.get(timeout=POLL_SECONDS / 5)
+        except queue_module.Empty:
+            _exit_if_orphaned(parent)
+    return None
 
 
 def _put(out, item, parent: int) -> None:
@@ -130,20 +146,29 @@ def _context():
     return torch.multiprocessing.get_context("spawn")
 
 
-class _Pool:
-    """``workers`` decode processes, each with its own bounded queue; iterating yields every piece in order."""
+class DecodePool:
+    """``workers`` decode processes, each with its own bounded queue, started before their jobs are known: a
+    spawned worker spends seconds importing torch and OpenCV, which then overlaps the backbone's loading.
+    ``pieces(jobs)`` hands each worker its share and yields every piece in list order."""
 
-    def __init__(self, jobs, resize, chunk: int, workers: int):
+    def __init__(self, resize, chunk: int, workers: int):
         context = _context()
-        self.jobs = jobs
+        self.jobs: list = []
         self.queues = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
+        self.inboxes = [context.Queue(maxsize=1) for _ in range(workers)]
         self.stop = context.Event()
-        self.processes = [context.Process(target=_work, args=(jobs[w::workers], w, workers, resize, chunk, q,
-                                                              self.stop),
+        self.processes = [context.Process(target=_work, args=(w, workers, resize, chunk, inbox, q, self.stop),
                                           name=f"actrec-decode-{w}", daemon=True)
-                          for w, q in enumerate(self.queues)]
+                          for w, (q, inbox) in enumerate(zip(self.queues, self.inboxes))]
         for process in self.processes:
             process.start()
+
+    def pieces(self, jobs: list[tuple[str, Path]]) -> Iterator[Piece]:
+        """Every piece of ``jobs`` in list order (a pool serves one job list)."""
+        self.jobs = jobs
+        for w, inbox in enumerate(self.inboxes):
+            inbox.put(jobs[w::len(self.inboxes)])
+        return iter(self)
 
     def __iter__(self) -> Iterator[Piece]:
         for index in range(len(self.jobs)):
@@ -175,6 +200,6 @@ class _Pool:
                 process.terminate()
         for process in self.processes:
             process.join(timeout=10)
-        for q in self.queues:
+        for q in self.queues + self.inboxes:
             q.cancel_join_thread()
             q.close()

@@ -1,29 +1,24 @@
 """The one entry point to a dataset, whatever its format: ``data.format`` picks the module that reads it.
 
 Every caller (embed, extract, train, evaluate, the cache fingerprint) asks here; the format
-modules (``ucf101``, ``hmdb51``, ``folder``) all return the same ``Split`` and ``VideoItem``
-lists, so nothing downstream knows which format it reads.
+modules (pipeline/inputs/formats/: ``ucf101``, ``hmdb51``, ``folder``, ...) all return the same
+``Split`` and ``VideoItem`` lists, so nothing downstream knows which format it reads.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-
 from pipeline.errors import ActrecError
+from pipeline.inputs import formats
 from pipeline.inputs.splits import Split, VideoItem, frames_dir  # noqa: F401  (frames_dir: re-exported)
-
-FORMATS = {name: f"pipeline.inputs.formats.{name}" for name in ("ucf101", "hmdb51", "folder")}
-# The values of data.split each format understands.
-SPLITS = {"ucf101": (1, 2, 3, "random", "random-groups"), "hmdb51": (1, 2, 3), "folder": ("auto", 1)}
 
 
 def format_module(cfg):
-    """The module of ``data.format``, after checking that it understands ``data.split``."""
-    fmt = cfg.data.format
-    if cfg.data.split not in SPLITS[fmt]:
-        raise ActrecError(f"data.split={cfg.data.split!r} does not apply to data.format={fmt}; use one of "
-                          f"{', '.join(map(str, SPLITS[fmt]))}")
-    return import_module(FORMATS[fmt])
+    """The module of ``data.format`` (pipeline/inputs/formats/), after checking that it understands ``data.split``."""
+    module = formats.get(cfg.data.format)
+    if cfg.data.split not in module.SPLITS:
+        raise ActrecError(f"data.split={cfg.data.split!r} does not apply to data.format={module.NAME}; use one of "
+                          f"{', '.join(map(str, module.SPLITS))}")
+    return module
 
 
 def load_split(cfg, check_videos: bool = True) -> Split:

@@ -1,4 +1,4 @@
-"""Fetch UCF-101 (resumable, verified) and unpack its archives safely.
+"""Fetch a dataset's archives (resumable, verified) and unpack them safely.
 
 A download streams into ``NAME.part`` and is renamed to ``NAME`` only once its size
 (from Content-Length / Content-Range) and SHA-256 check out. The hash is recorded
@@ -329,23 +329,3 @@ def archive_name(url: str, key: str) -> str:
     if not name:
         raise ActrecError(f"{key}={url!r}: the URL names no file; point it at the archive itself")
     return name
-
-
-def download_ucf101(cfg) -> None:
-    """Download the split zip and UCF101.rar into download.dest; unpack them into data.splits and data.videos."""
-    d = cfg.download
-    jobs = [("download.splits_url", d.splits_url, Path(cfg.data.splits), unpack_zip),
-            ("download.videos_url", d.videos_url, Path(cfg.data.videos), unpack_rar)]
-    if not has_content(Path(cfg.data.videos)):
-        find_rar_tool()  # fail before a 6.5 GB download, not after it
-    for key, url, target, unpack in jobs:
-        if has_content(target):
-            log.info(f"{target}: already unpacked, skipping its download")
-            continue
-        archive = download_file(url, Path(d.dest) / archive_name(url, key), retries=d.retries, timeout=d.timeout,
-                                verify=lambda part, unpack=unpack, target=target: unpack(part, target))
-        unpack(archive, target)
-    videos = Path(cfg.data.videos)
-    classes = [p for p in videos.iterdir() if p.is_dir()]
-    log.info(f"UCF-101 ready: {sum(len(list(c.glob('*.avi'))) for c in classes):,} videos in {len(classes)} class "
-             f"folders under {videos}; {len(_files(Path(cfg.data.splits)))} split files in {cfg.data.splits}")

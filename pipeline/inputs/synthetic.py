@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from pipeline.errors import ActrecError
-from pipeline.fileio import atomic_path, write_atomic, write_json
+from pipeline.fileio import atomic_path, write_json
+from pipeline.inputs import formats
 from pipeline.inputs.motions import MOTIONS, UNPAIRED_MOTION
 from pipeline.inputs.written import check_written_video
 
@@ -123,36 +124,12 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     return summary
 
 
-def write_split_files(splits: Path, names: list[str], entries: list[tuple[int, int, int]], groups: int) -> None:
-    """classInd.txt, trainlist01-03.txt and testlist01-03.txt in the official format (CRLF, 1-based labels)."""
-    write_atomic(splits / "classInd.txt", _crlf([f"{label + 1} {name}" for label, name in enumerate(names)]))
-    for k in (1, 2, 3):
-        held_out = set(held_out_groups(groups, k))
-        rows = [(f"{names[label]}/v_{names[label]}_g{group:02d}_c{clip:02d}.avi", label, group in held_out)
-                for label, group, clip in entries]
-        train_lines = [f"{path} {label + 1}" for path, label, test in rows if not test]
-        write_atomic(splits / f"trainlist{k:02d}.txt", _crlf(train_lines))
-        write_atomic(splits / f"testlist{k:02d}.txt", _crlf([path for path, _, test in rows if test]))
-
-
 def _write_format_splits(cfg, splits: Path, names: list[str], entries: list[tuple[int, int, int]]) -> None:
-    """The split files of data.format (none for 'folder': data.split=auto draws them on first use)."""
+    """The split files of data.format (the folder format writes none: data.split=auto draws them on first use)."""
     for stale in split_files(splits):  # ours (the manifest says so), maybe of another format or an older split
         stale.unlink()
-    if cfg.data.format == "ucf101":
-        write_split_files(splits, names, entries, cfg.synth.groups)
-    elif cfg.data.format == "hmdb51":
-        write_hmdb51_split_files(splits, names, entries, cfg.synth.groups)
-
-
-def write_hmdb51_split_files(splits: Path, names: list[str], entries: list[tuple[int, int, int]], groups: int) -> None:
-    """``<class>_test_split<k>.txt`` for k = 1..3 as HMDB-51 ships them: ``<video>.avi <flag>``, 1 train, 2 test."""
-    for k in (1, 2, 3):
-        held_out = set(held_out_groups(groups, k))
-        for label, name in enumerate(names):
-            lines = [f"v_{name}_g{group:02d}_c{clip:02d}.avi {2 if group in held_out else 1} "
-                     for lab, group, clip in entries if lab == label]
-            write_atomic(splits / f"{name}_test_split{k}.txt", "".join(line + "\n" for line in lines))
+    held_out = {k: set(held_out_groups(cfg.synth.groups, k)) for k in (1, 2, 3)}
+    formats.get(cfg.data.format).write_synthetic_splits(splits, names, entries, held_out)
 
 
 def split_files(splits: Path) -> list[Path]:
@@ -281,8 +258,3 @@ def _read_manifest(splits: Path) -> dict | None:
         return json.loads((splits / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _crlf(lines: list[str]) -> str:
-    """Split files as UCF-101 ships them: CRLF line endings."""
-    return "".join(line + "\r\n" for line in lines)

@@ -5,14 +5,18 @@ Everything downstream gets uint8 RGB frames shaped ``[T, H, W, 3]``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
 from pipeline.errors import ActrecError
 
+log = logging.getLogger(__name__)
+
+KEEP_SHARE = 0.5  # a decode that ends early keeps its frames when they are more than this share of the header's count
 FRAME_PATTERN = "{:06d}.jpg"  # frames/Class/v_Class_gXX_cYY/000001.jpg, 1-based like the seed's extractor
 
 
@@ -20,14 +24,21 @@ class DecodeError(ActrecError):
     """A video or frame folder that cannot be decoded (corrupt, truncated, empty)."""
 
 
-def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield the frames of a video file as uint8 RGB ``[H, W, 3]`` arrays, in order."""
+def iter_video_frames(path: str | Path, on_short: Callable[[int, int], None] | None = None,
+                      threads: int = 0) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file as uint8 RGB ``[H, W, 3]`` arrays, in order (one sequential pass).
+
+    A decode that ends early (a cut-off or damaged file) keeps the frames that decoded when they are most of the
+    count the header lists; ``on_short(decoded, header_frames)`` is told so. Fewer raise ``DecodeError`` at the end.
+    ``threads``: FFmpeg's decode threads (0: its own choice, one per core); stage one, which decodes many videos
+    side by side next to the forward pass, asks for 1: frame threading only adds CPU time there.
+    """
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: no such video file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path}: empty file (0 bytes)")
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads] if threads else [])
     if not capture.isOpened():
         raise DecodeError(f"{path}: OpenCV cannot open it (corrupt, or a codec this OpenCV lacks)")
     expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -43,9 +54,20 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         capture.release()
     if count == 0:
         raise DecodeError(f"{path}: no decodable frames")
-    # Container frame counts can be off by a frame or two; a larger shortfall is a cut-off file.
-    if expected > 0 and count < expected - max(2, expected // 100):
+    _check_count(path, count, expected, on_short)
+
+
+def _check_count(path: Path, count: int, expected: int, on_short) -> None:
+    """Container frame counts can be off by a frame or two; a larger shortfall is a cut-off or damaged file,
+    whose frames are kept when they are most of the header's count (more than KEEP_SHARE of it)."""
+    if expected <= 0 or count >= expected - max(2, expected // 100):
+        return
+    if count <= KEEP_SHARE * expected:
         raise DecodeError(f"{path}: truncated: decoded {count} of the {expected} frames its header lists")
+    log.warning("%s: decoding ended at frame %d of the %d its header lists; keeping those %d", path, count, expected,
+                count)
+    if on_short is not None:
+        on_short(count, expected)
 
 
 def video_fps(path: str | Path, default: float = 25.0) -> float:
@@ -90,7 +112,3 @@ def _read_jpegs(paths: list[Path]) -> Iterator[np.ndarray]:
             raise DecodeError(f"{p}: unreadable JPEG")
         yield cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
 
-
-def read_frames_dir(folder: str | Path) -> np.ndarray:
-    """All frames of an extracted JPEG folder as one uint8 RGB array ``[T, H, W, 3]``."""
-    return np.stack(list(iter_frames_dir(folder)))

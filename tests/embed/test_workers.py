@@ -94,7 +94,21 @@ def test_workers_auto_and_values(tiny_dataset_config):
         load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.workers=-1"])
 
 
-def test_cache_is_the_same_with_0_or_3_workers_and_from_frames(tiny_dataset_root, tiny_dataset_config, tmp_path):
+def test_cache_is_the_same_with_0_or_3_workers_and_from_frames(tiny_dataset_root, tiny_dataset_config, tmp_path,
+                                                               monkeypatch):
+    import multiprocessing
+
+    from pipeline.embed import run
+
+    decoding_while_loading = []
+
+    def load_backbone(*args, **kwargs):  # the decode workers are already starting while the backbone loads
+        decoding_while_loading.append(sorted(p.name for p in multiprocessing.active_children()
+                                             if p.name.startswith("actrec-decode")))
+        return load(*args, **kwargs)
+
+    load = run.load_backbone
+    monkeypatch.setattr(run, "load_backbone", load_backbone)
     cfg = tiny_dataset_config
     cfg.embed.batch_size = 7
     caches = []
@@ -104,6 +118,8 @@ def test_cache_is_the_same_with_0_or_3_workers_and_from_frames(tiny_dataset_root
         summary = embed(cfg)
         assert summary["embedded"] == 32 and set(summary["timing"]) >= {"decode_wait", "submit", "write"}
         caches.append(cfg.cache.path)
+    assert decoding_while_loading == [[], ["actrec-decode-0", "actrec-decode-1", "actrec-decode-2"]]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("actrec-decode")]
     with h5py.File(caches[0], "r") as a, h5py.File(caches[1], "r") as b:
         np.testing.assert_array_equal(a["features"][:], b["features"][:])
         np.testing.assert_array_equal(a["index/lengths"][:], b["index/lengths"][:])

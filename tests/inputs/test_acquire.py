@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import config_from_dict, load_config
 from pipeline.errors import ActrecError
-from pipeline.inputs.acquire import acquire
+from pipeline.inputs.acquire import acquire, archive_url
 from pipeline.inputs.datasets import load_split
 from tests.fileserver import FileServer
 from tests.helpers import PROJECT_ROOT, tiny_overrides
@@ -76,13 +77,43 @@ def test_hmdb51_download_unpacks_every_class_archive_and_resumes(rar_tool, hmdb_
     assert len(hmdb_server.ranges) == requests
 
 
-def test_hmdb51_with_ucf101_urls_is_refused_before_any_download(tmp_path):
-    cfg = load_config(None, ["data.format=hmdb51", f"data.videos={tmp_path}/v", f"data.splits={tmp_path}/s",
-                             f"download.dest={tmp_path}/d"])
-    with pytest.raises(ActrecError, match=r"data.format=hmdb51 but download.videos_url.*configs/hmdb51.yaml"):
-        acquire(cfg)
-    assert list(tmp_path.iterdir()) == []
-    assert load_config(PROJECT_ROOT / "configs" / "hmdb51.yaml").download.videos_url.endswith("/hmdb51_org.rar")
+def test_each_format_downloads_its_own_archives_and_refuses_another_formats(tmp_path):
+    from pipeline.inputs import formats
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "hmdb51.yaml")
+    assert archive_url(cfg, "videos") == formats.get("hmdb51").URLS["videos"]
+    assert archive_url(cfg, "splits").endswith("/test_train_splits.rar")
+    assert archive_url(load_config(None), "videos") == formats.get("ucf101").URLS["videos"]
+    mirror = load_config(None, ["download.videos_url=http://127.0.0.1:1/UCF101.rar"])
+    assert archive_url(mirror, "videos") == "http://127.0.0.1:1/UCF101.rar"
+
+    wrong = load_config(None, ["data.format=hmdb51", f"data.videos={tmp_path}/v", f"data.splits={tmp_path}/s",
+                               f"download.dest={tmp_path}/d",
+                               f"download.videos_url={formats.get('ucf101').URLS['videos']}"])
+    with pytest.raises(ActrecError, match=r"download.videos_url=\S+UCF101.rar is data.format=ucf101's archive but "
+                                          r"data.format=hmdb51"):
+        acquire(wrong)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_every_format_module_declares_what_the_registry_asks(tmp_path):
+    from pipeline.config import DataConfig, key_choices
+    from pipeline.inputs import formats
+
+    assert formats.names() == ["folder", "hmdb51", "ucf101"]
+    for name in formats.names():
+        module = formats.get(name)
+        assert module.NAME == name and module.SPLITS and set(module.URLS) <= {"videos", "splits"}
+        for function in ("acquire", "load_split", "embed_items", "split_files_signature", "write_synthetic_splits"):
+            assert callable(getattr(module, function)), (name, function)
+    choices = {f.name: key_choices(f) for f in dataclasses.fields(DataConfig)}
+    assert choices["format"] == formats.names()
+    assert set(choices["split"]) == {v for name in formats.names() for v in formats.get(name).SPLITS}
+    result = CliRunner().invoke(cli, ["synth", "--help"])
+    assert "[folder|hmdb51|ucf101]" in result.output
+    with pytest.raises(ActrecError, match=r"data.format='nope' is not a dataset format; use one of folder, "
+                                          r"hmdb51, ucf101"):
+        formats.get("nope")
 
 
 def test_synthetic_config_generates_and_a_folder_needs_nothing(tmp_path, caplog):

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.errors import ActrecError
-from pipeline.inputs.download import download_file, download_ucf101, find_rar_tool, unpack_rar, unpack_zip
+from pipeline.inputs.download import download_file, find_rar_tool, unpack_rar, unpack_zip
+from pipeline.inputs.formats.ucf101 import acquire as download_ucf101
 from tests.fileserver import FileServer
 from tests.helpers import SHARED_FIXTURES
 

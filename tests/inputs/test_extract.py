@@ -8,8 +8,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.inputs.extract import FAILURES, extract_frames
 from pipeline.inputs.formats.ucf101 import embed_items, frames_dir
-from pipeline.inputs.video import frame_paths, read_frames_dir
-from tests.helpers import PROJECT_ROOT, read_video, tiny_overrides
+from pipeline.inputs.video import frame_paths
+from tests.helpers import PROJECT_ROOT, read_frames_dir, read_video, tiny_overrides
 
 
 def frames_config(dataset_root: Path, frames: Path, *extra: str):

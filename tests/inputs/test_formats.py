@@ -180,7 +180,7 @@ def test_folder_without_groups_draws_videos_and_reads_your_own_lists(tmp_path):
 
 @pytest.mark.parametrize("make_bad, message", [
     (lambda v: (v / "sit").mkdir(), r"videos/sit: class folder with no videos"),
-    (lambda v: touch(v / "run" / "notes.txt"), r"run/notes.txt: not a video \(expected .avi, .mp4"),
+    (lambda v: touch(v / "run" / "notes.txt"), r"run/notes.txt: not a video \(expected .avi, .m4v, .mkv"),
     (lambda v: touch(v / "walk" / "walk_g01_c1.mov"), r"walk_g01_c1.mov: same name as walk_g01_c1.\w+ in class"),
     (lambda v: touch(v / "clip.avi"), r"videos/clip.avi: a file directly in data.videos"),
     (lambda v: touch(v / "run" / "more" / "x.avi"), r"run/more: a folder inside class folder 'run'"),

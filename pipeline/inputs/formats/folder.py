@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ActrecError
+from pipeline.inputs import VIDEO_SUFFIXES
 from pipeline.inputs.splits import (
     Split,
     VideoItem,
@@ -33,8 +34,19 @@ from pipeline.inputs.splits import (
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm")
+NAME = "folder"
+SPLITS = ("auto", 1)
+URLS: dict[str, str] = {}  # your own videos: nothing to download
 SPLIT_FILES = ("classInd.txt", "trainlist01.txt", "testlist01.txt")
+
+
+def acquire(cfg) -> None:
+    """Nothing to fetch: the videos in data.videos are the dataset."""
+    log.info("data.format=folder: your videos in %s are the dataset; nothing to download", cfg.data.videos)
+
+
+def write_synthetic_splits(splits: Path, names: list[str], entries, held_out) -> None:
+    """None: data.split=auto draws the split on first use, as for your own videos."""
 
 
 def group_regex(cfg) -> re.Pattern | None:
@@ -90,8 +102,8 @@ def _class_videos(folder: Path, label: int, regex: re.Pattern | None) -> list[Vi
         if path.is_dir():
             raise ActrecError(f"{path}: a folder inside class folder {folder.name!r}; videos go directly into "
                               f"{folder}/, move them up or remove the folder")
-        if path.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise ActrecError(f"{path}: not a video (expected {', '.join(VIDEO_EXTENSIONS)}); move it out of "
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ActrecError(f"{path}: not a video (expected {', '.join(VIDEO_SUFFIXES)}); move it out of "
                               f"data.videos")
         name = f"{folder.name}/{path.stem}"
         check_entry_name(name, str(path))
@@ -101,7 +113,7 @@ def _class_videos(folder: Path, label: int, regex: re.Pattern | None) -> list[Vi
         stems[path.stem] = path
         items.append(VideoItem(name=name, path=path, label=label, group=group_of(name, regex, str(path)), clip=0))
     if not items:
-        raise ActrecError(f"{folder}: class folder with no videos ({', '.join(VIDEO_EXTENSIONS)}); add videos or "
+        raise ActrecError(f"{folder}: class folder with no videos ({', '.join(VIDEO_SUFFIXES)}); add videos or "
                           f"remove the folder")
     return items
 
@@ -144,9 +156,9 @@ def read_lists(cfg, check_videos: bool) -> tuple[list[str], list[VideoItem], lis
 
     def parse(entry: str, where: str) -> VideoItem:
         relative = Path(entry.replace("\\", "/"))
-        if len(relative.parts) != 2 or relative.suffix.lower() not in VIDEO_EXTENSIONS:
+        if len(relative.parts) != 2 or relative.suffix.lower() not in VIDEO_SUFFIXES:
             raise ActrecError(f"{where}: malformed video entry {entry!r}; expected 'Class/video.ext' with ext one of "
-                              f"{', '.join(VIDEO_EXTENSIONS)}")
+                              f"{', '.join(VIDEO_SUFFIXES)}")
         if relative.parts[0] not in lookup:
             raise ActrecError(f"{where}: class {relative.parts[0]!r} of {entry!r} is not a class ({splits}/"
                               f"classInd.txt, or the folders of data.videos)")

@@ -9,10 +9,14 @@ is its own group and validation is a seeded random share of each class's trainin
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import write_atomic
+from pipeline.inputs.acquire import archive_path, fetch
+from pipeline.inputs.download import find_rar_tool, has_content, unpack_rar
 from pipeline.inputs.splits import (
     Split,
     VideoItem,
@@ -27,9 +31,62 @@ from pipeline.inputs.splits import (
     video_stem_key,
 )
 
+log = logging.getLogger(__name__)
+
+NAME = "hmdb51"
 OFFICIAL_SPLITS = (1, 2, 3)
+SPLITS = OFFICIAL_SPLITS
+URLS = {"videos": "http://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar",
+        "splits": "http://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"}
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[123])\.txt$")
 TRAIN, TEST, UNUSED = "1", "2", "0"
+
+
+def acquire(cfg) -> None:
+    """Download and unpack HMDB-51's split archive into data.splits and its 51 class archives into data.videos.
+
+    The video archive is a RAR of 51 RARs, one per class; each class archive unpacks on its own, so an
+    interrupted run resumes class by class."""
+    splits, videos = Path(cfg.data.splits), Path(cfg.data.videos)
+    archive = archive_path(cfg, "videos")
+    done = archive.with_name(archive.name + ".unpacked")
+    if not (has_content(splits) and done.exists()):
+        find_rar_tool()  # fail before a 2 GB download, not after it
+    if has_content(splits):
+        log.info("%s: already unpacked, skipping its download", splits)
+    else:
+        unpack_rar(fetch(cfg, "splits", lambda part: unpack_rar(part, splits)), splits)
+    if done.exists():
+        log.info("%s: all class archives already unpacked (%s), skipping", videos, done)
+    else:
+        inner = archive.with_name(archive.stem)
+        _unpack_classes(fetch(cfg, "videos", lambda part: unpack_rar(part, inner)), inner, videos)
+        write_atomic(done, "every class archive of this file is unpacked into data.videos\n")
+    classes = sorted(p for p in videos.iterdir() if p.is_dir() and not p.name.startswith("."))
+    log.info("HMDB-51 ready: %d videos in %d class folders under %s; split files in %s",
+             sum(len(list(c.glob("*.avi"))) for c in classes), len(classes), videos, splits)
+
+
+def _unpack_classes(archive: Path, inner: Path, videos: Path) -> None:
+    """The outer RAR into ``inner``, then each class RAR into data.videos/<class>/."""
+    unpack_rar(archive, inner)
+    class_archives = sorted(inner.rglob("*.rar"))
+    if not class_archives:
+        raise ActrecError(f"{archive}: holds no per-class .rar archives (unpacked into {inner}); is "
+                          f"download.videos_url HMDB-51's hmdb51_org.rar?")
+    for class_archive in class_archives:
+        unpack_rar(class_archive, videos / class_archive.stem)
+
+
+def write_synthetic_splits(splits: Path, names: list[str], entries: list[tuple[int, int, int]],
+                           held_out: dict[int, set[int]]) -> None:
+    """``<class>_test_split<k>.txt`` as HMDB-51 ships them (``<video>.avi <flag>``, 1 train, 2 test) for videos
+    ``entries`` ((label, group, clip)); ``held_out[k]``: the test groups of split k."""
+    for k, groups in held_out.items():
+        for label, name in enumerate(names):
+            lines = [f"v_{name}_g{group:02d}_c{clip:02d}.avi {2 if group in groups else 1} "
+                     for lab, group, clip in entries if lab == label]
+            write_atomic(splits / f"{name}_test_split{k}.txt", "".join(line + "\n" for line in lines))
 
 
 def class_names(splits_dir: Path) -> list[str]:

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ActrecError
+from pipeline.fileio import write_atomic
+from pipeline.inputs.acquire import fetch
+from pipeline.inputs.download import find_rar_tool, has_content, unpack_rar, unpack_zip
 from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_validation, frames_dir: re-exported)
     Split,
     VideoItem,
@@ -38,9 +41,45 @@ from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_val
 
 log = logging.getLogger(__name__)
 
+NAME = "ucf101"
 OFFICIAL_SPLITS = (1, 2, 3)
+SPLITS = (*OFFICIAL_SPLITS, "random", "random-groups")
+URLS = {"videos": "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
+        "splits": "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"}
 _VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 MISSING_HINT = "Check data.videos, or run `actrec download` (UCF-101) or `actrec synth` (synthetic dataset)"
+
+
+def acquire(cfg) -> None:
+    """Download the split zip and UCF101.rar into download.dest; unpack them into data.splits and data.videos."""
+    jobs = [("splits", Path(cfg.data.splits), unpack_zip), ("videos", Path(cfg.data.videos), unpack_rar)]
+    if not has_content(Path(cfg.data.videos)):
+        find_rar_tool()  # fail before a 6.5 GB download, not after it
+    for kind, target, unpack in jobs:
+        if has_content(target):
+            log.info(f"{target}: already unpacked, skipping its download")
+            continue
+        unpack(fetch(cfg, kind, lambda part, unpack=unpack, target=target: unpack(part, target)), target)
+    classes = [p for p in Path(cfg.data.videos).iterdir() if p.is_dir()]
+    log.info(f"UCF-101 ready: {sum(len(list(c.glob('*.avi'))) for c in classes):,} videos in {len(classes)} class "
+             f"folders under {cfg.data.videos}; split files in {cfg.data.splits}")
+
+
+def write_synthetic_splits(splits: Path, names: list[str], entries: list[tuple[int, int, int]],
+                           held_out: dict[int, set[int]]) -> None:
+    """classInd.txt, trainlistNN.txt and testlistNN.txt of videos ``entries`` ((label, group, clip)) in the
+    official format (CRLF, 1-based labels); ``held_out[k]``: the test groups of split k."""
+    write_atomic(splits / "classInd.txt", _crlf([f"{label + 1} {name}" for label, name in enumerate(names)]))
+    for k, groups in held_out.items():
+        rows = [(f"{names[label]}/v_{names[label]}_g{group:02d}_c{clip:02d}.avi", label, group in groups)
+                for label, group, clip in entries]
+        write_atomic(splits / f"trainlist{k:02d}.txt", _crlf([f"{path} {label + 1}" for path, label, test in rows
+                                                               if not test]))
+        write_atomic(splits / f"testlist{k:02d}.txt", _crlf([path for path, _, test in rows if test]))
+
+
+def _crlf(lines: list[str]) -> str:
+    return "".join(line + "\r\n" for line in lines)
 
 
 def load_split(cfg, check_videos: bool = True) -> Split:
