@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.cache.fingerprint import compatibility_differences
 from pipeline.cache.lock import WriteLock, lock_holder
-from pipeline.cache.reader import COLUMNS, FeatureCache, write_attributes
+from pipeline.cache.reader import COLUMNS, SHORT_COLUMNS, FeatureCache, write_attributes
 from pipeline.cache.virtual import identity, record
 from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.errors import ActrecError
@@ -206,7 +206,7 @@ def _write_copy(tmp: Path, first: FeatureCache, fingerprint: dict, names: list[s
         for name in names:
             source, row = where[name]
             flip = source.sequence(row, flip=True) if first.has_flip else None
-            writer.add(name, int(source.labels[row]), source.sequence(row), flip)
+            writer.add(name, int(source.labels[row]), source.sequence(row), flip, source.short.get(name))
         for name, reason in sorted(failures.items()):
             writer.add_failure(name, reason)
 
@@ -253,10 +253,12 @@ def _write_virtual(tmp: Path, first: FeatureCache, fingerprint: dict, names: lis
                  "labels": [int(where[n][0].labels[where[n][1]]) for n in names], "offsets": offsets,
                  "lengths": [int(where[n][0].lengths[where[n][1]]) for n in names]}
         failed = sorted(failures.items())
+        short = [(n, where[n][0].short[n]) for n in names if n in where[n][0].short]
         columns = {"index": index, "failures": {"names": [n.encode("utf-8") for n, _ in failed],
-                                                "reasons": [r.encode("utf-8") for _, r in failed]}}
+                                                "reasons": [r.encode("utf-8") for _, r in failed]},
+                   "short": {"names": [n.encode("utf-8") for n, _ in short], "header_frames": [h for _, h in short]}}
         for group, values in columns.items():
-            for column, dtype in COLUMNS[group].items():
+            for column, dtype in {**COLUMNS, "short": SHORT_COLUMNS}[group].items():
                 data = np.asarray(values[column], dtype=dtype) if len(values[column]) else np.zeros(0, dtype)
                 f.create_dataset(f"{group}/{column}", data=data, maxshape=(None,), chunks=(1024,), dtype=dtype)
             f.create_dataset(f"{group}/count", data=np.array([len(values["names"])], np.int64))

@@ -21,6 +21,7 @@ from pipeline.device import autocast_dtype, resolve_device
 from pipeline.embed.backbone import embed_frames, frame_resize, load_backbone, weights_identity
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path, check_writable, write_json
+from pipeline.inputs import VIDEO_SUFFIXES
 from pipeline.inputs.video import iter_video_frames, video_fps
 from pipeline.sequence.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.sequence.metrics import softmax
@@ -28,7 +29,6 @@ from pipeline.sequence.sampling import eval_clip_indices
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
 WINDOW_BATCH = 256  # windows per forward pass in prediction
 
 
@@ -178,7 +178,7 @@ def predict_video(predictor: Predictor, path: Path, hop: float) -> VideoPredicti
 def _videos_in(folder: Path) -> list[Path]:
     videos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
     if not videos:
-        raise ActrecError(f"{folder}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
+        raise ActrecError(f"{folder}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
     return videos
 
 

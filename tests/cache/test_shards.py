@@ -214,3 +214,15 @@ def test_a_virtual_join_over_a_cache_of_its_own_or_a_damaged_one_is_refused(tmp_
     cache.write_bytes(cache.read_bytes()[:2000])
     with pytest.raises(ActrecError, match="the feature cache is damaged"):
         join(cache, "virtual")
+
+
+@pytest.mark.parametrize("mode", ["copy", "virtual"])
+def test_a_join_keeps_the_record_of_videos_that_decoded_short(tmp_path, mode):
+    cache = tmp_path / "c.h5"
+    for rank in range(2):
+        with FeatureCacheWriter(shard_path(cache, rank, 2), FINGERPRINT, CLASSES, DIM) as writer:
+            for i in range(rank, 6, 2):
+                writer.add(f"Apply/v_{i:02d}", i % 2, features(i), header_frames=10 + i if i in (1, 4) else None)
+    join(cache, mode)
+    assert FeatureCache(cache).short == {"Apply/v_01": 11, "Apply/v_04": 14}
+    assert_reads_every_video(cache)
