@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queue_module
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,7 @@ class DecodePool:
         self.queues = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
         self.inboxes = [context.Queue(maxsize=1) for _ in range(workers)]
         self.stop = context.Event()
+        self.closed = False
         self.processes = [context.Process(target=_work, args=(w, workers, resize, chunk, inbox, q, self.stop),
                                           name=f"actrec-decode-{w}", daemon=True)
                           for w, (q, inbox) in enumerate(zip(self.queues, self.inboxes))]
@@ -193,11 +195,20 @@ class DecodePool:
             return item
 
     def close(self) -> None:
-        """Stop the workers (they only read; nothing of theirs needs finishing) and release the queues."""
+        """Stop the workers (they only read; nothing of theirs needs finishing) and release the queues. Safe to
+        call twice: a second ``stop.set()`` after a worker was terminated inside ``stop.wait`` would wait forever
+        on the lock that worker held, so the first call lets idle workers leave on their own before terminating
+        the busy ones, and later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.stop.set()
+        deadline = time.monotonic() + 2 * POLL_SECONDS / 5  # idle workers see the stop within POLL_SECONDS / 5
+        for process in self.processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
         for process in self.processes:
             if process.is_alive():
-                process.terminate()
+                process.terminate()  # busy decoding or blocked on a full queue: only reads, safe to stop
         for process in self.processes:
             process.join(timeout=10)
         for q in self.queues + self.inboxes:
