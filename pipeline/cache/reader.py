@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -25,6 +26,9 @@ from pipeline.cache.fingerprint import fingerprint_differences, mismatch_error, 
 from pipeline.cache.lock import lock_holder
 from pipeline.cache.virtual import check_sources
 from pipeline.errors import ActrecError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 FORMAT_VERSION = 1
 NAME_BYTES = 255  # fixed-length names: SWMR appends cannot use variable-length strings
@@ -369,7 +373,7 @@ def _total_memory_bytes() -> int:
         return 8 * 1024 ** 3  # unknown: assume a modest machine
 
 
-def open_cache(cfg) -> FeatureCache:
+def open_cache(cfg: Config) -> FeatureCache:
     """The feature cache at cache.path for stage two; refused when it was made with other embed settings than
     ``cfg`` (compared on the stored config, so stage two never loads the backbone code)."""
     cache = FeatureCache(cfg.cache.path)

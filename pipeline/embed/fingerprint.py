@@ -7,6 +7,7 @@ The comparison of two fingerprints lives with the cache (``pipeline.cache.finger
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -16,19 +17,22 @@ from pipeline.embed.backbone import frame_resize, weights_identity
 from pipeline.embed.backbones import library_version
 from pipeline.inputs.datasets import split_files_signature
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
-def embed_fingerprint(cfg) -> dict:
+
+def embed_fingerprint(cfg: Config) -> dict:
     """Everything that changes the cached features; a resumed embed and the join of shards compare against it."""
     fingerprint = {key: _config_value(cfg, name) for key, name in FEATURE_KEYS.items()}
     fingerprint.update(_derived_entries(cfg))
     return fingerprint
 
 
-def _config_value(cfg, dotted: str):
+def _config_value(cfg: Config, dotted: str):
     return functools.reduce(getattr, dotted.split("."), cfg)
 
 
-def _derived_entries(cfg) -> dict:
+def _derived_entries(cfg: Config) -> dict:
     """Entries that are not a config value as is: each is computed, or fixed by the code rather than the config."""
     preprocessing = frame_resize(cfg.embed)
     derived = {

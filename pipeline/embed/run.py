@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from pipeline.inputs.datasets import VideoItem, embed_items, frames_dir
 from pipeline.inputs.extract import check_frames_manifest
 from pipeline.inputs.video import typical_fps
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger(__name__)
 
 TIMING_KEYS = ("decode_wait", "pack", "submit", "wait", "write")
@@ -61,7 +65,7 @@ class _Video:
     received: int = 0
 
 
-def decode_jobs(cfg, items: list[VideoItem]) -> list[tuple[str, Path]]:
+def decode_jobs(cfg: Config, items: list[VideoItem]) -> list[tuple[str, Path]]:
     """What the decode workers read for each item: the video file, or its extracted frames folder."""
     if cfg.embed.source == "frames":
         return [("frames", frames_dir(cfg, item)) for item in items]
@@ -76,7 +80,7 @@ def _all_done(path: Path, fingerprint: dict, class_names: list[str], items: list
     return cache.class_names == class_names and {item.name for item in items} <= set(cache.names)
 
 
-def embed(cfg) -> dict:
+def embed(cfg: Config) -> dict:
     """Embed every frame of every video of ``embed_items(cfg)`` into cfg.cache.path; return the counts.
 
     Under torchrun, this rank's share goes into its shard and rank 0 joins the shards at the end."""
@@ -119,7 +123,7 @@ def embed(cfg) -> dict:
                     failures=failures, started=started, embed_seconds=seconds, timing=counts["timing"])
 
 
-def _start_decoding(cfg, videos: int) -> DecodePool | None:
+def _start_decoding(cfg: Config, videos: int) -> DecodePool | None:
     """The decode worker processes (none for embed.workers=0), started before the backbone loads so that their
     start (seconds of imports each) overlaps it; they get their videos once the cache says which are left."""
     workers = min(resolve_workers(cfg.embed.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)), videos)
@@ -198,7 +202,7 @@ def _embed_sharded(run: _Run, items: list[VideoItem]) -> tuple[set, dict, float]
     return done, counts, seconds
 
 
-def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem],
+def embed_and_commit(cfg: Config, model, device, amp_dtype, writer: FeatureCacheWriter, todo: list[VideoItem],
                      pool: DecodePool | None = None) -> dict:
     """Decode, batch, forward and commit ``todo``; return what was embedded, what failed and where time went.
 
@@ -264,7 +268,7 @@ def embed_and_commit(cfg, model, device, amp_dtype, writer: FeatureCacheWriter, 
     return counts
 
 
-def _summary(cfg, items, embedded: int, skipped: int, frames: int, failures: dict, started: float,
+def _summary(cfg: Config, items, embedded: int, skipped: int, frames: int, failures: dict, started: float,
              embed_seconds: float, timing: dict | None = None) -> dict:
     path = Path(cfg.cache.path)
     seconds = time.perf_counter() - started

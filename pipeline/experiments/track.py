@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.config import keys_affecting
+from pipeline.config import Config, keys_affecting
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_json
 
@@ -33,7 +33,7 @@ FINAL_METRICS = ("hparams/val_top1", "hparams/val_loss", "hparams/test_top1", "h
 
 
 @contextmanager
-def track_run(cfg, state: dict):
+def track_run(cfg: Config, state: dict):
     """Yield ``track(history_row)`` for each finished epoch; on leaving, record the run's settings with its best
     validation result from ``state`` unless Ctrl-C or a kill interrupted it (the resumed run records them: TensorBoard
     keeps the first hparams a run dir states)."""
@@ -55,7 +55,7 @@ def track_run(cfg, state: dict):
             writer.close(state, outcome)
 
 
-def track_evaluation(cfg, metrics: dict) -> None:
+def track_evaluation(cfg: Config, metrics: dict) -> None:
     """Add the test metrics of ``actrec evaluate`` to the run's TensorBoard hparams and MLflow run."""
     step = int(metrics["checkpoint_epoch"])
     final = {"hparams/test_top1": metrics["top1"], "hparams/test_mean_class_accuracy": metrics["mean_class_accuracy"]}
@@ -78,13 +78,13 @@ def group_runs(raw: dict, experiment: str) -> dict:
     return {**raw, "track": track}
 
 
-def check_tracking(cfg) -> None:
+def check_tracking(cfg: Config) -> None:
     """Open the MLflow store of ``track.mlflow`` (if any) once, so a bad URI is one line before work starts."""
     if cfg.track.mlflow:
         _mlflow_call(cfg.track.mlflow, mlflow_client(cfg.track.mlflow).search_experiments, max_results=1)
 
 
-def run_settings(cfg) -> dict:
+def run_settings(cfg: Config) -> dict:
     """The settings that decide what the run computes, as hyper-parameters (plain scalars)."""
     resolved = cfg.to_dict()
     settings = {}
@@ -105,7 +105,7 @@ def best_of(state: dict) -> dict:
 class _TensorBoard:
     """Per-epoch scalars and, at the end, the HParams session of one run in ``run.dir/tb``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.writer = _open_summary_writer(cfg.run.dir)
 
@@ -128,7 +128,7 @@ class _TensorBoard:
         self.writer.close()
 
 
-def _tensorboard(cfg):
+def _tensorboard(cfg: Config):
     return _TensorBoard(cfg) if cfg.track.tensorboard else None
 
 
@@ -165,7 +165,7 @@ class _MlflowTraining:
         self.run.client.set_terminated(self.run.run_id, "FINISHED" if outcome == "finished" else "KILLED")
 
 
-def _mlflow(cfg):
+def _mlflow(cfg: Config):
     return _MlflowTraining(MlflowRun.open(cfg, create=True)) if cfg.track.mlflow else None
 
 

@@ -8,15 +8,19 @@ the resumable, verified fetch into download.dest.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ActrecError
 from pipeline.inputs import formats
 from pipeline.inputs.download import archive_name, download_file
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 URL_KEYS = {"videos": "download.videos_url", "splits": "download.splits_url"}
 
 
-def acquire(cfg) -> None:
+def acquire(cfg: Config) -> None:
     """Put the configured dataset on disk: data.synthetic generates it, else data.format's module fetches it."""
     if cfg.data.synthetic:
         from pipeline.inputs.synthetic import generate_dataset
@@ -26,7 +30,7 @@ def acquire(cfg) -> None:
         formats.get(cfg.data.format).acquire(cfg)
 
 
-def archive_url(cfg, kind: str) -> str:
+def archive_url(cfg: Config, kind: str) -> str:
     """The URL of data.format's ``kind`` archive ('videos' or 'splits'): download.<kind>_url, or when that is
     empty the format's own. A URL another format declares is refused before any download."""
     key = URL_KEYS[kind]
@@ -38,7 +42,7 @@ def archive_url(cfg, kind: str) -> str:
     return url
 
 
-def fetch(cfg, kind: str, verify) -> Path:
+def fetch(cfg: Config, kind: str, verify) -> Path:
     """Download data.format's ``kind`` archive into download.dest (resuming, checksummed); where the server gives
     no size, ``verify`` (unpacking it) decides whether the file is complete."""
     d, url = cfg.download, archive_url(cfg, kind)
@@ -46,6 +50,6 @@ def fetch(cfg, kind: str, verify) -> Path:
                          timeout=d.timeout, verify=verify)
 
 
-def archive_path(cfg, kind: str) -> Path:
+def archive_path(cfg: Config, kind: str) -> Path:
     """Where ``fetch`` saves data.format's ``kind`` archive."""
     return Path(cfg.download.dest) / archive_name(archive_url(cfg, kind), URL_KEYS[kind])

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 from joblib import Parallel, delayed
@@ -25,6 +26,9 @@ from pipeline.fileio import incomplete_write, reporting_write_errors, write_json
 from pipeline.inputs.datasets import embed_items, frames_dir
 from pipeline.inputs.video import FRAME_PATTERN, DecodeError, iter_video_frames
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger(__name__)
 
 FAILURES = "failures.json"
@@ -32,14 +36,14 @@ MANIFEST = "extract.json"
 _PARTIAL = ".partial"
 
 
-def frames_manifest(cfg) -> dict:
+def frames_manifest(cfg: Config) -> dict:
     """What the frames under data.frames are made from: the dataset's split files and the JPEG quality."""
     from pipeline.inputs.datasets import split_files_signature
 
     return {"split_files": split_files_signature(cfg), "jpeg_quality": cfg.extract.jpeg_quality}
 
 
-def check_frames_manifest(cfg) -> None:
+def check_frames_manifest(cfg: Config) -> None:
     """Refuse frames extracted from another dataset version or with another quality: they would be reused."""
     root = Path(cfg.data.frames)
     path = root / MANIFEST
@@ -56,7 +60,7 @@ def check_frames_manifest(cfg) -> None:
                           f"({'; '.join(changed)}); delete {cfg.data.frames} and run `actrec extract` again")
 
 
-def extract_frames(cfg) -> dict:
+def extract_frames(cfg: Config) -> dict:
     """Write the frames of every video of ``embed_items(cfg)`` as JPEGs under data.frames; return the counts."""
     started = time.perf_counter()
     root = Path(cfg.data.frames)

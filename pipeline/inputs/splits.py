@@ -12,11 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from pipeline.errors import ActrecError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def finish_split(name: str, class_names: list[str], training: list[VideoItem], t
     return Split(name=name, class_names=class_names, train=train, val=val, test=test, leaked_groups=leaked)
 
 
-def frames_dir(cfg, item: VideoItem) -> Path:
+def frames_dir(cfg: Config, item: VideoItem) -> Path:
     """Where the extracted JPEG frames of a video live: data.frames / Class / video name."""
     return Path(cfg.data.frames) / item.name
 

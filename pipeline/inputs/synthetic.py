@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from pipeline.fileio import atomic_path, write_json
 from pipeline.inputs import formats
 from pipeline.inputs.motions import MOTIONS, UNPAIRED_MOTION
 from pipeline.inputs.written import check_written_video
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ def held_out_groups(groups: int, split: int) -> list[int]:
     return list(range((split - 1) * block + 1, split * block + 1))
 
 
-def generate_dataset(cfg, force: bool = False) -> dict:
+def generate_dataset(cfg: Config, force: bool = False) -> dict:
     """Write the synthetic videos to data.videos and the split files to data.splits; skip if already there."""
     started = time.perf_counter()
     videos, splits = Path(cfg.data.videos), Path(cfg.data.splits)
@@ -124,7 +128,7 @@ def generate_dataset(cfg, force: bool = False) -> dict:
     return summary
 
 
-def _write_format_splits(cfg, splits: Path, names: list[str], entries: list[tuple[int, int, int]]) -> None:
+def _write_format_splits(cfg: Config, splits: Path, names: list[str], entries: list[tuple[int, int, int]]) -> None:
     """The split files of data.format (the folder format writes none: data.split=auto draws them on first use)."""
     for stale in split_files(splits):  # ours (the manifest says so), maybe of another format or an older split
         stale.unlink()

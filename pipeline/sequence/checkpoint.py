@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import config_from_dict
+from pipeline.config import Config, config_from_dict
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
 from pipeline.sequence.models import build_model
@@ -24,7 +24,7 @@ CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "co
                    "feature_dim", "best_val_acc", "best_val_loss", "best_epoch", "history")
 
 
-def make_checkpoint(cfg, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float,
+def make_checkpoint(cfg: Config, model, optimizer, scaler, state: dict, cache, device, clip_seconds: float,
                     trained_on: str = "training") -> dict:
     """Everything a resumed run, evaluate and predict need, as tensors and plain values.
 

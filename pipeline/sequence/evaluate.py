@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import config_diff
+from pipeline.config import Config, config_diff
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import track_evaluation
 from pipeline.fileio import write_json
@@ -31,7 +31,7 @@ from pipeline.sequence.metrics import (
 
 log = logging.getLogger(__name__)
 
-def evaluate(cfg) -> dict:
+def evaluate(cfg: Config) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
     from pipeline.sequence.checkpoint import load_checkpoint
 
@@ -50,7 +50,7 @@ def evaluate(cfg) -> dict:
     return metrics
 
 
-def test_data(cfg, ckpt: dict, path: Path):
+def test_data(cfg: Config, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
     from pipeline.cache.reader import cache_rows, open_cache
     from pipeline.inputs.datasets import load_split
@@ -79,7 +79,7 @@ def test_data(cfg, ckpt: dict, path: Path):
     return EvalClips(cache, rows, labels, length, cfg.eval.clips), split, [item.label for item in unscored]
 
 
-def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
+def score_test_clips(cfg: Config, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``[N, K, C]`` of every test clip on the eval device, and the labels ``[N]``."""
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.sequence.checkpoint import model_from_checkpoint
@@ -94,7 +94,7 @@ def score_test_clips(cfg, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
     return predict_clips(model, clips, dataset, cfg.eval.batch_size, amp_dtype, desc="evaluate")
 
 
-def describe_evaluation(cfg, ckpt: dict, path: Path, split) -> dict:
+def describe_evaluation(cfg: Config, ckpt: dict, path: Path, split) -> dict:
     """The metrics.json fields that say what was evaluated: split, model, checkpoint, clips, leaks."""
     return {
         "split": split.name,
@@ -148,7 +148,7 @@ def write_predictions(path: Path, split, dataset, scores: np.ndarray) -> None:
     log.info(f"wrote {path}")
 
 
-def checkpoint_path(cfg) -> Path:
+def checkpoint_path(cfg: Config) -> Path:
     """eval.checkpoint: 'best' (with train.refit: the refit model) / 'last' of run.dir, or a path."""
     if cfg.eval.checkpoint == "best" and cfg.train.refit:
         return Path(cfg.run.dir) / "checkpoints" / "refit.pt"
@@ -165,7 +165,7 @@ def check_refit_finished(ckpt: dict, path: Path) -> None:
                           f"with the same config again to finish it")
 
 
-def check_same_test_list(cfg, ckpt: dict, path: Path) -> None:
+def check_same_test_list(cfg: Config, ckpt: dict, path: Path) -> None:
     """Refuse a checkpoint trained on another split than the evaluated one: it may have trained on these test videos."""
     changed = [f"{key}: trained with {trained!r}, now {current!r}"
                for key, (trained, current) in config_diff(ckpt["config"], cfg.to_dict(), "test list").items()]

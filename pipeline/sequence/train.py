@@ -131,7 +131,7 @@ def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     return summary
 
 
-def warn_ignored_model_keys(cfg) -> None:
+def warn_ignored_model_keys(cfg: Config) -> None:
     """Name, in one line, the model.* keys the config sets although its model does not read them."""
     ignored = ignored_model_keys(cfg.to_dict())
     if ignored:
@@ -139,7 +139,7 @@ def warn_ignored_model_keys(cfg) -> None:
                     f"says which model reads which key)")
 
 
-def previous_checkpoint(cfg, cache, resume: bool) -> dict | None:
+def previous_checkpoint(cfg: Config, cache, resume: bool) -> dict | None:
     """The run's last.pt when training should continue from it or is already done; None to start afresh.
 
     Refuses a last.pt made with other settings, and ``--resume`` without one.
@@ -202,7 +202,7 @@ def warn_if_resumed_elsewhere(run: Run) -> None:
                     f"from an uninterrupted run's in the last digits")
 
 
-def warn_if_schedule_stretches(cfg, previous: dict) -> None:
+def warn_if_schedule_stretches(cfg: Config, previous: dict) -> None:
     """Extending a cosine run with --resume re-stretches the cosine over the new epoch count: say how the rate
     jumps, so a longer run is a choice and not a surprise."""
     old_epochs, done = previous["config"]["train"]["epochs"], previous["epoch"]
@@ -295,7 +295,7 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
              f"val loss {val_loss:.4f} acc {val_acc:.3f}{'  *best' if improved and len(val_set) else ''}")
 
 
-def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
+def training_data(cfg: Config, cache) -> tuple[TrainClips, EvalClips, str]:
     """Training clips and validation videos of the configured split (the test list is not read)."""
     from pipeline.inputs.datasets import load_split
 
@@ -322,7 +322,7 @@ def training_data(cfg, cache) -> tuple[TrainClips, EvalClips, str]:
     return train_set, val_set, split.name
 
 
-def use_flip(cfg, cache) -> bool:
+def use_flip(cfg: Config, cache) -> bool:
     """train.flip resolved against the cache: 'auto' uses mirrored features where the cache has them."""
     if cfg.train.flip is True and not cache.has_flip:
         raise ActrecError(f"train.flip=true but {cfg.cache.path} has no mirrored features; embed them with "
@@ -330,7 +330,7 @@ def use_flip(cfg, cache) -> bool:
     return cache.has_flip if cfg.train.flip == "auto" else cfg.train.flip
 
 
-def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> None:
+def check_continues(cfg: Config, ckpt: dict, fingerprint: dict, resume: bool, path: Path) -> None:
     """Refuse to continue (or skip) an existing last.pt made on another cache or with other training settings."""
     run_dir = path.parent.parent
     if ckpt["fingerprint"] != fingerprint:
@@ -355,12 +355,12 @@ def check_continues(cfg, ckpt: dict, fingerprint: dict, resume: bool, path: Path
                           f"continue it to train.epochs={new}, or use another run.dir, or delete {run_dir}")
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     kind = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     return kind(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def learning_rate(cfg, progress: float) -> float:
+def learning_rate(cfg: Config, progress: float) -> float:
     """The rate at ``progress`` epochs into training: constant, or cosine from train.lr down to 0."""
     if cfg.train.schedule == "cosine":
         return cfg.train.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress / cfg.train.epochs, 1.0)))

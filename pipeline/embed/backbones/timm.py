@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,9 @@ from torch import nn
 from pipeline.embed.backbones import weightfile
 from pipeline.embed.backbones.card import Card
 from pipeline.errors import ActrecError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 LIBRARY = "timm"
 PACKAGE = "timm"
@@ -92,7 +96,7 @@ def card(name: str, weights: str, preprocess: str) -> Card:
     return card_of(cfg)
 
 
-def card_of(cfg) -> Card:
+def card_of(cfg: Config) -> Card:
     from timm.data import resolve_data_config
 
     data = resolve_data_config({}, pretrained_cfg=cfg.to_dict())
@@ -133,7 +137,7 @@ def width(model: nn.Module) -> int:
     return getattr(model, "head_hidden_size", None) or model.num_features
 
 
-def download_error(cfg, exc: Exception) -> ActrecError:
+def download_error(cfg: Config, exc: Exception) -> ActrecError:
     """Where to put the weights when they cannot be downloaded."""
     from huggingface_hub import constants
 

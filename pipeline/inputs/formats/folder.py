@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from pipeline.inputs.splits import (
     write_ucf_lists,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger(__name__)
 
 NAME = "folder"
@@ -40,7 +44,7 @@ URLS: dict[str, str] = {}  # your own videos: nothing to download
 SPLIT_FILES = ("classInd.txt", "trainlist01.txt", "testlist01.txt")
 
 
-def acquire(cfg) -> None:
+def acquire(cfg: Config) -> None:
     """Nothing to fetch: the videos in data.videos are the dataset."""
     log.info("data.format=folder: your videos in %s are the dataset; nothing to download", cfg.data.videos)
 
@@ -49,7 +53,7 @@ def write_synthetic_splits(splits: Path, names: list[str], entries, held_out) ->
     """None: data.split=auto draws the split on first use, as for your own videos."""
 
 
-def group_regex(cfg) -> re.Pattern | None:
+def group_regex(cfg: Config) -> re.Pattern | None:
     """data.group_pattern compiled, or None when empty; refused unless it has exactly one group."""
     pattern = cfg.data.group_pattern
     if not pattern:
@@ -118,14 +122,14 @@ def _class_videos(folder: Path, label: int, regex: re.Pattern | None) -> list[Vi
     return items
 
 
-def draw_split(cfg, items: list[VideoItem]) -> tuple[list[VideoItem], list[VideoItem]]:
+def draw_split(cfg: Config, items: list[VideoItem]) -> tuple[list[VideoItem], list[VideoItem]]:
     """A seeded (training, test) split with ``hold_out``: ``data.test_fraction`` of the group numbers (or, without
     ``data.group_pattern``, of each class's videos) go to test."""
     held_out = hold_out(items, cfg.data.test_fraction, np.random.default_rng([cfg.data.seed, 3]))
     return [item for item in items if item.name not in held_out], [item for item in items if item.name in held_out]
 
 
-def write_auto_split(cfg) -> None:
+def write_auto_split(cfg: Config) -> None:
     """Scan data.videos, draw the split and write it to data.splits; all checks run before anything is written."""
     splits = Path(cfg.data.splits)
     regex = group_regex(cfg)
@@ -143,7 +147,7 @@ def write_auto_split(cfg) -> None:
                     ", ".join(untested))
 
 
-def read_lists(cfg, check_videos: bool) -> tuple[list[str], list[VideoItem], list[VideoItem]]:
+def read_lists(cfg: Config, check_videos: bool) -> tuple[list[str], list[VideoItem], list[VideoItem]]:
     """Class names, training and test videos of the UCF-101-format files in data.splits."""
     splits = Path(cfg.data.splits)
     for name in SPLIT_FILES[1:]:
@@ -180,7 +184,7 @@ def scan_class_names(videos: Path) -> list[str]:
     return sorted(p.name for p in videos.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_split(cfg, check_videos: bool = True) -> Split:
+def load_split(cfg: Config, check_videos: bool = True) -> Split:
     """The train/test lists of data.splits (drawn and written first when data.split=auto and they are absent)."""
     if cfg.data.split == "auto" and not all((Path(cfg.data.splits) / name).is_file() for name in SPLIT_FILES):
         write_auto_split(cfg)
@@ -188,13 +192,13 @@ def load_split(cfg, check_videos: bool = True) -> Split:
     return finish_split(str(cfg.data.split), names, training, test, cfg)
 
 
-def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+def embed_items(cfg: Config, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
     """Class names and every video of the split (the folder format has one split: embed.splits makes no odds)."""
     split = load_split(cfg, check_videos)
     return split.class_names, sorted_unique(split.train + split.val + split.test)
 
 
-def split_files_signature(cfg) -> str:
+def split_files_signature(cfg: Config) -> str:
     splits = Path(cfg.data.splits)
     names = [name for name in SPLIT_FILES if (splits / name).is_file()]
     return files_signature(splits, names, {"format": "folder", "group_pattern": cfg.data.group_pattern})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_atomic
@@ -31,6 +32,9 @@ from pipeline.inputs.splits import (
     video_stem_key,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger(__name__)
 
 NAME = "hmdb51"
@@ -42,7 +46,7 @@ _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[123])\.txt$")
 TRAIN, TEST, UNUSED = "1", "2", "0"
 
 
-def acquire(cfg) -> None:
+def acquire(cfg: Config) -> None:
     """Download and unpack HMDB-51's split archive into data.splits and its 51 class archives into data.videos.
 
     The video archive is a RAR of 51 RARs, one per class; each class archive unpacks on its own, so an
@@ -102,7 +106,7 @@ def class_names(splits_dir: Path) -> list[str]:
     return names
 
 
-def read_split(cfg, k: int, names: list[str], check_videos: bool) -> tuple[list[VideoItem], list[VideoItem]]:
+def read_split(cfg: Config, k: int, names: list[str], check_videos: bool) -> tuple[list[VideoItem], list[VideoItem]]:
     """(training, test) videos of split ``k`` over every class."""
     splits_dir = Path(cfg.data.splits)
     training, test = [], []
@@ -139,14 +143,14 @@ def _read_class_file(path: Path, label: int, videos: Path, check_videos: bool):
         yield item, parts[1]
 
 
-def load_split(cfg, check_videos: bool = True) -> Split:
+def load_split(cfg: Config, check_videos: bool = True) -> Split:
     """Split ``data.split`` (1, 2 or 3) with a random validation share carved from its training list."""
     names = class_names(Path(cfg.data.splits))
     training, test = read_split(cfg, cfg.data.split, names, check_videos)
     return finish_split(str(cfg.data.split), names, training, test, cfg)
 
 
-def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+def embed_items(cfg: Config, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
     """Class names and the videos to embed: of the configured split, or of every split present (embed.splits)."""
     if cfg.embed.splits == "configured":
         split = load_split(cfg, check_videos)
@@ -157,7 +161,7 @@ def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoIt
     return names, every_video_of(read_split(cfg, k, names, check_videos) for k in present)
 
 
-def split_files_signature(cfg) -> str:
+def split_files_signature(cfg: Config) -> str:
     splits = Path(cfg.data.splits)
     names = [p.name for p in splits.glob("*.txt") if _SPLIT_FILE.match(p.name)] if splits.is_dir() else []
     return files_signature(splits, names, {"format": "hmdb51"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_val
     sorted_unique,
 )
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger(__name__)
 
 NAME = "ucf101"
@@ -50,7 +54,7 @@ _VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 MISSING_HINT = "Check data.videos, or run `actrec download` (UCF-101) or `actrec synth` (synthetic dataset)"
 
 
-def acquire(cfg) -> None:
+def acquire(cfg: Config) -> None:
     """Download the split zip and UCF101.rar into download.dest; unpack them into data.splits and data.videos."""
     jobs = [("splits", Path(cfg.data.splits), unpack_zip), ("videos", Path(cfg.data.videos), unpack_rar)]
     if not has_content(Path(cfg.data.videos)):
@@ -82,7 +86,7 @@ def _crlf(lines: list[str]) -> str:
     return "".join(line + "\r\n" for line in lines)
 
 
-def load_split(cfg, check_videos: bool = True) -> Split:
+def load_split(cfg: Config, check_videos: bool = True) -> Split:
     """The configured split (``cfg.data.split``) with its validation groups carved from the training list."""
     split = cfg.data.split
     splits_dir = Path(cfg.data.splits)
@@ -102,7 +106,7 @@ def load_split(cfg, check_videos: bool = True) -> Split:
     return result
 
 
-def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+def embed_items(cfg: Config, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
     """Class names and every video stage one must embed, sorted by name, each once.
 
     ``embed.splits='configured'``: train, val and test of ``data.split``; ``'all'``: the union of the
@@ -121,14 +125,14 @@ def embed_items(cfg, check_videos: bool = True) -> tuple[list[str], list[VideoIt
     return class_names, every_video_of(_official_lists(cfg, k, class_names, check_videos) for k in present)
 
 
-def split_files_signature(cfg) -> str:
+def split_files_signature(cfg: Config) -> str:
     """A hash of the split files (and the synthetic generator's settings): caches made from other lists differ."""
     splits = Path(cfg.data.splits)
     return files_signature(splits, [p.name for p in splits.glob("*.txt")
                                     if p.name == "classInd.txt" or p.name.startswith(("trainlist", "testlist"))])
 
 
-def _official_lists(cfg, k: int, class_names: list[str], check_videos: bool):
+def _official_lists(cfg: Config, k: int, class_names: list[str], check_videos: bool):
     splits_dir = Path(cfg.data.splits)
     lookup = _class_lookup(class_names)
 
@@ -141,7 +145,7 @@ def _official_lists(cfg, k: int, class_names: list[str], check_videos: bool):
     return training, test
 
 
-def _random_split(cfg, class_names: list[str], check_videos: bool, by_group: bool):
+def _random_split(cfg: Config, class_names: list[str], check_videos: bool, by_group: bool):
     """The random splits, drawn over every video of split 1 (train + test lists cover the whole dataset)."""
     training, test = _official_lists(cfg, 1, class_names, check_videos)
     pool = sorted_unique(training + test)

@@ -21,8 +21,12 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ActrecError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def model_spec(name: str) -> ModelSpec:
     return _MODELS[name]
 
 
-def build_model(cfg, feature_dim: int, num_classes: int):
+def build_model(cfg: Config, feature_dim: int, num_classes: int):
     """The model named by ``cfg.model.name`` for features of width ``feature_dim``."""
     return model_spec(cfg.model.name).cls.from_config(cfg, feature_dim, num_classes)
 
