@@ -139,6 +139,16 @@ def write_json(path: str | Path, data) -> None:
     write_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in ``path``, or {} when the file is missing, unreadable, cut short or not an object: for
+    records a later run rewrites (run summaries, tracking ids), where a broken one counts as absent."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _json_safe(value):
     if isinstance(value, dict):
         return {key: _json_safe(v) for key, v in value.items()}

@@ -20,7 +20,7 @@ import yaml
 from pipeline.config import keys_affecting
 from pipeline.errors import ActrecError
 from pipeline.experiments.plan import SweepRun, comparable_settings
-from pipeline.fileio import write_atomic
+from pipeline.fileio import read_json_object, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ LEAKY_SPLITS = ("random",)  # splits that put a group on both sides: never avera
 
 def read_record(run_dir) -> dict:
     """RUN_DIR/sweep.json, or {} when it is missing or not whole."""
-    try:
-        record = json.loads((Path(run_dir) / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_json_object(Path(run_dir) / RESULT_FILE)
 
 
 def read_metrics(run_dir) -> dict | None:

@@ -10,7 +10,6 @@ kept in ``run.dir/mlflow.json``, so a resumed or evaluated run logs to the run t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config import Config, keys_affecting
 from pipeline.errors import ActrecError
-from pipeline.fileio import write_json
+from pipeline.fileio import read_json_object, write_json
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ class MlflowRun:
         """The run's MLflow run; a new one when ``create`` and the run dir has none on this tracking URI."""
         run_dir, uri = Path(cfg.run.dir), cfg.track.mlflow
         client = mlflow_client(uri)
-        known = _read_json(run_dir / MLFLOW_FILE)
+        known = read_json_object(run_dir / MLFLOW_FILE)
         if known.get("tracking_uri") == uri and known.get("run_id"):
             return cls(client, known["run_id"], run_dir)
         if not create:
@@ -264,10 +263,3 @@ def _mlflow_call(uri: str, func, *args, **kwargs):
         raise ActrecError(f"track.mlflow={uri}: cannot use this MLflow store ({first}); give a local folder, "
                           f"sqlite:///PATH.db or a reachable server, or set track.mlflow to an empty value") from exc
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

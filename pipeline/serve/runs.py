@@ -6,7 +6,6 @@ No web framework here: the page (``app``) only lays these tables out.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import Config, load_config
 from pipeline.errors import ActrecError
+from pipeline.fileio import read_json_object
 from pipeline.inputs.splits import Split
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def leaderboard(runs: list[ServedRun]) -> list[dict]:
     rows = []
     for run in runs:
         row = {"run": run.name, "model": run.config.model.name, "best val top-1": _best_validation(run)}
-        metrics = _read_json(run.dir / "metrics.json")
+        metrics = read_json_object(run.dir / "metrics.json")
         row.update({title: _rounded(metrics.get(key)) for key, title in LEADERBOARD_COLUMNS.items()})
         rows.append(row)
     return sorted(rows, key=lambda row: -(row["test top-1"] if row["test top-1"] is not None else -1))
@@ -116,13 +116,6 @@ def _best_validation(run: ServedRun) -> float | None:
         return None
     return _rounded(max(values)) if values else None
 
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _rounded(value) -> float | None:
