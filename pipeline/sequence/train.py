@@ -419,7 +419,9 @@ def predict_clips(model, clips: ClipSource, dataset: EvalClips, batch_size: int,
     model.eval()
     logits, labels = [], []
     batches = clips.eval_batches(dataset, videos_per_batch=max(1, batch_size // dataset.clips))
-    for features, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None):
+    # disable=None (not False): TQDM_DISABLE, which sweep workers set, still switches the bar off.
+    for features, batch_labels in tqdm(batches, desc=desc, unit="batch", leave=False,
+                                       disable=True if desc is None else None):
         b, k = features.shape[:2]
         with torch.autocast(clips.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(features.flatten(0, 1))
