@@ -3,6 +3,7 @@ embed, train, evaluate and predict on xvid AVIs in UCF-101's and HMDB-51's forma
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,9 @@ def test_embed_train_evaluate_predict_on_real_footage(real_footage, tmp_path, fm
     assert metrics["num_videos"] == len(split.test) == 3 and 0.0 <= metrics["top1"] <= 1.0
 
     video = source("carphone_pristine.mp4")  # the original H.264 clip, 29.97 fps, 120 frames
-    result = predict(video, Path(cfg.run.dir) / "checkpoints" / "best.pt", json_path=str(tmp_path / "p.json"),
+    report = predict(video, Path(cfg.run.dir) / "checkpoints" / "best.pt", json_path=str(tmp_path / "p.json"),
                      device="cpu")
+    result = json.loads((tmp_path / "p.json").read_text())  # what predict wrote, as a user reads it
+    assert len(report.predictions) == 1 and not report.failures
     assert result["frames"] == 120 and result["fps"] == pytest.approx(30000 / 1001, abs=1e-3)
     assert result["windows"] and {entry["label"] for entry in result["windows"][0]["top"]} <= set(split.class_names)
