@@ -113,6 +113,7 @@ def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_m
     assert seed_step_seconds(tiny_config, "resnet18", torch.device("cpu"), steps=1) > 0
 
 
+@pytest.mark.slow
 def test_failed_scaling_embed_is_one_line(tmp_path):
     from pipeline.bench.scaling import embed_in_subprocess
 

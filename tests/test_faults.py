@@ -123,6 +123,7 @@ def test_cache_writer_on_a_full_disk_says_so_before_starting(small_disk):
     assert not (disk / "cache.h5").exists() and not (disk / "cache.h5.reserve").exists()
 
 
+@pytest.mark.slow
 def test_embed_on_a_disk_that_fills_stops_with_one_line_and_resumes_to_the_same_cache(
         small_disk, tiny_dataset_root, tmp_path, monkeypatch):
     disk = small_disk(24)

@@ -151,6 +151,7 @@ def wait_for(proc: subprocess.Popen, path, count: int) -> int:
     return done
 
 
+@pytest.mark.slow
 def test_concurrent_embed_refused_and_kill_9_resume_equals_clean_run(tiny_dataset_root, tiny_dataset_config,
                                                                      tmp_path, caplog):
     """A real `actrec embed` subprocess: a second embed is refused; kill -9 mid-run; the resumed cache equals

@@ -34,6 +34,7 @@ def collect(stream) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_chunks_in_order_with_failures_in_place(tiny_dataset_root, tmp_path,
                                                                                 tiny_dataset_config):
     items = embed_items(tiny_dataset_config)[1][:7]
@@ -94,6 +95,7 @@ def test_workers_auto_and_values(tiny_dataset_config):
         load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.workers=-1"])
 
 
+@pytest.mark.slow
 def test_cache_is_the_same_with_0_or_3_workers_and_from_frames(tiny_dataset_root, tiny_dataset_config, tmp_path,
                                                                monkeypatch):
     import multiprocessing
