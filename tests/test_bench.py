@@ -29,7 +29,8 @@ def test_quick_bench_has_every_row(tmp_path):
                    "9", "10"]
     for row in data["rows"]:
         assert row["command"].startswith("actrec bench") and row["value"]
-        assert (row["ratio"] is None) == (row["id"] == "8-cuda")
+        # no ratio: the CUDA epoch row without a GPU, or a real-footage row whose every round saw the load move
+        assert (row["ratio"] is None) == (row["id"] == "8-cuda" or row["value"].startswith("no valid round"))
     epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
     assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
