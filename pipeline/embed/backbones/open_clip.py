@@ -151,15 +151,10 @@ def build(name: str, weights: str, img_dim: int | None) -> nn.Module:
 
 def download_error(arch: str, tag: str, exc: Exception) -> ActrecError:
     """Where to put the weights when they cannot be downloaded."""
-    from huggingface_hub import constants
-
     cfg = tag_config(arch, tag)
     reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
     if cfg.get("hf_hub"):
-        repo = cfg["hf_hub"].rstrip("/")
-        where = (f"they come from the Hugging Face Hub repo {repo}: download it on a machine online "
-                 f"(`huggingface-cli download {repo}`), copy it into the Hugging Face cache {constants.HF_HUB_CACHE} "
-                 f"here and set HF_HUB_OFFLINE=1")
+        where = weightfile.hub_download_hint(cfg["hf_hub"].rstrip("/"))
     else:
         where = f"download {cfg.get('url')} into {Path('~/.cache/clip').expanduser()}"
     return ActrecError(f"cannot load the weights of open_clip/{arch}:{tag} ({reason}). Offline? {where}; or set "

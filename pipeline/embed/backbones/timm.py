@@ -139,13 +139,9 @@ def width(model: nn.Module) -> int:
 
 def download_error(cfg: Config, exc: Exception) -> ActrecError:
     """Where to put the weights when they cannot be downloaded."""
-    from huggingface_hub import constants
-
     reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
     if cfg.hf_hub_id:
-        where = (f"they come from the Hugging Face Hub repo {cfg.hf_hub_id}: download it on a machine online "
-                 f"(`huggingface-cli download {cfg.hf_hub_id}`), copy it into the Hugging Face cache "
-                 f"{constants.HF_HUB_CACHE} here and set HF_HUB_OFFLINE=1")
+        where = weightfile.hub_download_hint(cfg.hf_hub_id)
     else:
         where = f"download {cfg.url} and place it in {Path(torch.hub.get_dir()) / 'checkpoints'}"
     return ActrecError(f"cannot load the weights of timm {cfg.architecture}.{cfg.tag} ({reason}). Offline? "

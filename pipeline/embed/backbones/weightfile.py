@@ -82,3 +82,12 @@ def mismatches(expected: dict, state: dict) -> list[str]:
             more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
             problems.append(f"{len(items)} {kind}: {', '.join(items[:SHOWN])}{more}")
     return problems
+
+
+def hub_download_hint(repo: str) -> str:
+    """Where weights from the Hugging Face Hub go on a machine without internet (timm and OpenCLIP say the same)."""
+    from huggingface_hub import constants
+
+    return (f"they come from the Hugging Face Hub repo {repo}: download it on a machine online "
+            f"(`huggingface-cli download {repo}`), copy it into the Hugging Face cache {constants.HF_HUB_CACHE} "
+            f"here and set HF_HUB_OFFLINE=1")
