@@ -19,7 +19,6 @@ import click
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from pipeline.inputs import formats
 
 
 class _LogHandler(logging.Handler):
@@ -116,6 +115,24 @@ def reports_errors(func):
     return wrapper
 
 
+class PluginName(click.ParamType):
+    """The name of a registered plug-in of ``kind``: checked when the option is given, so loading the CLI
+    imports no plug-in."""
+
+    name = "name"
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        from pipeline.registry import registry
+
+        names = registry(self.kind).names()
+        if value not in names:
+            self.fail(f"{value!r} is not a {self.kind}; one of {', '.join(names)}", param, ctx)
+        return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--verbose", "-v", is_flag=True, default=False, help="Show debug messages and full tracebacks on errors.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="Show only warnings, errors and results.")
@@ -134,7 +151,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @cli.command()
 @config_options
 @click.option("--force", is_flag=True, default=False, help="Regenerate even if the dataset exists.")
-@click.option("--format", "data_format", type=click.Choice(formats.names()), default=None,
+@click.option("--format", "data_format", type=PluginName("format"), default=None,
               help="Write it in this layout (same as --set data.format=...)  [default: data.format]")
 @reports_errors
 def synth(config_path, overrides, force, data_format):

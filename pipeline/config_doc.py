@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import fields
 from typing import Any
 
-from pipeline.config import SECTIONS, key_choices
+from pipeline.config import catalogue
+from pipeline.schema import key_choices, key_default
 
 HEADER = """# Config reference
 
-Every key of the one schema (`pipeline/config.py`), its default, what it allows and what a change to it
-changes: `features` (a new feature cache: part of the cache fingerprint), `test list` (which videos are tested:
-a checkpoint is evaluated only on the split it was trained beside), `training` (what a run computes: a run
-continues only with the same value); `-` changes none of them (paths to inputs, speed and device settings).
+Every key of the schema (the sections in `pipeline/sections.py`, each composed with the keys of the plug-ins it
+names by `pipeline/config.py`), its default, what it allows and what a change to it changes: `features` (a new
+feature cache: part of the cache fingerprint), `test list` (which videos are tested: a checkpoint is evaluated
+only on the split it was trained beside), `training` (what a run computes: a run continues only with the same
+value); `-` changes none of them (paths to inputs, speed and device settings). A key that a plug-in brings
+(`with model.name=tcn: ...`) exists only while that plug-in is chosen; one set for another plug-in is refused,
+naming the keys the chosen one takes.
 Set keys in a YAML file (`configs/ucf101.yaml`, `configs/hmdb51.yaml`, `configs/folder.yaml`,
 `configs/synthetic.yaml`) or on the command line with
 `--set section.key=value` (repeatable; `make ... SET="a.b=1 c.d=2"`). Unknown keys, wrong types and
@@ -30,12 +33,17 @@ This file is generated: `python -m pipeline.config_doc > configs/README.md`.
 
 
 def describe_keys() -> list[tuple[str, Any, str, str]]:
-    """(dotted key, default, what it affects, help with the allowed values) for every key of the schema."""
+    """(dotted key, default, what it affects, help with the allowed values) for every key of the schema; a
+    plug-in's key says which plug-in takes it (one row per plug-in where their defaults or help differ)."""
     rows = []
-    for section, factory in SECTIONS.items():
-        for f in fields(factory()):
-            rows.append((f"{section}.{f.name}", getattr(factory(), f.name), f.metadata["affects"] or "-",
-                         _allowed_text(f)))
+    for dotted, owners in catalogue().items():
+        by_text: dict = {}
+        for owner, f in owners:
+            by_text.setdefault((repr(key_default(f)), _allowed_text(f)), (f, []))[1].append(owner)
+        for f, named in by_text.values():
+            who = ", ".join(n for n in named if n)
+            rows.append((dotted, key_default(f), f.metadata["affects"] or "-",
+                         (f"with {who}: " if who else "") + _allowed_text(f)))
     return rows
 
 

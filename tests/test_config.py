@@ -46,7 +46,7 @@ def test_weights_path_gives_file_name_safe_tag():
     ("train.grad_clip=.inf", "expected a finite number"),
     ("train.epochs=2.5", "train.epochs: expected a whole number"),
     ("train.epochs=0", "below the minimum 1"),
-    ("data.split=4", "Allowed values: 1, 2, 3, auto, random"),
+    ("data.split=4", "Allowed values: 1, 2, 3, random, random-groups"),
     ("model.attention=maybe", "expected true or false"),
     ("trainepochs", "expected section.key=value"),
 ])

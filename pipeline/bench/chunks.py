@@ -37,7 +37,7 @@ def write_cache(path: Path, videos: int, chunk_rows: int) -> None:
 def clips_per_second(path: Path, clips: int, chunk_cache: int | None) -> float:
     """Seeded training clips read per second through ``TrainClips`` with the features left on disk."""
     from pipeline.cache.reader import FeatureCache
-    from pipeline.sequence.sampling import TrainClips
+    from pipeline.sequence.datasets import TrainClips
 
     cache = FeatureCache(path, chunk_cache_bytes=chunk_cache)
     rows = list(range(len(cache)))

@@ -73,7 +73,7 @@ def decode_fps(cfg: Config) -> float:
     from pipeline.embed.backbone import frame_resize
     from pipeline.embed.run import decode_jobs
     from pipeline.embed.workers import pieces
-    from pipeline.inputs.datasets import embed_items
+    from pipeline.inputs.formats import embed_items
 
     _, items = embed_items(cfg, check_videos=False)
     jobs = decode_jobs(cfg, items)

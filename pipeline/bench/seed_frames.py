@@ -28,7 +28,8 @@ def seed_transform(img_dim: int):
 
 def jpeg_paths(cfg: Config) -> list[Path]:
     """Every extracted JPEG frame of the dataset's videos, in order."""
-    from pipeline.inputs.datasets import embed_items, frames_dir
+    from pipeline.inputs.formats import embed_items
+    from pipeline.inputs.splits import frames_dir
     from pipeline.inputs.video import frame_paths
 
     _, items = embed_items(cfg, check_videos=False)

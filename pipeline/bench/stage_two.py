@@ -63,7 +63,7 @@ def training_run(cfg: Config, clips: int):
     """A fresh Run (``cfg.train.device``, the clip source ``cfg.cache.load`` picks) and a TrainClips of ``clips``
     positions, built as ``train`` builds them."""
     from pipeline.cache.reader import FeatureCache
-    from pipeline.sequence.sampling import TrainClips
+    from pipeline.sequence.datasets import TrainClips
     from pipeline.sequence.train import build_run
 
     cache = FeatureCache(cfg.cache.path)

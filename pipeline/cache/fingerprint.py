@@ -10,6 +10,8 @@ needs neither torch nor the dataset code; those load only when a fingerprint is 
 
 from __future__ import annotations
 
+import functools
+
 from pipeline.config import config_diff, keys_affecting
 from pipeline.errors import ActrecError
 
@@ -18,9 +20,14 @@ from pipeline.errors import ActrecError
 DERIVED = {"data.splits", "embed.weights", "embed.preprocess", "embed.resize", "extract.jpeg_quality"}
 RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 
-# Fingerprint key -> config key, for the keys copied as is.
-FEATURE_KEYS = {RENAMED.get(name, name.split(".")[1]): name for name in keys_affecting("features")
-                if name not in DERIVED}
+
+
+@functools.lru_cache(maxsize=1)
+def feature_keys() -> dict[str, str]:
+    """Fingerprint key -> config key, for the keys copied as is (read from the schema when first asked, so the
+    storage layer loads no plug-in at import)."""
+    return {RENAMED.get(name, name.split(".")[1]): name for name in keys_affecting("features")
+            if name not in DERIVED}
 
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
 # it, so one cache never mixes fp32 and bf16 features; stage two, which may run elsewhere, does not ask.
@@ -45,7 +52,7 @@ def stage_two_differences(cached_fingerprint: dict, cached_config: dict, config:
         return config.get(section, {}).get(key)
 
     lines = [f"{key}: cache has {cached_fingerprint[key]!r}, config gives {value(dotted)!r}"
-             for key, dotted in FEATURE_KEYS.items()
+             for key, dotted in feature_keys().items()
              if key in cached_fingerprint and str(cached_fingerprint[key]) != str(value(dotted))]
     derived = DERIVED - {"data.splits"} - (set() if value("embed.source") == "frames" else {"extract.jpeg_quality"})
     compared = {key: change for key, change in config_diff(cached_config, config, "features").items()

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 import torchvision
 
-from pipeline.cache.fingerprint import FEATURE_KEYS
+from pipeline.cache.fingerprint import feature_keys
 from pipeline.embed.backbone import frame_resize, weights_identity
 from pipeline.embed.backbones import library_version
-from pipeline.inputs.datasets import split_files_signature
+from pipeline.inputs.formats import split_files_signature
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def embed_fingerprint(cfg: Config) -> dict:
     """Everything that changes the cached features; a resumed embed and the join of shards compare against it."""
-    fingerprint = {key: _config_value(cfg, name) for key, name in FEATURE_KEYS.items()}
+    fingerprint = {key: _config_value(cfg, name) for key, name in feature_keys().items()}
     fingerprint.update(_derived_entries(cfg))
     return fingerprint
 

@@ -34,14 +34,16 @@ from pipeline.cache.lock import WriteLock
 from pipeline.cache.reader import FeatureCache
 from pipeline.cache.shards import committed_names, join, shard_files, shard_path, world_sizes
 from pipeline.cache.writer import FeatureCacheWriter
+from pipeline.config import runtime_option, stage_runtime
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.embed import feed
 from pipeline.embed.backbone import frame_resize, load_backbone
 from pipeline.embed.fingerprint import device_kind, embed_fingerprint
 from pipeline.embed.workers import DecodePool, Piece, pieces, resolve_workers
 from pipeline.errors import ActrecError
-from pipeline.inputs.datasets import VideoItem, embed_items, frames_dir
 from pipeline.inputs.extract import check_frames_manifest
+from pipeline.inputs.formats import embed_items
+from pipeline.inputs.splits import VideoItem, frames_dir
 from pipeline.inputs.video import typical_fps
 
 if TYPE_CHECKING:
@@ -85,7 +87,8 @@ def embed(cfg: Config) -> dict:
 
     Under torchrun, this rank's share goes into its shard and rank 0 joins the shards at the end."""
     started = time.perf_counter()
-    set_threads(cfg.embed.threads)
+    runtime = stage_runtime(cfg, "embed")
+    set_threads(runtime.threads)
     rank = distributed.current()
     class_names, items = embed_items(cfg, check_videos=cfg.embed.source == "videos")
     if not items:
@@ -102,11 +105,12 @@ def embed(cfg: Config) -> dict:
     if cfg.embed.source == "frames":
         check_frames_manifest(cfg)
 
-    device = distributed.rank_device(resolve_device(cfg.embed.device), rank)
+    option = runtime_option(cfg, "embed", "device")
+    device = distributed.rank_device(resolve_device(runtime.device, option=option), rank)
     distributed.init(rank, device)
     pool = _start_decoding(cfg, len(items))
     try:
-        amp_dtype = autocast_dtype(device, cfg.embed.precision)
+        amp_dtype = autocast_dtype(device, runtime.precision)
         model = load_backbone(cfg.embed.backbone, cfg.embed.weights, device, cfg.embed.img_dim)
         fingerprint["forward_dtype"] = dtype_name(amp_dtype)
         fingerprint["device"] = device_kind(device)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import config_from_dict
+from pipeline.config import config_from_dict, runtime_value, set_runtime
 from pipeline.errors import ActrecError
 from pipeline.experiments.plan import SweepRun, comparable_settings
 from pipeline.experiments.report import RESULT_FILE
@@ -128,9 +128,9 @@ def run_job(run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
     started = time.perf_counter()
     raw = json.loads(json.dumps(run.config))
     if threads:
-        raw["train"]["threads"] = raw["eval"]["threads"] = threads
+        set_runtime(raw, threads=threads)
     if device:
-        raw["train"]["device"] = raw["eval"]["device"] = device
+        set_runtime(raw, device=device)
     record = {**base_record(run), "host": socket.gethostname(), "pid": os.getpid()}
     write_json(run.dir / RESULT_FILE, {**record, "status": "running"})
     try:
@@ -324,7 +324,7 @@ def local_gpus(todo: list[SweepRun]) -> list[str]:
 
 
 def run_devices(todo: list[SweepRun]) -> set[str]:
-    return {run.config[section]["device"] for run in todo for section in ("train", "eval")}
+    return {runtime_value(run.config, stage, "device") for run in todo for stage in ("train", "eval")}
 
 
 def local_jobs(jobs: int | None, gpus: list[str], runs: int) -> int:
@@ -337,8 +337,8 @@ def local_jobs(jobs: int | None, gpus: list[str], runs: int) -> int:
 
 
 def thread_share(config: dict, jobs: int) -> int:
-    """train.threads (or the machine's cores) divided among ``jobs`` parallel runs, at least 1 each."""
-    total = config["train"]["threads"] or os.cpu_count() or 1
+    """Training's threads (or the machine's cores) divided among ``jobs`` parallel runs, at least 1 each."""
+    total = runtime_value(config, "train", "threads") or os.cpu_count() or 1
     return max(1, total // jobs)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import (
+    SECTIONS,
     Config,
     apply_overrides,
     config_with_overrides,
@@ -28,7 +29,6 @@ from pipeline.config import (
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import group_runs
 from pipeline.fileio import safe_name
-from pipeline.sequence.models import used_model_keys
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,15 @@ def check_varied_keys(keys, what: str = "a sweep") -> None:
             raise ActrecError(f"{key} cannot vary in {what}: it is a setting of the sweep itself; pass it with --set")
 
 
-def run_config(raw: dict, values: dict[str, str], run_dir: Path, where: str, source: str) -> dict:
+def run_config(raw: dict, values: dict[str, str], run_dir: Path, where: str, source: str,
+               droppable: frozenset = frozenset()) -> dict:
     """The resolved config (``to_dict`` form) of one run: ``raw`` (from ``load_base``: the config file's sections
     with the common ``--set`` overrides applied), the run's own ``values`` and its dir; a bad key or value is one
-    line naming ``where``."""
+    line naming ``where``. Keys in ``droppable`` (a grid's) that the run's plug-in does not take are left out: a
+    grid crossing ``model.name=linear,tcn`` with ``model.hidden_dim=64,128`` has one linear run."""
     overrides = [f"{k}={v}" for k, v in values.items()] + [f"run.dir={run_dir}"]
     try:
-        return config_with_overrides(raw, overrides, source).to_dict()
+        return config_with_overrides(raw, overrides, source, droppable).to_dict()
     except ActrecError as exc:
         raise ActrecError(f"{where}: {exc}") from None
 
@@ -156,12 +158,11 @@ def comparable_settings(config: dict) -> dict[str, str]:
     ``0.001`` and ``1e-3`` read alike). Two runs with equal settings are the same run, and a run's record counts
     only for these settings.
 
-    The ``model.*`` keys the run's model ignores (``model.attention`` for ``meanpool``, as the model registry
-    declares them) are left out: runs that differ only there are one run.
+    A run's config has only its plug-ins' keys (``meanpool`` has no ``model.attention``), so runs that differ
+    only in a key their plug-in does not take are one run.
     """
-    used = used_model_keys(config["model"]["name"])
-    return {dotted: str(config[dotted.split(".")[0]][dotted.split(".")[1]]) for dotted in computing_keys()
-            if not dotted.startswith("model.") or dotted in used}
+    return {dotted: str(config[section][name]) for dotted in computing_keys()
+            for section, name in [dotted.split(".")] if name in config[section]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,8 +196,9 @@ def plan_sweep(config_path, sets=(), grid=(), runs_file=None, name: str | None =
     folder = Path(root) / (safe_name(name, "--name") if name is not None else default_name(base.data.name, keys))
     raw = group_runs(raw, f"sweep/{folder.name}")  # its runs as one MLflow experiment (track.mlflow)
     names = run_names(variants, keys)
+    droppable = frozenset(keys) if grid else frozenset()  # a grid crosses every value; a runs file lists its runs
     runs = [SweepRun(run_name, variant.values, run_config(raw, variant.values, folder / run_name,
-                                                          variant.where, source), variant.where)
+                                                          variant.where, source, droppable), variant.where)
             for run_name, variant in zip(names, variants)]
     return folder, distinct_runs(runs)
 
@@ -212,7 +214,7 @@ def load_base(config_path, sets) -> tuple[dict, Config, str]:
 
 
 def distinct_runs(runs: list[SweepRun]) -> list[SweepRun]:
-    """``runs`` without repeats. Runs that differ only in ``model.*`` keys their model ignores (a grid crossing
+    """``runs`` without repeats. Runs that differ only in keys their plug-ins do not take (a grid crossing
     ``model.name=meanpool,bilstm`` with ``model.attention=true,false``) are one run: the first is kept and a
     warning names the others. Any other two runs with the same settings (as parsed: ``train.lr=0.001`` and
     ``train.lr=1e-3``) are refused, naming both."""
@@ -223,14 +225,20 @@ def distinct_runs(runs: list[SweepRun]) -> list[SweepRun]:
             kept.append(run)
             continue
         differing = {key for key in set(run.varied) | set(other.varied) if run.varied.get(key) != other.varied.get(key)}
-        used = used_model_keys(run.config["model"]["name"])
-        if differing and all(key.startswith("model.") and key not in used for key in differing):
-            log.warning("%s is the same run as %s: %s does not read %s; training it once", run.where, other.where,
-                        run.config["model"]["name"], ", ".join(sorted(differing)))
+        if differing and all(not has_key(run.config, key) for key in differing):
+            chosen = {f"{section}.{s}={run.config[section][s]}" for key in differing
+                      for section in [key.split(".")[0]] for s in SECTIONS[section].PLUGINS}
+            log.warning("%s is the same run as %s: %s does not take %s; training it once", run.where, other.where,
+                        ", ".join(sorted(chosen)), ", ".join(sorted(differing)))
             continue
         raise ActrecError(f"{other.where} and {run.where} are the same run ({_written(other)} vs "
                           f"{_written(run)} give the same settings); list each run once")
     return kept
+
+
+def has_key(config: dict, dotted: str) -> bool:
+    section, name = dotted.split(".")
+    return name in config.get(section, {})
 
 
 def run_identity(run: SweepRun) -> dict[str, str]:

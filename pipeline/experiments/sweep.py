@@ -49,7 +49,7 @@ def check_cache(run: SweepRun) -> None:
     """Refuse, once and before any run, a cache that is missing, made with other settings, or lacks videos of
     the training list (an embed that did not finish): every run would fail on it."""
     from pipeline.cache.reader import open_cache
-    from pipeline.inputs.datasets import load_split
+    from pipeline.inputs.formats import load_split
 
     cfg = config_from_dict(run.config, source=run.where)
     cache = open_cache(cfg)

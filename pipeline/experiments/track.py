@@ -89,6 +89,8 @@ def run_settings(cfg: Config) -> dict:
     settings = {}
     for dotted in keys_affecting("features", "test list", "training"):
         section, key = dotted.split(".")
+        if key not in resolved[section]:  # a key of a plug-in this run does not use
+            continue
         value = resolved[section][key]
         settings[dotted] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return settings

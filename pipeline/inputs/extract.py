@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from pipeline.errors import ActrecError
 from pipeline.fileio import incomplete_write, reporting_write_errors, write_json
-from pipeline.inputs.datasets import embed_items, frames_dir
+from pipeline.inputs.formats import embed_items
+from pipeline.inputs.splits import frames_dir
 from pipeline.inputs.video import FRAME_PATTERN, DecodeError, iter_video_frames
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ _PARTIAL = ".partial"
 
 def frames_manifest(cfg: Config) -> dict:
     """What the frames under data.frames are made from: the dataset's split files and the JPEG quality."""
-    from pipeline.inputs.datasets import split_files_signature
+    from pipeline.inputs.formats import split_files_signature
 
     return {"split_files": split_files_signature(cfg), "jpeg_quality": cfg.extract.jpeg_quality}
 

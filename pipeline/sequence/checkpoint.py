@@ -94,7 +94,6 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
         raise ActrecError(f"{path} is not an actrec checkpoint (missing {', '.join(missing)})")
-    _upgrade_config(ckpt["config"])
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise ActrecError(f"{path}: checkpoint format {ckpt['format']} is not the supported {CHECKPOINT_FORMAT}; "
                           f"train again with this version")
@@ -107,15 +106,3 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     model = build_model(cfg, ckpt["feature_dim"], len(ckpt["class_names"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
-
-
-def _upgrade_config(config: dict) -> None:
-    """Bring the config a checkpoint of an earlier version recorded up to the current schema, as it ran."""
-    config.setdefault("embed", {}).setdefault("resize", "squash")  # the only preprocessing then
-    config.setdefault("train", {}).pop("amp", None)  # now train.precision (auto: what amp=true did)
-    config.setdefault("train", {}).setdefault("sampler", "stride")  # the seed's sampler was the only one
-    config["train"].setdefault("flip", "auto")  # mirrored features were used whenever the cache had them
-    config.setdefault("predict", {}).pop("stride", None)  # windows now step in seconds (predict.hop)
-    config.setdefault("model", {}).setdefault("heads", 4)  # transformer keys: no model read them then
-    config["model"].setdefault("pooling", "cls")
-    config["train"].setdefault("refit", False)

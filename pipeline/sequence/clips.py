@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.sequence.datasets import EvalClips, TrainClips
 from pipeline.sequence.resident import ResidentFeatures, batches, choose_placement, epoch_plan, eval_plan
-from pipeline.sequence.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
 

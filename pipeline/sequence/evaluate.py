@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config, config_diff
+from pipeline.config import Config, config_diff, runtime_option, stage_runtime
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import track_evaluation
 from pipeline.fileio import write_json
@@ -53,9 +53,9 @@ def evaluate(cfg: Config) -> dict:
 def test_data(cfg: Config, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
     from pipeline.cache.reader import cache_rows, open_cache
-    from pipeline.inputs.datasets import load_split
+    from pipeline.inputs.formats import load_split
+    from pipeline.sequence.datasets import EvalClips
     from pipeline.sequence.resident import host_load
-    from pipeline.sequence.sampling import EvalClips
 
     cache = open_cache(cfg)
     if ckpt["fingerprint"] != cache.fingerprint:
@@ -86,10 +86,11 @@ def score_test_clips(cfg: Config, ckpt: dict, dataset) -> tuple[np.ndarray, np.n
     from pipeline.sequence.clips import clip_source
     from pipeline.sequence.train import predict_clips
 
-    set_threads(cfg.eval.threads)
-    device = resolve_device(cfg.eval.device, option="eval.device")
+    runtime = stage_runtime(cfg, "eval")
+    set_threads(runtime.threads)
+    device = resolve_device(runtime.device, option=runtime_option(cfg, "eval", "device"))
     model = model_from_checkpoint(ckpt).to(device)
-    amp_dtype = autocast_dtype(device, cfg.eval.precision)
+    amp_dtype = autocast_dtype(device, runtime.precision)
     clips = clip_source(cfg.cache.load, dataset.cache, dataset.rows, False, device)
     return predict_clips(model, clips, dataset, cfg.eval.batch_size, amp_dtype, desc="evaluate")
 

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import torch
 
-from pipeline.sequence.sampling import EvalClips, TrainClips, eval_clip_indices
+from pipeline.sequence.datasets import EvalClips, TrainClips
+from pipeline.sequence.sampling import eval_clip_indices
 
 DEVICE_SHARE = 0.5  # 'auto' puts the features on a GPU when they take at most this share of its free memory
 

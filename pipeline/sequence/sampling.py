@@ -1,4 +1,4 @@
-"""Clips from cached sequences: which frames a training or evaluation clip takes, and datasets that read them.
+"""Which frames of a cached sequence a training or evaluation clip takes: the clip samplers and their geometry.
 
 A video of ``n`` cached frames gives clips of ``L`` frames (``train.sequence_length``):
 
@@ -25,10 +25,11 @@ samples the same clips whatever the number of DataLoader workers, and a resumed 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from pipeline.errors import ActrecError
+from pipeline.registry import registry
+
+SAMPLERS = registry("sampler")
 
 
 def spread_indices(n: int, length: int) -> np.ndarray:
@@ -53,6 +54,7 @@ def segment_indices(n: int, length: int, offsets: np.ndarray) -> np.ndarray:
     return frames[np.minimum(positions.astype(np.int64), len(frames) - 1)]
 
 
+@SAMPLERS.register("segments")
 class SegmentSampler:
     """``segments``: a random frame of each of ``length`` equal segments, so a clip spans the whole video."""
 
@@ -63,6 +65,7 @@ class SegmentSampler:
         return float(n)
 
 
+@SAMPLERS.register("stride")
 class StrideSampler:
     """``stride``: the seed's sampler, a random stride in 1..max(1, n // length) from a random start."""
 
@@ -79,15 +82,11 @@ class StrideSampler:
         return float(np.mean(np.arange(1, max(1, n // length) + 1) * length))
 
 
-CLIP_SAMPLERS = {"segments": SegmentSampler, "stride": StrideSampler}
-
-
 def make_clip_sampler(name: str):
-    """The training clip sampler ``train.sampler`` names: ``indices(n, length, rng)`` draws a clip's frame
-    indices, ``span(n, length)`` is how many frames of the video a clip covers on average."""
-    if name not in CLIP_SAMPLERS:
-        raise ActrecError(f"train.sampler: unknown sampler {name!r}. Allowed: {', '.join(CLIP_SAMPLERS)}")
-    return CLIP_SAMPLERS[name]()
+    """The training clip sampler ``train.sampler`` names (a class registered with ``SAMPLERS``, built without
+    arguments): ``indices(n, length, rng)`` draws a clip's frame indices, ``span(n, length)`` is how many frames
+    of the video a clip covers on average."""
+    return SAMPLERS.get(name, "train.sampler").build()
 
 
 def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
@@ -97,51 +96,3 @@ def eval_clip_indices(n: int, length: int, clips: int = 1) -> np.ndarray:
     ``(k + 0.5) / clips`` of each segment. One clip = the segment centres, evenly spaced.
     """
     return segment_indices(n, length, (np.arange(clips)[:, None] + 0.5) / clips)
-
-
-class TrainClips(Dataset):
-    """One random clip per video per epoch: ``(features [L, D] float32, label)``."""
-
-    def __init__(self, cache, rows: list[int], labels: list[int], length: int, seed: int, flip: bool,
-                 sampler: str = "segments"):
-        self.cache, self.rows, self.labels = cache, rows, labels
-        self.length, self.seed, self.flip, self.sampler = length, seed, flip, make_clip_sampler(sampler)
-        self.epoch = 0
-
-    def mean_span(self) -> float:
-        """Frames a training clip covers, averaged over the videos: with the cache's fps, the clips' time scale."""
-        return float(np.mean([self.sampler.span(int(self.cache.lengths[row]), self.length) for row in self.rows]))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def draw(self, k: int) -> tuple[np.ndarray, bool]:
-        """Frame indices and mirroring of position ``k``'s clip this epoch: the seeded draws that the
-        DataLoader path and the device-resident path (resident.py) share."""
-        rng = np.random.default_rng([self.seed, self.epoch, k])
-        indices = self.sampler.indices(int(self.cache.lengths[self.rows[k]]), self.length, rng)
-        return indices, bool(self.flip and rng.random() < 0.5)
-
-    def __getitem__(self, k: int):
-        indices, flip = self.draw(k)
-        return torch.from_numpy(self.cache.frames(self.rows[k], indices, flip=flip)), self.labels[k]
-
-
-class EvalClips(Dataset):
-    """Every evaluation clip of a video at once: ``(features [K, L, D] float32, label)``."""
-
-    def __init__(self, cache, rows: list[int], labels: list[int], length: int, clips: int):
-        self.cache, self.rows, self.labels = cache, rows, labels
-        self.length, self.clips = length, clips
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        row = self.rows[k]
-        indices = eval_clip_indices(int(self.cache.lengths[row]), self.length, self.clips)
-        clips = self.cache.frames(row, indices.reshape(-1)).reshape(self.clips, self.length, -1)
-        return torch.from_numpy(clips), self.labels[k]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline.cache.fingerprint import fingerprint_differences
 from pipeline.cache.reader import cache_rows, open_cache
-from pipeline.config import Config, config_diff, config_from_dict, save_config
+from pipeline.config import Config, config_diff, config_from_dict, runtime_option, save_config, stage_runtime
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import track_run
@@ -45,10 +45,11 @@ from pipeline.sequence.checkpoint import (
     save_checkpoint,
 )
 from pipeline.sequence.clips import ClipSource, clip_source
+from pipeline.sequence.datasets import EvalClips, TrainClips
 from pipeline.sequence.metrics import topk_accuracy, video_scores
-from pipeline.sequence.models import build_model, ignored_model_keys
+from pipeline.sequence.models import build_model
+from pipeline.sequence.optim import OPTIMIZERS, SCHEDULES
 from pipeline.sequence.resident import host_load
-from pipeline.sequence.sampling import EvalClips, TrainClips
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
     """
     started = time.perf_counter()
-    warn_ignored_model_keys(cfg)
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
     if previous is not None and previous["epoch"] >= cfg.train.epochs and not refit_pending(cfg, cache, previous):
@@ -131,14 +131,6 @@ def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     return summary
 
 
-def warn_ignored_model_keys(cfg: Config) -> None:
-    """Name, in one line, the model.* keys the config sets although its model does not read them."""
-    ignored = ignored_model_keys(cfg.to_dict())
-    if ignored:
-        log.warning(f"{cfg.model.name} does not use {', '.join(ignored)}: set, but ignored (configs/README.md "
-                    f"says which model reads which key)")
-
-
 def previous_checkpoint(cfg: Config, cache, resume: bool) -> dict | None:
     """The run's last.pt when training should continue from it or is already done; None to start afresh.
 
@@ -159,9 +151,10 @@ def previous_checkpoint(cfg: Config, cache, resume: bool) -> dict | None:
 def build_run(cfg: Config, cache, previous: dict | None, videos: list[int], flip: bool) -> Run:
     """The model, optimiser and scaler on the configured device, fresh (seeded) or restored from ``previous``,
     and the clip source of the cache rows ``videos`` (``flip``: with their mirrored features)."""
-    set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device, option="train.device")
-    amp_dtype = autocast_dtype(device, cfg.train.precision)
+    runtime = stage_runtime(cfg, "train")
+    set_threads(runtime.threads)
+    device = resolve_device(runtime.device, option=runtime_option(cfg, "train", "device"))
+    amp_dtype = autocast_dtype(device, runtime.precision)
     clips = clip_source(cfg.cache.load, cache, videos, flip, device, cfg.train.workers)
     run = fresh_run(cfg, cache, device, amp_dtype, clips)
     if previous is not None:
@@ -297,7 +290,7 @@ def run_epoch(run: Run, train_set: TrainClips, val_set: EvalClips, cache, epoch:
 
 def training_data(cfg: Config, cache) -> tuple[TrainClips, EvalClips, str]:
     """Training clips and validation videos of the configured split (the test list is not read)."""
-    from pipeline.inputs.datasets import load_split
+    from pipeline.inputs.formats import load_split
 
     split = load_split(cfg, check_videos=False)
     if split.class_names != cache.class_names:
@@ -356,15 +349,13 @@ def check_continues(cfg: Config, ckpt: dict, fingerprint: dict, resume: bool, pa
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    kind = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    plugin = OPTIMIZERS.get(cfg.train.optimizer, "train.optimizer")
+    return plugin.build(model.parameters(), lr=cfg.train.lr, **plugin.values(cfg.train))
 
 
 def learning_rate(cfg: Config, progress: float) -> float:
-    """The rate at ``progress`` epochs into training: constant, or cosine from train.lr down to 0."""
-    if cfg.train.schedule == "cosine":
-        return cfg.train.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress / cfg.train.epochs, 1.0)))
-    return cfg.train.lr
+    """The rate at ``progress`` epochs into training (``train.schedule``)."""
+    return SCHEDULES.build(cfg.train.schedule, cfg.train.lr, progress, cfg.train.epochs)
 
 
 def clip_order(order_seed, n: int) -> np.ndarray:

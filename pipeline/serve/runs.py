@@ -40,7 +40,7 @@ class ServedRun:
     @cached_property
     def split(self) -> Split | None:
         """The run's split (None when its dataset is not where its config says, e.g. served from elsewhere)."""
-        from pipeline.inputs.datasets import load_split
+        from pipeline.inputs.formats import load_split
 
         try:
             return load_split(self.config, check_videos=False)

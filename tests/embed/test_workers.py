@@ -13,8 +13,8 @@ from pipeline.embed.backbone import resize_frames
 from pipeline.embed.run import decode_jobs, embed
 from pipeline.embed.workers import auto_workers, pieces, resolve_workers
 from pipeline.errors import ActrecError
-from pipeline.inputs.datasets import embed_items
 from pipeline.inputs.extract import extract_frames
+from pipeline.inputs.formats import embed_items
 from pipeline.inputs.video import DecodeError, iter_frames_dir
 from tests.helpers import PROJECT_ROOT, read_video
 

@@ -140,4 +140,4 @@ def test_runs_that_differ_only_in_keys_their_model_ignores_are_trained_once(tmp_
         _, runs = plan_sweep(CONFIG, sets, grid=grid, name="ignored", root=tmp_path / "sweeps")
     assert sorted((r.varied["model.name"], r.varied["model.attention"]) for r in runs) == [
         ("bilstm", "false"), ("bilstm", "true"), ("meanpool", "true")]
-    assert "meanpool does not read model.attention" in caplog.text
+    assert "model.name=meanpool does not take model.attention" in caplog.text

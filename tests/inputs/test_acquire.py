@@ -13,7 +13,7 @@ from pipeline.cli import cli
 from pipeline.config import config_from_dict, load_config
 from pipeline.errors import ActrecError
 from pipeline.inputs.acquire import acquire, archive_url
-from pipeline.inputs.datasets import load_split
+from pipeline.inputs.formats import load_split
 from tests.fileserver import FileServer
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 from tests.rarwrite import write_rar
@@ -106,13 +106,13 @@ def test_every_format_module_declares_what_the_registry_asks(tmp_path):
         assert module.NAME == name and module.SPLITS and set(module.URLS) <= {"videos", "splits"}
         for function in ("acquire", "load_split", "embed_items", "split_files_signature", "write_synthetic_splits"):
             assert callable(getattr(module, function)), (name, function)
-    choices = {f.name: key_choices(f) for f in dataclasses.fields(DataConfig)}
-    assert choices["format"] == formats.names()
-    assert set(choices["split"]) == {v for name in formats.names() for v in formats.get(name).SPLITS}
-    result = CliRunner().invoke(cli, ["synth", "--help"])
-    assert "[folder|hmdb51|ucf101]" in result.output
-    with pytest.raises(ActrecError, match=r"data.format='nope' is not a dataset format; use one of folder, "
-                                          r"hmdb51, ucf101"):
+        # data.split takes exactly the values the format reads
+        split = next(f for f in dataclasses.fields(formats.FORMATS.get(name).settings) if f.name == "split")
+        assert key_choices(split) == list(module.SPLITS)
+    assert key_choices(next(f for f in dataclasses.fields(DataConfig) if f.name == "format")) == formats.names()
+    result = CliRunner().invoke(cli, ["synth", "--format", "nope"])
+    assert result.exit_code == 2 and "'nope' is not a format; one of folder, hmdb51, ucf101" in result.output
+    with pytest.raises(ActrecError, match=r"data.format: unknown format 'nope'. Allowed: folder, hmdb51, ucf101"):
         formats.get("nope")
 
 

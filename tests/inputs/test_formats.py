@@ -14,7 +14,7 @@ from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
-from pipeline.inputs.datasets import embed_items, load_split, split_files_signature
+from pipeline.inputs.formats import embed_items, load_split, split_files_signature
 from pipeline.inputs.synthetic import class_specs, generate_dataset
 from pipeline.sequence.evaluate import evaluate
 from pipeline.sequence.train import train
@@ -199,11 +199,12 @@ def test_folder_bad_input_is_one_line_and_nothing_is_written(tmp_path, make_bad,
 
 
 def test_split_values_that_do_not_fit_the_format_are_refused(tmp_path):
-    with pytest.raises(ActrecError, match=r"data.split='random' does not apply to data.format=folder; use one of "
-                                          r"auto, 1"):
-        load_split(folder_config(tmp_path, "data.split=random"))
-    with pytest.raises(ActrecError, match=r"data.split='auto' does not apply to data.format=ucf101"):
-        embed_items(load_config(None, ["data.split=auto"]))
+    with pytest.raises(ActrecError, match=r"data.split: 'random' is not allowed. Allowed values: auto, 1 \(with "
+                                          r"data.format=folder\)$"):
+        folder_config(tmp_path, "data.split=random")
+    with pytest.raises(ActrecError, match=r"data.split: 'auto' is not allowed. Allowed values: 1, 2, 3, random, "
+                                          r"random-groups \(with data.format=ucf101\)$"):
+        load_config(None, ["data.split=auto"])
     with pytest.raises(ActrecError, match=r"has 0 groups; it needs exactly one"):
         load_split(folder_config(write_folder(tmp_path), r"data.group_pattern=_g\d+_"))
 

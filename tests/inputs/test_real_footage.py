@@ -15,7 +15,7 @@ from pipeline.cache.reader import FeatureCache
 from pipeline.config import load_config
 from pipeline.embed.backbone import frame_resize, normalize
 from pipeline.embed.run import embed
-from pipeline.inputs.datasets import load_split
+from pipeline.inputs.formats import load_split
 from pipeline.inputs.video import iter_video_frames, video_fps
 from pipeline.sequence.evaluate import evaluate
 from pipeline.sequence.predict import predict

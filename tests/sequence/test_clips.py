@@ -5,7 +5,7 @@ import torch
 
 from pipeline.cache.reader import FeatureCache
 from pipeline.sequence.clips import DeviceClips, LoaderClips, clip_source
-from pipeline.sequence.sampling import EvalClips, TrainClips
+from pipeline.sequence.datasets import EvalClips, TrainClips
 from tests.orderdata import order_config, write_order_dataset
 from tests.sequence.test_resident import with_flip_features
 

@@ -1,18 +1,22 @@
+import inspect
 from dataclasses import fields
 
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, load_config
+from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from pipeline.sequence.models import build_model, ignored_model_keys, model_names, used_model_keys
+from pipeline.sequence.models import MODELS, build_model
 from pipeline.sequence.train import train
 from tests.orderdata import order_config, write_order_dataset
 
 
 def model_config(name, **model_keys):
-    overrides = [f"model.name={name}", "model.latent_dim=12", "model.hidden_dim=10", "model.dropout=0.0"]
-    return load_config(None, overrides + [f"model.{k}={v}" for k, v in model_keys.items()])
+    """A small model ``name``: the small sizes for the keys it takes, then ``model_keys``."""
+    settings = MODELS.get(name).settings
+    taken = {f.name for f in fields(settings)} if settings else set()
+    small = {k: v for k, v in {"latent_dim": 12, "hidden_dim": 10, "dropout": 0.0}.items() if k in taken}
+    return load_config(None, [f"model.name={name}"] + [f"model.{k}={v}" for k, v in {**small, **model_keys}.items()])
 
 
 @pytest.mark.parametrize("name, keys", [
@@ -86,7 +90,7 @@ def test_transformer_is_pre_norm_with_positions_for_the_clip_length():
     mean = build_model(mean_cfg, 8, 3)
     assert mean.position.shape[1] == mean_cfg.train.sequence_length and not hasattr(mean, "cls_token")
     with pytest.raises(ActrecError, match=r"model.latent_dim=12 is not a multiple of model.heads=5"):
-        build_model(model_config("transformer", heads=5), 8, 3)
+        model_config("transformer", heads=5)  # refused with the config, before anything is built
 
 
 @pytest.mark.slow
@@ -110,58 +114,48 @@ def test_layers_and_dropout_reach_the_lstm():
     assert model.lstm.num_layers == 2 and model.lstm.dropout == pytest.approx(0.3) and model.lstm.bidirectional
 
 
-def other_value(f):
-    """A valid value of a model.* key other than its default."""
-    default, meta = f.default, f.metadata
-    if meta["choices"]:
-        return next(c for c in meta["choices"] if c != default)
-    if isinstance(default, bool):
-        return not default
-    if isinstance(default, int):
-        return default + 1 if meta["max"] is None or default < meta["max"] else default - 1
-    return min(default + 0.1, meta["max"])
+def test_model_names_come_from_the_registry_and_a_model_brings_its_own_keys():
+    assert {"bilstm", "linear", "meanpool", "tcn", "transformer"} <= set(MODELS.names())
+    with pytest.raises(ActrecError, match="model.name: 'lstm' is not allowed. Allowed values: bilstm, linear"):
+        load_config(None, ["model.name=lstm"])
+    for name in MODELS.names():
+        settings = MODELS.get(name).settings
+        keys = ["name"] + [f.name for f in fields(settings)] if settings else ["name"]
+        assert list(load_config(None, [f"model.name={name}"]).to_dict()["model"]) == keys, name
 
 
-def test_model_names_come_from_the_registry_and_each_model_declares_schema_keys():
-    schema = {f.name: f for f in fields(ModelConfig)}
-    assert schema["name"].metadata["choices"] == model_names()
-    assert {"bilstm", "meanpool", "tcn"} <= set(model_names())
-    for name in model_names():
-        used = used_model_keys(name)
-        assert "model.name" in used
-        assert {key.split(".")[1] for key in used} <= set(schema), name
+@pytest.mark.parametrize("name", ["bilstm", "linear", "meanpool", "tcn", "transformer"])
+def test_every_key_of_a_model_reaches_its_network(name):
+    """A model's settings are exactly its network's arguments (besides the feature width, the class count and the
+    clip length): no key is declared but unread, none read but undeclared."""
+    plugin = MODELS.get(name)
+    arguments = set(inspect.signature(plugin.load()).parameters) - {"self", "feature_dim", "num_classes", "length"}
+    assert arguments == ({f.name for f in fields(plugin.settings)} if plugin.settings else set())
 
 
-@pytest.mark.parametrize("name", model_names())
-def test_a_key_the_model_does_not_declare_changes_nothing_in_it(name):
-    """What a model declares is what it reads: every other model.* key set to another value builds the same
-    weights and the same outputs."""
-    base = model_config(name)
-    changed = model_config(name)
-    ignored = [f for f in fields(ModelConfig) if f"model.{f.name}" not in used_model_keys(name)]
-    for f in ignored:
-        setattr(changed.model, f.name, other_value(f))
-    assert ignored_model_keys(changed.to_dict()) == [f"model.{f.name}" for f in ignored]
-    assert ignored_model_keys(load_config(None, [f"model.name={name}"]).to_dict()) == []  # defaults: none
-    torch.manual_seed(0)
-    a = build_model(base, 20, 5).eval()
-    torch.manual_seed(0)
-    b = build_model(changed, 20, 5).eval()
-    assert a.state_dict().keys() == b.state_dict().keys()
-    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-    x = torch.randn(3, 8, 20)
-    assert torch.equal(a(x), b(x))
+def test_a_key_the_model_does_not_take_is_refused_naming_the_keys_it_takes():
+    with pytest.raises(ActrecError) as refused:
+        load_config(None, ["model.name=meanpool", "model.attention=false"])
+    assert str(refused.value) == (
+        "--set model.attention=false: 'model.attention' is not a key of model.name=meanpool (it belongs to "
+        "model.name=bilstm). Keys of 'model' now: name, latent_dim, hidden_dim, dropout")
+    with pytest.raises(ActrecError, match=r"^--set model.bogus=1: unknown key 'model.bogus'. Allowed in 'model': "
+                                          r"name, latent_dim, hidden_dim, layers, bidirectional, attention, dropout$"):
+        load_config(None, ["model.bogus=1"])
 
 
-def test_meanpool_ignores_attention_and_train_says_so_in_one_line(tmp_path, caplog):
-    cfg = order_config(tmp_path, "model.name=meanpool", "model.attention=false", "model.layers=2",
-                       "train.epochs=1")
-    write_order_dataset(cfg)
-    with caplog.at_level("WARNING", logger="pipeline"):
-        train(cfg)
-    lines = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]
-    assert lines == ["meanpool does not use model.layers, model.attention: set, but ignored (configs/README.md "
-                     "says which model reads which key)"]
+def test_a_file_s_keys_for_its_model_give_way_to_a_model_chosen_on_the_command_line(tmp_path, caplog):
+    """configs/synthetic.yaml sets the BiLSTM's keys; --set model.name=meanpool keeps the ones meanpool takes and
+    drops the others (logged with -v), while the file alone with a meanpool key it lacks is refused."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: bilstm\n  latent_dim: 64\n  attention: false\n")
+    with caplog.at_level("DEBUG", logger="pipeline"):
+        cfg = load_config(config, ["model.name=meanpool"])
+    assert cfg.to_dict()["model"] == {"name": "meanpool", "latent_dim": 64, "hidden_dim": 1024, "dropout": 0.5}
+    assert any("model.attention is dropped" in r.getMessage() for r in caplog.records)
+    config.write_text("model:\n  name: meanpool\n  attention: false\n")
+    with pytest.raises(ActrecError, match=rf"^{config}: 'model.attention' is not a key of model.name=meanpool"):
+        load_config(config)
 
 
 def test_an_unknown_model_is_one_clear_error():
@@ -169,12 +163,3 @@ def test_an_unknown_model_is_one_clear_error():
     cfg.model.name = "lstm"
     with pytest.raises(ActrecError, match="model.name: unknown model 'lstm'. Allowed: bilstm"):
         build_model(cfg, 4, 2)
-    with pytest.raises(ActrecError, match="model.name: 'lstm' is not allowed"):
-        load_config(None, ["model.name=lstm"])
-
-
-def test_keys_read_from_each_model_source_are_the_keys_it_registers():
-    from pipeline.sequence.models import model_spec
-
-    for name in model_names():
-        assert used_model_keys(name) == {"model.name"} | {f"model.{k}" for k in model_spec(name).keys}, name

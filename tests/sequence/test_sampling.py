@@ -4,10 +4,9 @@ import pytest
 from pipeline.cache.reader import FeatureCache
 from pipeline.cache.writer import FeatureCacheWriter
 from pipeline.errors import ActrecError
+from pipeline.sequence.datasets import EvalClips, TrainClips
 from pipeline.sequence.sampling import (
-    CLIP_SAMPLERS,
-    EvalClips,
-    TrainClips,
+    SAMPLERS,
     eval_clip_indices,
     make_clip_sampler,
     spread_indices,
@@ -31,12 +30,13 @@ def test_a_short_video_spreads_its_frames_evenly():
 
 
 def test_samplers_are_the_schema_choices_and_unknown_ones_are_refused():
-    from dataclasses import fields
+    from pipeline.config import load_config
 
-    from pipeline.config import TrainConfig
-
-    sampler = next(f for f in fields(TrainConfig) if f.name == "sampler")
-    assert sampler.metadata["choices"] == list(CLIP_SAMPLERS)
+    assert SAMPLERS.names() == ["segments", "stride"]
+    for name in SAMPLERS.names():
+        assert load_config(None, [f"train.sampler={name}"]).train.sampler == name
+    with pytest.raises(ActrecError, match="train.sampler: 'tsn' is not allowed. Allowed values: segments, stride"):
+        load_config(None, ["train.sampler=tsn"])
     with pytest.raises(ActrecError, match="train.sampler: unknown sampler 'tsn'"):
         make_clip_sampler("tsn")
 

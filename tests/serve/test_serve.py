@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.inputs.datasets import load_split
+from pipeline.inputs.formats import load_split
 from tests.serve.server import Server, tiny_run
 
 pytestmark = pytest.mark.slow

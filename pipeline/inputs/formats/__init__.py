@@ -1,9 +1,9 @@
-"""The dataset-format registry: every module in this folder is one ``data.format``, named by its file name.
+"""The dataset-format registry: every module in this folder is one ``data.format``, registered with its keys.
 
-A format module declares what the rest of the package asks of a dataset:
+A format module registers itself (``FORMATS.register(name, SettingsDataclass, __name__)``: the plug-in is the
+module) and declares what the rest of the package asks of a dataset:
 
-- ``NAME``: its ``data.format`` value (the module's file name);
-- ``SPLITS``: the ``data.split`` values it understands;
+- its settings dataclass: ``data.split`` with the values it understands, and any keys of its own;
 - ``URLS``: ``{"videos": ..., "splits": ...}``, the archives ``actrec download`` fetches when
   ``download.videos_url`` / ``download.splits_url`` are empty (``{}``: nothing to download);
 - ``acquire(cfg)``: put the dataset on disk (``actrec download``);
@@ -17,26 +17,41 @@ and ``actrec download`` all come from this registry.
 
 from __future__ import annotations
 
-import pkgutil
-from importlib import import_module
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from pipeline.errors import ActrecError
+from pipeline.registry import registry
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.inputs.splits import Split, VideoItem
+
+FORMATS = registry("format")
 
 
 def names() -> list[str]:
-    """The format names, sorted: the modules of this folder (found without importing them)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """The format names, sorted."""
+    return FORMATS.names()
 
 
 def get(name: str) -> ModuleType:
     """The module of format ``name``."""
-    if name not in names():
-        raise ActrecError(f"data.format={name!r} is not a dataset format; use one of {', '.join(names())}")
-    return import_module(f"{__name__}.{name}")
+    return FORMATS.get(name, "data.format").load()
 
 
-def split_values() -> list:
-    """Every ``data.split`` value some format understands, each once: the numbered splits, then the named ones."""
-    values = {v for name in names() for v in get(name).SPLITS}
-    return sorted(values, key=lambda v: (isinstance(v, str), str(v)))
+# The one entry point to a dataset, whatever its format: every caller (embed, extract, train, evaluate, the cache
+# fingerprint) asks here, and every format returns the same ``Split`` and ``VideoItem`` lists.
+
+def load_split(cfg: Config, check_videos: bool = True) -> Split:
+    """The configured split: train, validation (carved from the training list) and test videos."""
+    return get(cfg.data.format).load_split(cfg, check_videos)
+
+
+def embed_items(cfg: Config, check_videos: bool = True) -> tuple[list[str], list[VideoItem]]:
+    """Class names and every video stage one must embed (``embed.splits``), sorted by name, each once."""
+    return get(cfg.data.format).embed_items(cfg, check_videos)
+
+
+def split_files_signature(cfg: Config) -> str:
+    """A hash of the split files the videos and labels come from: caches made from other lists differ."""
+    return get(cfg.data.format).split_files_signature(cfg)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from pipeline.errors import ActrecError
 from pipeline.inputs import VIDEO_SUFFIXES
+from pipeline.inputs.formats import FORMATS
 from pipeline.inputs.splits import (
     Split,
     VideoItem,
@@ -32,6 +34,7 @@ from pipeline.inputs.splits import (
     video_stem_key,
     write_ucf_lists,
 )
+from pipeline.schema import key
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -42,6 +45,20 @@ NAME = "folder"
 SPLITS = ("auto", 1)
 URLS: dict[str, str] = {}  # your own videos: nothing to download
 SPLIT_FILES = ("classInd.txt", "trainlist01.txt", "testlist01.txt")
+
+
+@dataclass
+class FolderConfig:
+    split: Union[int, str] = key(1, "'auto' (drawn once, written to data.splits) or 1 (your own "
+                                 "trainlist01.txt/testlist01.txt)", choices=list(SPLITS), affects="test list")
+    test_fraction: float = key(0.3, "data.split=auto: share of each class's videos (or groups) drawn for the "
+                                    "test list", min=0.01, max=0.9)
+    group_pattern: str = key("", "data.split=auto: regex with one group that names a video's group (same actor or "
+                                 "scene), e.g. '_g(\\d+)_'; a group stays on one side. Empty: every video is "
+                                 "its own group")
+
+
+FORMATS.register("folder", FolderConfig, __name__, "a folder of videos per class")
 
 
 def acquire(cfg: Config) -> None:

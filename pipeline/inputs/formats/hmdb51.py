@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from pipeline.errors import ActrecError
 from pipeline.fileio import write_atomic
 from pipeline.inputs.acquire import archive_path, fetch
 from pipeline.inputs.download import find_rar_tool, has_content, unpack_rar
+from pipeline.inputs.formats import FORMATS
 from pipeline.inputs.splits import (
     Split,
     VideoItem,
@@ -31,6 +33,7 @@ from pipeline.inputs.splits import (
     split_lines,
     video_stem_key,
 )
+from pipeline.schema import key
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -44,6 +47,14 @@ URLS = {"videos": "http://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hm
         "splits": "http://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"}
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>[123])\.txt$")
 TRAIN, TEST, UNUSED = "1", "2", "0"
+
+
+@dataclass
+class HMDB51Config:
+    split: Union[int, str] = key(1, "official split 1, 2 or 3", choices=list(SPLITS), affects="test list")
+
+
+FORMATS.register("hmdb51", HMDB51Config, __name__, "HMDB-51: Class_test_splitN.txt")
 
 
 def acquire(cfg: Config) -> None:

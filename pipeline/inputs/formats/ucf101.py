@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from pipeline.errors import ActrecError
 from pipeline.fileio import write_atomic
 from pipeline.inputs.acquire import fetch
 from pipeline.inputs.download import find_rar_tool, has_content, unpack_rar, unpack_zip
+from pipeline.inputs.formats import FORMATS
 from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_validation, frames_dir: re-exported)
     Split,
     VideoItem,
@@ -39,6 +41,7 @@ from pipeline.inputs.splits import (  # noqa: F401  (VideoItem, Split, carve_val
     read_split_list,
     sorted_unique,
 )
+from pipeline.schema import key
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -52,6 +55,18 @@ URLS = {"videos": "https://www.crcv.ucf.edu/data/UCF101/UCF101.rar",
         "splits": "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"}
 _VIDEO_STEM = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)$")
 MISSING_HINT = "Check data.videos, or run `actrec download` (UCF-101) or `actrec synth` (synthetic dataset)"
+
+
+@dataclass
+class UCF101Config:
+    split: Union[int, str] = key(1, "official split 1, 2 or 3; 'random' (the seed's leaky 20% clip split) or "
+                                 "'random-groups' (random but no group on both sides)", choices=list(SPLITS),
+                                 affects="test list")
+    random_test_fraction: float = key(0.2, "test share for the random splits", min=0.01, max=0.9,
+                                      affects="test list")
+
+
+FORMATS.register("ucf101", UCF101Config, __name__, "UCF-101: classInd.txt, trainlistNN.txt, testlistNN.txt")
 
 
 def acquire(cfg: Config) -> None:

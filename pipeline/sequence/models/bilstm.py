@@ -3,31 +3,23 @@ timesteps, then the MLP head."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
 
+from pipeline.schema import key
 from pipeline.sequence.models import register_model
-from pipeline.sequence.models._layers import AttentionPool, MeanPool, Projection, classifier_head
 
 
-@register_model("bilstm", keys=("latent_dim", "hidden_dim", "layers", "bidirectional", "attention", "dropout"))
-class BiLSTM(nn.Module):
-    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, layers: int,
-                 bidirectional: bool, attention: bool, dropout: float):
-        super().__init__()
-        self.project = Projection(feature_dim, latent_dim)
-        self.lstm = nn.LSTM(latent_dim, hidden_dim, num_layers=layers, batch_first=True,
-                            bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
-        out_dim = hidden_dim * (2 if bidirectional else 1)
-        self.pool = AttentionPool(out_dim) if attention else MeanPool()
-        self.head = classifier_head(out_dim, hidden_dim, num_classes, dropout)
+@dataclass
+class BiLSTMConfig:
+    latent_dim: int = key(512, "width of the trainable projection of cached features", min=1, max=16384,
+                          affects="training")
+    hidden_dim: int = key(1024, "LSTM hidden size per direction and the head's hidden layer", min=1, max=16384,
+                          affects="training")
+    layers: int = key(1, "LSTM layers", min=1, max=16, affects="training")
+    bidirectional: bool = key(True, "bidirectional LSTM", affects="training")
+    attention: bool = key(True, "attention pooling over time (else mean over all timesteps)", affects="training")
+    dropout: float = key(0.5, "dropout before the head's layers and between LSTM layers", min=0.0, max=0.95,
+                         affects="training")
 
-    @classmethod
-    def from_config(cls, cfg, feature_dim: int, num_classes: int) -> BiLSTM:
-        m = cfg.model
-        return cls(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.layers, m.bidirectional, m.attention,
-                   m.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self.lstm(self.project(x))
-        return self.head(self.pool(x))
+register_model("bilstm", BiLSTMConfig, "pipeline.sequence.networks:BiLSTM", __doc__)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
 
+from pipeline.schema import key
 from pipeline.sequence.models import register_model
-from pipeline.sequence.models._layers import Projection, classifier_head
 
 
-@register_model("meanpool", keys=("latent_dim", "hidden_dim", "dropout"))
-class MeanPoolModel(nn.Module):
-    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, dropout: float):
-        super().__init__()
-        self.project = Projection(feature_dim, latent_dim)
-        self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
+@dataclass
+class MeanPoolConfig:
+    latent_dim: int = key(512, "width of the trainable projection of cached features", min=1, max=16384,
+                          affects="training")
+    hidden_dim: int = key(1024, "the head's hidden layer", min=1, max=16384, affects="training")
+    dropout: float = key(0.5, "dropout before the head's layers", min=0.0, max=0.95, affects="training")
 
-    @classmethod
-    def from_config(cls, cfg, feature_dim: int, num_classes: int) -> MeanPoolModel:
-        m = cfg.model
-        return cls(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.project(x).mean(dim=1))
+register_model("meanpool", MeanPoolConfig, "pipeline.sequence.networks:MeanPoolModel", __doc__)

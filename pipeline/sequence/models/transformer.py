@@ -4,45 +4,30 @@ then the MLP head."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
 
 from pipeline.errors import ActrecError
+from pipeline.schema import key
 from pipeline.sequence.models import register_model
-from pipeline.sequence.models._layers import Projection, classifier_head
 
 
-@register_model("transformer", keys=("latent_dim", "hidden_dim", "layers", "heads", "pooling", "dropout"))
-class TemporalTransformer(nn.Module):
-    def __init__(self, feature_dim: int, num_classes: int, latent_dim: int, hidden_dim: int, layers: int,
-                 heads: int, pooling: str, dropout: float, length: int):
-        super().__init__()
-        if latent_dim % heads:
-            raise ActrecError(f"model.latent_dim={latent_dim} is not a multiple of model.heads={heads}; each head "
-                              f"takes latent_dim / heads channels: choose heads that divide latent_dim")
-        self.pooling = pooling
-        self.project = Projection(feature_dim, latent_dim)
-        # A clip has at most `length` frames (train.sequence_length), plus the class token in front.
-        tokens = length + (pooling == "cls")
-        self.position = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, tokens, latent_dim), std=0.02))
-        if pooling == "cls":
-            self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, latent_dim), std=0.02))
-        layer = nn.TransformerEncoderLayer(latent_dim, heads, dim_feedforward=hidden_dim, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        # Pre-norm layers leave their output unnormalised: one LayerNorm closes the stack.
-        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(latent_dim),
-                                             enable_nested_tensor=False)
-        self.head = classifier_head(latent_dim, hidden_dim, num_classes, dropout)
+@dataclass
+class TransformerConfig:
+    latent_dim: int = key(512, "the model width (the projection of cached features)", min=1, max=16384,
+                          affects="training")
+    hidden_dim: int = key(1024, "the feed-forward width of each encoder layer and the head's hidden layer", min=1,
+                          max=16384, affects="training")
+    layers: int = key(1, "encoder layers", min=1, max=16, affects="training")
+    heads: int = key(4, "attention heads (a divisor of model.latent_dim)", min=1, max=64, affects="training")
+    pooling: str = key("cls", "read the clip out of a class token ('cls') or the mean of the encoded frames "
+                       "('mean')", choices=["cls", "mean"], affects="training")
+    dropout: float = key(0.5, "dropout in each encoder layer and before the head's layers", min=0.0, max=0.95,
+                         affects="training")
 
-    @classmethod
-    def from_config(cls, cfg, feature_dim: int, num_classes: int) -> TemporalTransformer:
-        m = cfg.model
-        return cls(feature_dim, num_classes, m.latent_dim, m.hidden_dim, m.layers, m.heads, m.pooling, m.dropout,
-                   length=cfg.train.sequence_length)
+    def check(self) -> None:
+        if self.latent_dim % self.heads:
+            raise ActrecError(f"model.latent_dim={self.latent_dim} is not a multiple of model.heads={self.heads}; "
+                              f"each head takes latent_dim / heads channels: choose heads that divide latent_dim")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.project(x)
-        if self.pooling == "cls":
-            x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1)
-        x = self.encoder(x + self.position[:, :x.shape[1]])
-        return self.head(x[:, 0] if self.pooling == "cls" else x.mean(dim=1))
+
+register_model("transformer", TransformerConfig, "pipeline.sequence.networks:TemporalTransformer", __doc__)

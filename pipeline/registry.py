@@ -1,0 +1,146 @@
+"""One registry mechanism for every kind of plug-in: a name, its settings dataclass, and what builds it.
+
+A kind (``model``, ``format``, ``sampler``, ``optimizer``, ``schedule``, ``backbone``) is one ``Registry``;
+a plug-in registers under a name with the dataclass of its own config keys (built with
+``pipeline.schema.key``, so each key carries its default, bounds, help and what it ``affects``) and a target:
+the callable that builds it, or ``"module:attribute"`` (or a module's name) imported only when it is built::
+
+    @register_model("mylstm", dataclass=MyLSTMConfig)
+    class MyLSTM(nn.Module): ...
+
+    MODELS.register("bilstm", dataclass=BiLSTMConfig, build="pipeline.sequence.networks:BiLSTM")
+
+The built-ins of a kind register when the registry is first asked (their modules are imported then; none of
+them imports torch, so listing names, validating a config and planning a sweep stay light); plug-ins from other
+packages register through the entry-point group ``actrec.<kind>s`` (each entry point names a module to import).
+The config schema composes a section from the plug-ins its selector keys name (``model.name`` picks the
+``model`` plug-in whose keys join the ``model`` section).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from pipeline.errors import ActrecError
+
+log = logging.getLogger(__name__)
+
+# Where each kind's built-ins live: every public module of the package registers one or more plug-ins.
+BUILTINS = {
+    "format": "pipeline.inputs.formats",
+    "backbone": "pipeline.embed.backbones",
+    "model": "pipeline.sequence.models",
+    "sampler": "pipeline.sequence.sampling",
+    "optimizer": "pipeline.sequence.optim",
+    "schedule": "pipeline.sequence.optim",
+}
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One registered plug-in: its kind and name, its settings dataclass (None: it has no keys of its own), what
+    builds it, a one-line description and any declarations its kind asks for (``attrs``)."""
+
+    kind: str
+    name: str
+    settings: type | None
+    target: Any
+    help: str = ""
+    attrs: dict = field(default_factory=dict)
+
+    def load(self) -> Any:
+        """The target itself: a ``"module:attribute"`` or module name is imported now."""
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attribute = self.target.partition(":")
+        loaded = importlib.import_module(module)
+        return getattr(loaded, attribute) if attribute else loaded
+
+    def build(self, *args, **kwargs) -> Any:
+        """Call the target with ``args`` and ``kwargs``."""
+        return self.load()(*args, **kwargs)
+
+    def values(self, section) -> dict:
+        """The plug-in's keys with their values in ``section`` (a config section that includes them)."""
+        return {f.name: getattr(section, f.name) for f in fields(self.settings)} if self.settings else {}
+
+
+class Registry:
+    """The plug-ins of one kind, by name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._plugins: dict[str, Plugin] = {}
+        self._loaded = False
+
+    def register(self, name: str, dataclass: type | None = None, build: Any = None, help: str = "",
+                 **attrs) -> Callable | Plugin:
+        """Register plug-in ``name``. With ``build`` given, now; without, as a decorator of the builder."""
+        if build is None:
+            def decorate(target):
+                self.register(name, dataclass, target, help or _first_line(target.__doc__), **attrs)
+                return target
+            return decorate
+        existing = self._plugins.get(name)
+        if existing is not None and existing.target != build:
+            log.warning("%s %r registered again (%s); the new one replaces %s", self.kind, name, build,
+                        existing.target)
+        plugin = Plugin(self.kind, name, dataclass, build, help, attrs)
+        self._plugins[name] = plugin
+        return plugin
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        self._load()
+        return sorted(self._plugins)
+
+    def get(self, name: str, option: str | None = None) -> Plugin:
+        """The plug-in ``name``; an unknown name is one line naming ``option`` (the config key) and the choices."""
+        self._load()
+        if name not in self._plugins:
+            raise ActrecError(f"{option or self.kind}: unknown {self.kind} {name!r}. Allowed: "
+                              f"{', '.join(self.names())}")
+        return self._plugins[name]
+
+    def build(self, name: str, *args, **kwargs) -> Any:
+        """Build plug-in ``name`` with ``args`` and ``kwargs``."""
+        return self.get(name).build(*args, **kwargs)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        package = importlib.import_module(BUILTINS[self.kind])
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        for entry in _entry_points(f"actrec.{self.kind}s"):
+            try:
+                entry.load()
+            except Exception as exc:  # a broken third-party plug-in must not take the built-ins down with it
+                log.warning("%s plug-in %r (entry point %s) failed to load: %s", self.kind, entry.name,
+                            entry.value, exc)
+
+
+def _entry_points(group: str) -> list:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=group))
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+_REGISTRIES: dict[str, Registry] = {}
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``kind`` (one of ``BUILTINS``)."""
+    if kind not in BUILTINS:
+        raise ValueError(f"no plug-in kind {kind!r}; kinds: {', '.join(BUILTINS)}")
+    return _REGISTRIES.setdefault(kind, Registry(kind))
