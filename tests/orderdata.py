@@ -33,6 +33,7 @@ def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with
     splits = Path(cfg.data.splits)
     splits.mkdir(parents=True, exist_ok=True)
     (splits / "classInd.txt").write_text("".join(f"{i + 1} {name}\r\n" for i, name in enumerate(CLASSES)))
+    (splits / "classPairs.txt").write_text("BlockMoveRight BlockMoveLeft\nTriangleGrow TriangleShrink\n")
     entries = [(label, g, c) for label in range(len(CLASSES))
                for g in range(1, groups + 1) for c in range(1, clips + 1)]
 

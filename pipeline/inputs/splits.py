@@ -235,3 +235,33 @@ def check_entry_name(name: str, where: str) -> None:
                           f"lists cannot hold; rename the file")
     if len(name.encode()) > NAME_BYTES:
         raise ActrecError(f"{where}: video name {name!r} is longer than {NAME_BYTES} bytes; rename the file")
+
+
+# Classes that differ only in frame order (the synthetic dataset's time-reversed twins), one "A B" per line of
+# data.splits/classPairs.txt: evaluation reports the accuracy within each pair (an order-blind model's is 0.5).
+PAIRS_FILE = "classPairs.txt"
+
+
+def write_class_pairs(splits: Path, pairs: list[tuple[str, str]]) -> None:
+    from pipeline.fileio import write_atomic
+
+    write_atomic(splits / PAIRS_FILE, "".join(f"{a} {b}\n" for a, b in pairs))
+
+
+def read_class_pairs(splits: Path, class_names: list[str]) -> list[tuple[int, int]]:
+    """The label pairs listed in ``splits``/classPairs.txt ([] without the file); a name that is not one of
+    ``class_names`` is refused naming the file."""
+    path = Path(splits) / PAIRS_FILE
+    if not path.is_file():
+        return []
+    index = {name: label for label, name in enumerate(class_names)}
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        names = line.split()
+        if not names:
+            continue
+        if len(names) != 2 or not all(name in index for name in names):
+            raise ActrecError(f"{path}:{number}: expected two class names of the dataset, got {line.strip()!r}; fix "
+                              f"or delete the file")
+        pairs.append((index[names[0]], index[names[1]]))
+    return pairs

@@ -29,6 +29,7 @@ from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path, write_json
 from pipeline.inputs import formats
 from pipeline.inputs.motions import MOTIONS, UNPAIRED_MOTION
+from pipeline.inputs.splits import PAIRS_FILE, write_class_pairs
 from pipeline.inputs.written import check_written_video
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def generate_dataset(cfg: Config, force: bool = False) -> dict:
         _write_video(_video_path(videos, names[label], group, clip), render_clip(cfg.synth, specs[label], group, clip),
                      cfg.synth.fps)
     _write_format_splits(cfg, splits, names, entries)
+    write_class_pairs(splits, class_pairs(specs))
     write_json(splits / MANIFEST, {"complete": True, "settings": settings, "videos": str(videos), "classes": names,
                              "fourcc": FOURCC, "count": len(entries)})
     summary.update(skipped=False, seconds=round(time.perf_counter() - started, 2))
@@ -136,11 +138,17 @@ def _write_format_splits(cfg: Config, splits: Path, names: list[str], entries: l
     formats.get(cfg.data.format).write_synthetic_splits(splits, names, entries, held_out)
 
 
+def class_pairs(specs: list[tuple[str, str, str, bool]]) -> list[tuple[str, str]]:
+    """(forward class, reversed class) names: each reversed class and the class it plays backwards."""
+    forward = {(shape, motion): name for name, shape, motion, reverse in specs if not reverse}
+    return [(forward[shape, motion], name) for name, shape, motion, reverse in specs if reverse]
+
+
 def split_files(splits: Path) -> list[Path]:
     """The split files of any format in ``splits`` (UCF-101's, HMDB-51's, the folder format's)."""
     if not splits.is_dir():
         return []
-    return sorted(p for p in splits.glob("*.txt") if p.name == "classInd.txt"
+    return sorted(p for p in splits.glob("*.txt") if p.name in ("classInd.txt", PAIRS_FILE)
                   or p.name.startswith(("trainlist", "testlist")) or "_test_split" in p.name)
 
 

@@ -19,6 +19,7 @@ from pipeline.config import Config, config_diff, runtime_option, stage_runtime
 from pipeline.errors import ActrecError
 from pipeline.experiments.track import track_evaluation
 from pipeline.fileio import write_json
+from pipeline.inputs.formats import class_pairs
 from pipeline.sequence.metrics import (
     confusion_matrix,
     mean_class_accuracy,
@@ -41,7 +42,8 @@ def evaluate(cfg: Config) -> dict:
     check_same_test_list(cfg, ckpt, path)
     dataset, split, unscored_labels = test_data(cfg, ckpt, path)
     logits, labels = score_test_clips(cfg, ckpt, dataset)
-    metrics = compute_metrics(logits, labels, split.class_names, unscored_labels)
+    metrics = compute_metrics(logits, labels, split.class_names, unscored_labels,
+                              class_pairs(cfg, split.class_names))
     metrics.update(describe_evaluation(cfg, ckpt, path, split))
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
@@ -177,8 +179,9 @@ def check_same_test_list(cfg: Config, ckpt: dict, path: Path) -> None:
 
 
 def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: list[str],
-                    unscored_labels=()) -> dict:
-    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``.
+                    unscored_labels=(), pairs: list[tuple[int, int]] = ()) -> dict:
+    """Video-level and clip-level metrics from clip logits ``[N, K, C]`` and labels ``[N]``; with ``pairs``
+    (label pairs of classes that differ only in frame order), the accuracy within them.
 
     ``unscored_labels`` are the labels of test videos with no features (missing from the cache or failed to
     embed): wrong answers in top-1, top-5 and the per-class numbers, as the UCF-101 protocol counts them.
@@ -201,25 +204,10 @@ def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: li
         "per_class": {name: _finite(acc) for name, acc in zip(class_names, per_class_accuracy(matrix, unscored))},
         "confusion_matrix": matrix.tolist(),
     }
-    pairs = reversed_pairs(class_names)
     if pairs:
         metrics["pair_accuracy"] = pair_accuracy(scores, labels, pairs)
         metrics["pairs"] = [[class_names[a], class_names[b]] for a, b in pairs]
     return metrics
-
-
-def reversed_pairs(class_names: list[str]) -> list[tuple[int, int]]:
-    """(forward, reversed) label pairs of the synthetic dataset's time-reversed classes (none for UCF-101)."""
-    from pipeline.inputs.motions import MOTIONS
-
-    index = {name: label for label, name in enumerate(class_names)}
-    pairs = []
-    for name, label in index.items():
-        for forward, backward in MOTIONS:
-            partner = name[: -len(forward)] + backward
-            if name.endswith(forward) and partner in index:
-                pairs.append((label, index[partner]))
-    return pairs
 
 
 def format_summary(metrics: dict) -> str:

@@ -60,7 +60,7 @@ def test_embed_train_evaluate_on_each_format(tmp_path, fmt):
         assert len(list(Path(cfg.data.splits).glob("*_test_split1.txt"))) == 4
     elif fmt == "folder":
         assert sorted(p.name for p in Path(cfg.data.splits).glob("*.txt")) == [
-            "classInd.txt", "testlist01.txt", "trainlist01.txt"]
+            "classInd.txt", "classPairs.txt", "testlist01.txt", "trainlist01.txt"]
 
 
 def write_hmdb(root: Path, classes=("ride_bike", "brush_hair", "clap"), videos=4) -> Path:
@@ -224,4 +224,4 @@ def test_synth_switches_format_and_removes_the_other_formats_split_files(tmp_pat
     assert not list(splits.glob("*_test_split*.txt")) and (splits / "trainlist01.txt").is_file()
     assert "format" not in json.loads((splits / "synth.json").read_text())["settings"]  # UCF-101 as before
     generate_dataset(format_config(tmp_path, "folder"))
-    assert sorted(p.name for p in splits.iterdir()) == ["synth.json"]
+    assert sorted(p.name for p in splits.iterdir()) == ["classPairs.txt", "synth.json"]  # splits: on first use

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ActrecError
-from pipeline.sequence.evaluate import compute_metrics, evaluate, reversed_pairs
+from pipeline.sequence.evaluate import compute_metrics, evaluate
 from pipeline.sequence.train import train
 from tests.orderdata import CLASSES, order_config, write_order_dataset
 
@@ -105,10 +105,24 @@ def test_compute_metrics_by_hand():
     assert "pair_accuracy" not in metrics
 
 
-def test_reversed_pairs_follow_the_synthetic_names():
-    names = ["BlockMoveRight", "BlockMoveLeft", "TriangleGrow", "TriangleShrink", "KitePulse", "ApplyEyeMakeup"]
-    assert sorted(reversed_pairs(names)) == [(0, 1), (2, 3)]
-    assert reversed_pairs(["ApplyEyeMakeup", "ApplyLipstick"]) == []
+def test_class_pairs_come_from_the_dataset_not_from_class_names(tmp_path):
+    """The synthetic dataset lists its time-reversed twins beside its split files; any dataset may do the same,
+    and one without the file has none, whatever its classes are called."""
+    from pipeline.config import load_config
+    from pipeline.inputs.formats import class_pairs
+    from pipeline.inputs.splits import write_class_pairs
+    from pipeline.inputs.synthetic import class_pairs as synthetic_pairs
+    from pipeline.inputs.synthetic import class_specs
+
+    assert synthetic_pairs(class_specs(5)) == [("BlockMoveRight", "BlockMoveLeft"), ("TriangleGrow", "TriangleShrink")]
+    cfg = load_config(None, [f"data.splits={tmp_path}"])
+    names = ["BlockMoveRight", "BlockMoveLeft", "Walk", "WalkBack"]
+    assert class_pairs(cfg, names) == []  # no file: no pairs, even for names that look paired
+    write_class_pairs(tmp_path, [("Walk", "WalkBack")])
+    assert class_pairs(cfg, names) == [(2, 3)]
+    write_class_pairs(tmp_path, [("Walk", "Run")])
+    with pytest.raises(ActrecError, match=r"classPairs.txt:1: expected two class names of the dataset, got 'Walk Run'"):
+        class_pairs(cfg, names)
 
 
 def test_test_videos_without_features_count_as_wrong_answers(trained_runs, tmp_path):

@@ -9,7 +9,9 @@ module) and declares what the rest of the package asks of a dataset:
 - ``acquire(cfg)``: put the dataset on disk (``actrec download``);
 - ``load_split(cfg, check_videos)`` and ``embed_items(cfg, check_videos)``: the labelled video lists;
 - ``split_files_signature(cfg)``: a hash of the lists those come from (part of the cache fingerprint);
-- ``write_synthetic_splits(splits, names, entries, held_out)``: the split files of the synthetic dataset.
+- ``write_synthetic_splits(splits, names, entries, held_out)``: the split files of the synthetic dataset;
+- optionally ``class_pairs(cfg, class_names)``: classes that differ only in frame order (default: the pairs
+  listed in ``data.splits``/classPairs.txt, as the synthetic dataset writes them).
 
 Adding a format is one new file here (plus its tests): ``data.format``'s choices, ``actrec synth --format``
 and ``actrec download`` all come from this registry.
@@ -55,3 +57,14 @@ def embed_items(cfg: Config, check_videos: bool = True) -> tuple[list[str], list
 def split_files_signature(cfg: Config) -> str:
     """A hash of the split files the videos and labels come from: caches made from other lists differ."""
     return get(cfg.data.format).split_files_signature(cfg)
+
+
+def class_pairs(cfg: Config, class_names: list[str]) -> list[tuple[int, int]]:
+    """Label pairs of classes that differ only in frame order, for evaluation's pair accuracy: the format's own
+    ``class_pairs(cfg, class_names)`` where it declares one, else the pairs listed beside its split files."""
+    from pathlib import Path
+
+    from pipeline.inputs.splits import read_class_pairs
+
+    own = getattr(get(cfg.data.format), "class_pairs", None)
+    return own(cfg, class_names) if own else read_class_pairs(Path(cfg.data.splits), class_names)
