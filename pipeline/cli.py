@@ -19,6 +19,7 @@ import click
 
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
+from pipeline.registry import BUILTINS
 
 
 class _LogHandler(logging.Handler):
@@ -378,7 +379,7 @@ def tune(config_path, overrides, params, space_file, trials, jobs, name, storage
 
 
 @cli.command()
-@click.option("--library", type=click.Choice(["torchvision", "timm", "open_clip"]), default=None,
+@click.option("--library", type=PluginName("backbone"), default=None,
               help="Only this library's backbones (default: every installed one).")
 @click.option("--filter", "text", default="", help="Only names containing TEXT (case-insensitive), e.g. convnext.")
 @click.option("--all", "show_all", is_flag=True, default=False,
@@ -392,6 +393,17 @@ def backbones(library, text, show_all, every_weights):
     from pipeline.embed.backbones.table import format_table
 
     click.echo(format_table(rows([library] if library else None, text, every_weights), show_all=show_all))
+
+
+@cli.command()
+@click.argument("kind", required=False, type=click.Choice(list(BUILTINS)))
+@reports_errors
+def plugins(kind):
+    """List the registered plug-ins (models, dataset formats, clip samplers, optimizers, schedules, backbone
+    libraries; your own through entry points) with the config keys each brings."""
+    from pipeline.registry import describe
+
+    click.echo(describe([kind] if kind else None), nl=False)
 
 
 @cli.command(name="config")

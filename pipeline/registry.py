@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -29,10 +30,10 @@ from pipeline.errors import ActrecError
 
 log = logging.getLogger(__name__)
 
-# Where each kind's built-ins live: every public module of the package registers one or more plug-ins.
+# Where each kind's built-ins live: the module, or every public module of the package, registers them.
 BUILTINS = {
     "format": "pipeline.inputs.formats",
-    "backbone": "pipeline.embed.backbones",
+    "backbone": "pipeline.embed.backbones.libraries",
     "model": "pipeline.sequence.models",
     "sampler": "pipeline.sequence.sampling",
     "optimizer": "pipeline.sequence.optim",
@@ -133,10 +134,24 @@ def _entry_points(group: str) -> list:
 
 
 def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+    """A description's first sentence, without the ````name``: `` a module docstring starts with."""
+    text = " ".join((doc or "").split())
+    text = re.sub(r"^``[\w.-]+``: ", "", text)
+    return re.split(r"(?<=[.;])\s", text, maxsplit=1)[0].rstrip(".;")
 
 
 _REGISTRIES: dict[str, Registry] = {}
+
+
+def describe(kinds: list[str] | None = None) -> str:
+    """A table of the registered plug-ins of ``kinds`` (default: every kind): kind, name, its keys, what it is."""
+    rows = [(kind, plugin.name, ", ".join(f.name for f in fields(plugin.settings)) if plugin.settings else "-",
+             _first_line(plugin.help))
+            for kind in kinds or BUILTINS for plugin in map(registry(kind).get, registry(kind).names())]
+    header = ("kind", "name", "keys", "")
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
+                     for a, b, c, d in [header] + rows) + "\n"
 
 
 def registry(kind: str) -> Registry:

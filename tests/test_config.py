@@ -113,3 +113,21 @@ def test_an_empty_config_is_refused_not_taken_as_the_ucf101_job(tmp_path, text):
 def test_sizes_that_cannot_fit_in_memory_are_refused(override):
     with pytest.raises(ActrecError, match=rf"--set {override}: {override.split('=')[0]}: .* above the maximum"):
         load_config(ROOT / "configs" / "synthetic.yaml", [override])
+
+
+def test_plugins_lists_every_registered_plugin_with_its_keys():
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.registry import BUILTINS, registry
+
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for kind in BUILTINS:
+        for name in registry(kind).names():
+            assert any(line.split()[:2] == [kind, name] for line in lines), (kind, name)
+    bilstm = next(line for line in lines if line.split()[:2] == ["model", "bilstm"])
+    assert "latent_dim, hidden_dim, layers, bidirectional, attention, dropout" in bilstm
+    only = CliRunner().invoke(cli, ["plugins", "optimizer"]).output.splitlines()
+    assert [line.split()[1] for line in only[1:]] == ["adam", "adamw"]

@@ -1,10 +1,11 @@
-"""The backbone registry: which library a backbone name belongs to, and one way to check, build and list them.
+"""The backbone libraries: which library a backbone name belongs to, and one way to check, build and list them.
 
 Names: a plain name (``resnet152``) is torchvision's; ``timm/<model>[.<tag>]`` is timm's;
 ``open_clip/<architecture>[:<tag>]`` is OpenCLIP's. Each library is one module of this package
 with the same functions (``check_name``, ``named``, ``identity``, ``card``, ``build``, ``rows``,
-``preprocess_names``, ``weights_hint``; constants ``PACKAGE`` and ``INSTALL``), imported only
-when a name asks for it: adding a library is one module and its line in ``LIBRARIES``.
+``preprocess_names``, ``weights_hint``; constants ``PACKAGE`` and ``INSTALL``), registered in the ``backbone``
+registry (``libraries.py``) under the prefix of its names and imported only when a name asks for it: adding a
+library is one module and its registration. This module imports no torch; ``load`` does.
 """
 
 from __future__ import annotations
@@ -13,23 +14,25 @@ import importlib
 import logging
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from pipeline.embed.backbones import weightfile
-from pipeline.embed.backbones.card import Card
+from pipeline.embed.backbones.card import Card  # before `def card` below, which must win the name
 from pipeline.errors import ActrecError
+from pipeline.registry import registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torchvision", "timm", "open_clip")  # the first one owns the plain names
+LIBRARIES = registry("backbone")
 RANDOM_INIT_SEED = 0  # weights=none is a fixed random network, so resumed and repeated runs agree
 
 
 def library(name: str) -> ModuleType:
-    """The library module ``name`` (one of ``LIBRARIES``); refused with the install command if not installed."""
-    module = importlib.import_module(f"{__name__}.{name}")
+    """The library module ``name`` (a registered library); refused with the install command if not installed."""
+    module = LIBRARIES.get(name, "embed.backbone").load()
     try:
         importlib.import_module(module.PACKAGE)
     except ImportError as exc:
@@ -41,9 +44,10 @@ def library(name: str) -> ModuleType:
 def resolve(backbone: str) -> tuple[ModuleType, str]:
     """``embed.backbone`` -> its library module and the library's own name for the model."""
     prefix, slash, rest = backbone.partition("/")
-    if slash and prefix in LIBRARIES[1:]:
-        return library(prefix), rest
-    return library(LIBRARIES[0]), backbone
+    named = {LIBRARIES.get(name).attrs["prefix"]: name for name in LIBRARIES.names()}
+    if slash and f"{prefix}/" in named:
+        return library(named[f"{prefix}/"]), rest
+    return library(named[""]), backbone
 
 
 def check_weights(backbone: str, weights: str) -> None:
@@ -60,6 +64,8 @@ def weights_identity(backbone: str, weights: str) -> str:
     SHA-256. The cache fingerprint records it."""
     if weights == "none":
         return f"none (random init, seed {RANDOM_INIT_SEED})"
+    from pipeline.embed.backbones import weightfile
+
     module, name = resolve(backbone)
     module.check_name(name)
     return module.identity(name, weights) or weightfile.identity(weights)
@@ -87,6 +93,8 @@ def load(backbone: str, weights: str, device: torch.device | str, img_dim: int |
     """A frozen, eval-mode, channels_last backbone whose output is its feature; ``model.feature_dim`` is D.
 
     ``img_dim`` matters to models with a fixed input size (ViT, MaxViT, ...): built for it, or refused."""
+    import torch
+
     module, name = resolve(backbone)
     check_weights(backbone, weights)
     if weights == "none":
@@ -103,7 +111,7 @@ def library_version(backbone: str) -> dict:
     """``{library: version}`` for a library other than torchvision (whose version the fingerprint always
     holds): model code changes across releases."""
     module, _ = resolve(backbone)
-    if module.LIBRARY == LIBRARIES[0]:
+    if LIBRARIES.get(module.LIBRARY).attrs["prefix"] == "":  # the version the fingerprint always holds
         return {}
     return {module.LIBRARY: importlib.import_module(module.PACKAGE).__version__}
 
@@ -111,7 +119,7 @@ def library_version(backbone: str) -> dict:
 def rows(libraries: list[str] | None = None, text: str = "", every_weights: bool = False) -> list[dict]:
     """The backbones table's rows for ``libraries`` (default: every installed one) whose names contain ``text``."""
     out = []
-    for name in libraries or LIBRARIES:
+    for name in libraries or LIBRARIES.names():
         try:
             module = library(name)
         except ActrecError:
