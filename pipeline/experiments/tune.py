@@ -28,6 +28,7 @@ from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_se
 from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
 from pipeline.experiments.track import check_tracking, group_runs
 from pipeline.fileio import safe_name, write_json
+from pipeline.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,14 @@ class TuneSpec:
     trials: int
     pruner: str
     cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
+
+
+def _optuna():
+    """Optuna (with its trial and exceptions modules), or one line with the install command."""
+    optuna = require("optuna", "`actrec tune`")
+    require("optuna.trial", "`actrec tune`")
+    require("sqlalchemy", "`actrec tune` (its study database)")
+    return optuna
 
 
 def tunable_keys() -> list[str]:
@@ -165,6 +174,7 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
     config schema, the base config and its cache."""
     from pipeline.cache.reader import open_cache
 
+    _optuna()  # not installed: the install line before anything else
     safe_name(name, "--name")
     if pruner not in PRUNERS:
         raise ActrecError(f"--pruner {pruner}: unknown; use one of {', '.join(PRUNERS)}")
@@ -214,7 +224,7 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
 def open_study(spec: TuneSpec, worker: int, create: bool = False):
     """The study on its storage with this worker's seeded sampler and the pruner; refuses a study of the same
     name that searches another space or trains with other base settings."""
-    import optuna
+    optuna = _optuna()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_base(spec.config_path, spec.sets)[1]
@@ -246,7 +256,7 @@ def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
 
 def open_storage(url: str):
     """Optuna's RDBStorage on ``url`` with a heartbeat; one line when it cannot be opened."""
-    import optuna
+    optuna = _optuna()
 
     try:
         with warnings.catch_warnings():
@@ -278,7 +288,7 @@ def check_same_study(study, spec: TuneSpec, settings: dict) -> None:
 
 
 def finished_count(study) -> int:
-    from optuna.trial import TrialState
+    TrialState = _optuna().trial.TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -286,8 +296,8 @@ def finished_count(study) -> int:
 def recover(study) -> None:
     """Fail the trials this machine's killed processes left running, and queue again every trial stopped by a
     kill or Ctrl-C (not by its own error), so it resumes from its run dir's last checkpoint."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
+    UpdateFinishedTrialError = _optuna().exceptions.UpdateFinishedTrialError
+    TrialState = _optuna().trial.TrialState
 
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False):
@@ -378,7 +388,7 @@ def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
 def stop_when_enough(study, trials: int) -> None:
     """Stop this worker once the finished trials and those running elsewhere make ``trials``: the study ends with
     that many, not one extra per worker (a running one that fails leaves it short; a rerun completes it)."""
-    from optuna.trial import TrialState
+    TrialState = _optuna().trial.TrialState
 
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                     TrialState.RUNNING))) >= trials:
@@ -397,7 +407,7 @@ def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0) -
 
 def objective(trial, spec: TuneSpec, threads: int) -> float:
     """Train one trial, reporting each epoch's validation accuracy to the pruner; its best validation accuracy."""
-    import optuna
+    optuna = _optuna()
 
     from pipeline.sequence.train import train
 

@@ -10,10 +10,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-import gradio as gr
-import pandas as pd
-
 from pipeline.errors import ActrecError
+from pipeline.optional import require
+
+gr = require("gradio", "`actrec serve`")
+pd = require("pandas", "`actrec serve`")
 from pipeline.serve.media import thumbnail_strip, timeline_rows
 from pipeline.serve.runs import leaderboard, mistakes, read_predictions
 from pipeline.serve.service import PagePrediction, PredictionService

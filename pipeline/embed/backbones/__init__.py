@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.embed.backbones import weightfile
 from pipeline.embed.backbones.card import Card
 from pipeline.errors import ActrecError
+from pipeline.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,7 @@ RANDOM_INIT_SEED = 0  # weights=none is a fixed random network, so resumed and r
 def library(name: str) -> ModuleType:
     """The library module ``name`` (one of ``LIBRARIES``); refused with the install command if not installed."""
     module = importlib.import_module(f"{__name__}.{name}")
-    try:
-        importlib.import_module(module.PACKAGE)
-    except ImportError as exc:
-        raise ActrecError(f"{name} backbones need the {module.PACKAGE} package, which is not installed: "
-                          f"{module.INSTALL}") from exc
+    require(module.PACKAGE, f"{name} backbones")
     return module
 
 
