@@ -33,8 +33,8 @@ def require(module: str, what: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or module
-        raise ActrecError(f"{what} needs {module.split('.')[0]}, which is not installed ({missing} cannot be "
-                          f"imported): {install_line(module)}") from exc
+        raise ActrecError(f"{module.split('.')[0]} is not installed ({missing} cannot be imported), and {what} "
+                          f"needs it: {install_line(module)}") from exc
 
 
 def available(module: str) -> bool:
