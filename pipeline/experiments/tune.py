@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import socket
 import sys
@@ -125,6 +126,8 @@ def _numeric_param(key: str, kind: str, parts: list[str], where: str) -> Param:
         raise ActrecError(f"{where}: LOW and HIGH must be {'whole numbers' if kind == 'int' else 'numbers'}, "
                           f"got {parts[0]!r} and {parts[1]!r}") from None
     log_scale = len(parts) == 3
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ActrecError(f"{where}: LOW and HIGH must be finite numbers, got {parts[0]!r} and {parts[1]!r}")
     if not low <= high:
         raise ActrecError(f"{where}: LOW {low} is above HIGH {high}; write the range low to high")
     if log_scale and low <= 0:

@@ -199,8 +199,8 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     video = Path(video)
     if not video.exists():
         raise ActrecError(f"{video}: no such video file or folder")
-    if hop is not None and not hop > 0:
-        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0")
+    if hop is not None and not 0 < hop <= 3600:  # predict.hop's range; also refuses inf and nan
+        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0 and at most 3600")
     allowed = (".csv",) if video.is_dir() else (".mp4", ".gif")
     if out is not None and Path(out).suffix.lower() not in allowed:
         what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
