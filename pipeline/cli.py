@@ -290,8 +290,9 @@ def merge_cache(cache_path, mode, mixed_devices):
     e.g. after ranks on several machines finished at different times. Videos are written sorted by name.
     """
     from pipeline.cache.shards import join
+    from pipeline.fileio import check_output
 
-    summary = join(Path(cache_path), mode, mixed_devices=mixed_devices)
+    summary = join(check_output(cache_path, "CACHE_PATH", replaces="a feature cache"), mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 
