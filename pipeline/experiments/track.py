@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config import Config, keys_affecting
 from pipeline.errors import ActrecError
-from pipeline.fileio import read_json_object, write_json
+from pipeline.fileio import read_json_object, write_error, write_json
 from pipeline.optional import require
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,17 @@ class _TensorBoard:
         self.writer = _open_summary_writer(cfg.run.dir)
 
     def epoch(self, row: dict) -> None:
-        for column, tag in EPOCH_METRICS.items():
-            if isinstance(row.get(column), (int, float)) and math.isfinite(row[column]):
-                self.writer.add_scalar(tag, row[column], row["epoch"])
-        self.writer.flush()
+        with tensorboard_errors(Path(self.cfg.run.dir) / TB_DIR):
+            for column, tag in EPOCH_METRICS.items():
+                if isinstance(row.get(column), (int, float)) and math.isfinite(row[column]):
+                    self.writer.add_scalar(tag, row[column], row["epoch"])
+            self.writer.flush()
 
     def close(self, state: dict, outcome: str) -> None:
+        with tensorboard_errors(Path(self.cfg.run.dir) / TB_DIR):
+            self._close(state, outcome)
+
+    def _close(self, state: dict, outcome: str) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         best = best_of(state)
@@ -169,18 +174,67 @@ def _tensorboard(cfg: Config):
 
 
 def _open_summary_writer(run_dir):
+    """A SummaryWriter on ``run_dir/tb``, its folder checked by a real write first: a folder that cannot be
+    written is one line naming it (as text) before training starts."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(Path(run_dir) / TB_DIR))
+    folder = Path(run_dir) / TB_DIR
+    _quiet_writer_threads()
+    with tensorboard_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".actrec-probe"
+        try:
+            probe.write_bytes(b"")  # a real write: permission bits say nothing of read-only mounts (or of root)
+        finally:
+            probe.unlink(missing_ok=True)
+        return SummaryWriter(log_dir=str(folder))
+
+
+@contextmanager
+def tensorboard_errors(folder: Path):
+    """A failed TensorBoard write inside the block (raised again in this thread by the writer) becomes one line
+    naming ``folder``; TensorBoard's own messages name the event file as bytes."""
+    try:
+        yield
+    except ActrecError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        error = write_error(folder, exc)
+        if error is None and not isinstance(exc, OSError):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).split(":")[0]
+        raise (error or ActrecError(f"cannot write TensorBoard events in {folder}: {reason}; choose a writable "
+                                    f"run.dir or set track.tensorboard=false")) from None
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread raises its write error in its own thread too, which Python prints as a
+    traceback; the same error reaches the caller (``tensorboard_errors``), so that thread's copy is logged at
+    debug level instead. Installed once; every other thread's exceptions go to the previous hook."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "actrec_quiet", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            log.debug(f"TensorBoard's writer thread stopped: {args.exc_type.__name__}: {args.exc_value}")
+            return
+        previous(args)
+
+    hook.actrec_quiet = True
+    threading.excepthook = hook
 
 
 @contextmanager
 def _summary_writer(run_dir):
     writer = _open_summary_writer(run_dir)
-    try:
-        yield writer
-    finally:
-        writer.close()
+    with tensorboard_errors(Path(run_dir) / TB_DIR):
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 class _MlflowTraining:

@@ -70,3 +70,81 @@ def test_train_and_evaluate_refuse_an_unreachable_server_first_in_one_line(tmp_p
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert f"track.mlflow={uri}: no MLflow server answered" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def train_cli(cfg_root, *sets):
+    from tests.orderdata import order_config, write_order_dataset
+
+    cfg = order_config(cfg_root, "train.threads=1", "eval.threads=1", "train.epochs=1", *sets)
+    write_order_dataset(cfg)
+    overrides = tiny_overrides(cfg_root) + ["train.threads=1", "eval.threads=1", "train.epochs=1", *sets]
+    return cfg, CliRunner().invoke(cli, ["-q", "train", "-c", str(CONFIG), *[a for s in overrides for a in ("--set", s)]])
+
+
+def assert_one_text_line(result, *words):
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr  # no writer-thread traceback either
+    assert "Traceback" not in result.stderr and "b'" not in result.stderr, result.stderr
+    assert all(word in result.stderr for word in words), result.stderr
+
+
+@pytest.mark.slow
+def test_a_tensorboard_folder_that_is_a_file_is_one_line(tmp_path):
+    from tests.orderdata import order_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tb").write_text("in the way")
+    cfg, result = train_cli(tmp_path)
+    assert str(order_config(tmp_path).run.dir) == str(run_dir)
+    assert_one_text_line(result, f"cannot write TensorBoard events in {run_dir / 'tb'}", "track.tensorboard=false")
+
+
+@pytest.mark.slow
+def test_a_read_only_tensorboard_folder_is_one_line_with_its_path_as_text(tmp_path, small_disk):
+    from tests.helpers import remount_read_only
+
+    disk = small_disk(1)
+    remount_read_only(disk)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tb").symlink_to(disk)  # only the TensorBoard folder is read-only
+    cfg, result = train_cli(tmp_path)
+    assert_one_text_line(result, f"cannot write {tmp_path / 'run' / 'tb'}: the file system is read-only")
+
+
+# In a process of its own: pytest replaces threading.excepthook, which is what prints a writer thread's traceback.
+LOSE_TB_MID_RUN = """
+import sys
+from pipeline.sequence.train import train
+from pipeline.errors import ActrecError
+from tests.helpers import remount_read_only
+from tests.orderdata import order_config
+cfg = order_config(sys.argv[1], "train.threads=1", "eval.threads=1", "train.epochs=3")
+try:
+    train(cfg, on_epoch=lambda row: remount_read_only(sys.argv[2]) if row["epoch"] == 1 else None)
+except ActrecError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_a_tensorboard_folder_lost_mid_run_is_one_line_and_no_thread_traceback(tmp_path, small_disk):
+    import subprocess
+    import sys
+
+    from tests.orderdata import order_config, write_order_dataset
+
+    disk = small_disk(1)
+    write_order_dataset(order_config(tmp_path, "train.epochs=3"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tb").symlink_to(disk)
+    # After epoch 1 the TensorBoard folder turns read-only: epoch 2's events fail in TensorBoard's writer thread.
+    done = subprocess.run([sys.executable, "-c", LOSE_TB_MID_RUN, str(tmp_path), str(disk)], capture_output=True,
+                          text=True, cwd=PROJECT_ROOT, env={"PYTHONPATH": str(PROJECT_ROOT), "TQDM_DISABLE": "1",
+                                                            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Exception in thread" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "b'" not in lines[0], done.stderr
+    assert f"cannot write {tmp_path / 'run' / 'tb'}: the file system is read-only" in lines[0], done.stderr
