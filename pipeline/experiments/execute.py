@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline.config import config_from_dict
-from pipeline.errors import ActrecError
+from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.plan import SweepRun, comparable_settings
 from pipeline.experiments.report import RESULT_FILE
 from pipeline.fileio import write_json
@@ -137,7 +137,7 @@ def run_job(run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
                       seconds=round(training_seconds(run.dir) + time.perf_counter() - started - summary["seconds"],
                                     2))
     except Exception as exc:  # noqa: BLE001 - recorded in the leaderboard; the sweep goes on
-        record.update(status="failed", error=" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+        record.update(status="failed", error=error_line(exc))
     write_json(run.dir / RESULT_FILE, record)
     return record
 
@@ -420,7 +420,7 @@ class DaskWorkers:
         try:
             return future.result()
         except Exception as exc:  # noqa: BLE001 - a worker lost to the cluster is a failed run, not a failed sweep
-            return failed_record(run, f"the Dask task failed: {type(exc).__name__}: {exc}")
+            return failed_record(run, f"the Dask task failed: {error_line(exc)}")
 
     def stop(self) -> None:
         self.client.cancel([future for future, _ in self.runs.values()])
@@ -459,7 +459,7 @@ class RayWorkers:
         try:
             return self.ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - a crashed task is a failed run, not a failed sweep
-            return failed_record(run, f"the Ray task failed: {type(exc).__name__}: {exc}")
+            return failed_record(run, f"the Ray task failed: {error_line(exc)}")
 
     def stop(self) -> None:
         for ref in self.refs:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import AFFECTS, config_from_dict, keys_affecting
-from pipeline.errors import ActrecError
+from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.execute import thread_share
 from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
 from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 KINDS = ("int", "float", "cat")
 PRUNERS = ("median", "halving")
 TUNABLE_SECTIONS = ("model", "train", "eval")
+# The plan checks at most this many combinations of the parameters' points (whole int ranges up to GRID_INTS).
+MAX_POINTS, GRID_INTS = 256, 8
 # A worker's heartbeat: a trial whose process stopped beating for GRACE_S (a dead machine) is failed and retried.
 HEARTBEAT_S, GRACE_S = 30, 120
 
@@ -63,6 +65,16 @@ class Param:
             return "cat:" + ",".join(self.choices)
         return f"{self.kind}:{self.low}:{self.high}" + (":log" if self.log else "")
 
+    def grid(self) -> list:
+        """Points of this parameter that the plan checks in combination: every choice; a small int range whole,
+        a larger one at its ends and middle; a float range at its ends."""
+        if self.kind == "cat":
+            return list(self.choices)
+        if self.kind == "int":
+            low, high = int(self.low), int(self.high)
+            return list(range(low, high + 1)) if high - low < GRID_INTS else sorted({low, (low + high) // 2, high})
+        return sorted({self.low, self.high})
+
     def examples(self) -> list[str]:
         """The values a config must accept for every draw of this parameter to be valid."""
         return list(self.choices) if self.kind == "cat" else [str(self.low), str(self.high)]
@@ -83,11 +95,35 @@ class TuneSpec:
 
 
 def _optuna():
-    """Optuna (with its trial and exceptions modules), or one line with the install command."""
+    """Optuna (with its trial and exceptions modules), or one line with the install command; its log goes
+    through ours (``OptunaLog``)."""
     optuna = require("optuna", "`actrec tune`")
     require("optuna.trial", "`actrec tune`")
     require("sqlalchemy", "`actrec tune` (its study database)")
+    route_optuna_log(optuna)
     return optuna
+
+
+class OptunaLog(logging.Handler):
+    """Optuna's log records as ours: one line each, never a traceback. A trial's own error reaches the terminal
+    once, as the objective's warning (``trial N failed (recorded...): ERROR``), so Optuna's two lines about the same
+    failure (with the traceback) are dropped; a failure the objective never saw (a value Optuna refuses) is one
+    warning line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Trial ") and (" failed with value " in message or record.exc_info):
+            return
+        log.log(record.levelno, " ".join(message.split()))
+
+
+def route_optuna_log(optuna) -> None:
+    """Optuna's logger without its own stderr handler, its records sent through ours (once per process)."""
+    logger = logging.getLogger("optuna")
+    if not any(isinstance(handler, OptunaLog) for handler in logger.handlers):
+        optuna.logging.disable_default_handler()
+        logger.handlers[:] = [OptunaLog()]
+        logger.propagate = False
 
 
 def tunable_keys() -> list[str]:
@@ -186,12 +222,45 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
         for value in param.examples():
             run_config(raw, {param.key: value}, Path(root) / name, f"--param {param.key}={param.spec}: {value} is "
                        f"not a valid value", source)
-    open_cache(base).close()  # a missing or mismatched cache: one line now, not a failure per trial
+    cache = open_cache(base)  # a missing or mismatched cache: one line now, not a failure per trial
+    try:
+        check_space(raw, params, Path(root) / name, source, cache.dim, len(cache.class_names))
+    finally:
+        cache.close()
     check_tracking(base)
     folder = Path(root) / name
     url = storage or default_storage(folder)
     return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
                     trials, pruner, os.getcwd())
+
+
+def check_space(raw: dict, params, folder: Path, source: str, feature_dim: int, classes: int) -> None:
+    """Refuse a space in which every checked point (the parameters' ``grid`` points combined) fails the schema
+    or the model's own checks across keys (model.heads must divide model.latent_dim...), with the first point's
+    error; warn, in one line, when only some do (the trials that draw them fail and are recorded so)."""
+    import itertools
+
+    import torch
+
+    from pipeline.sequence.models import build_model
+
+    points = list(itertools.islice(itertools.product(*(param.grid() for param in params)), MAX_POINTS))
+    failures = []
+    for values in points:
+        point = {param.key: value for param, value in zip(params, values)}
+        try:
+            resolved = run_config(raw, {key: str(value) for key, value in point.items()}, folder,
+                                  f"the point {_describe(point)}", source)
+            with torch.device("meta"):  # the model's checks, without its memory
+                build_model(config_from_dict(resolved, source=source), feature_dim, classes)
+        except ActrecError as exc:
+            failures.append(" ".join(str(exc).split()))
+    if failures and len(failures) == len(points):
+        raise ActrecError(f"every point of the search space fails ({len(points)} checked), so would every trial: "
+                          f"{failures[0]}; change the --param ranges or the base config")
+    if failures:
+        log.warning(f"{len(failures)} of {len(points)} checked points of the search space fail (trials that draw "
+                    f"such a point are recorded as failed), e.g. {failures[0]}")
 
 
 def default_storage(folder: Path) -> str:
@@ -218,8 +287,10 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
     if best is None:
+        failed = [trial for trial in study.get_trials(deepcopy=False) if trial.user_attrs.get("error")]
+        first = f"; the first, trial {failed[0].number}: {failed[0].user_attrs['error']}" if failed else ""
         raise ActrecError(f"no trial of study {spec.name} finished ({sum(r['status'] == 'failed' for r in rows)} "
-                          f"failed); their errors are in {spec.folder / 'leaderboard.md'}")
+                          f"failed{first}); every error is in {spec.folder / 'leaderboard.md'}")
     return {"folder": str(spec.folder), "storage": spec.storage, "best": best,
             "rows": write_tune_leaderboard(spec, study)}
 
@@ -443,7 +514,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
         trial.set_user_attr("interrupted", True)
         raise
     except Exception as exc:
-        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        error = error_line(exc)
         trial.set_user_attr("error", error)
         write_record(run, trial.number, rows, "failed", error)
         log.warning(f"trial {trial.number} failed (recorded; the study goes on): {error}")
