@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import sys
 import traceback
@@ -43,6 +44,32 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = [_LogHandler()]
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+class FiniteFloat(click.ParamType):
+    """The type of every float option: a finite number (never inf, -inf or nan), within ``min``..``max`` when
+    given (those of the config key the option stands for). Config keys are checked the same way by the schema."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None):
+        self.min, self.max = min, max
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value) and self._within(value):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if not self._within(number):
+            self.fail(f"{value!r} is not between {self.min:g} and {self.max:g}", param, ctx)
+        return number
+
+    def _within(self, number: float) -> bool:
+        return (self.min is None or number >= self.min) and (self.max is None or number <= self.max)
 
 
 def config_options(func):
@@ -223,7 +250,7 @@ def evaluate(config_path, overrides):
               help="Annotated output video (.mp4 or .gif); for a folder of videos, the CSV (default: "
                    "FOLDER/predictions.csv).")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Per-window predictions as JSON.")
-@click.option("--hop", type=float, default=None, metavar="SECONDS",
+@click.option("--hop", type=FiniteFloat(0.01, 3600.0), default=None, metavar="SECONDS",  # predict.hop's range
               help="Seconds between window starts [default: predict.hop of the run's config].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Backbone device.")
 @reports_errors
@@ -281,8 +308,9 @@ def merge_cache(cache_path, mode, mixed_devices):
     e.g. after ranks on several machines finished at different times. Videos are written sorted by name.
     """
     from pipeline.cache.shards import join
+    from pipeline.fileio import check_output
 
-    summary = join(Path(cache_path), mode, mixed_devices=mixed_devices)
+    summary = join(check_output(cache_path, "CACHE_PATH", replaces="a feature cache"), mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 

@@ -202,6 +202,14 @@ def config_with_overrides(raw: dict, overrides: list[str] | tuple, source: str,
     return config_from_dict(raw, source=source, origins=origins, droppable=droppable)
 
 
+def without_superseded(raw: dict, cfg: Config) -> dict:
+    """``raw`` (the layers ``cfg`` was built from, merged) without the keys ``cfg`` dropped as superseded: one
+    layer that a further layer (a sweep's run) can go on from."""
+    resolved = cfg.to_dict()
+    return {section: {key: value for key, value in values.items() if key in resolved[section]}
+            if section in resolved and isinstance(values, dict) else values for section, values in raw.items()}
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple) -> tuple[dict, dict]:
     """A copy of ``raw`` with ``section.key=value`` overrides applied (not validated), and where each overridden
     key's value came from (``--set ...``)."""

@@ -8,3 +8,11 @@ class ActrecError(Exception):
     config value, a cache made with other settings). Anything else is a bug and
     keeps its traceback.
     """
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as the one line a run's or trial's record keeps and the terminal shows: an ActrecError's own
+    message (it is written for the user), anything else with its type; whitespace folded, at most ``limit``
+    characters, never a traceback."""
+    text = str(exc) if isinstance(exc, ActrecError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:limit] or type(exc).__name__

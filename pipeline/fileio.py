@@ -106,6 +106,74 @@ def check_writable(path: str | Path) -> None:
             probe.unlink(missing_ok=True)
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+CONFIG_SUFFIXES = (".yaml", ".yml")
+CHECKPOINTS_DIR = "checkpoints"  # a run dir's checkpoints folder (last.pt, best.pt)
+
+
+def check_output(path: str | Path, option: str, suffixes: tuple[str, ...] | None = None,
+                 replaces: str | None = None) -> Path:
+    """The one guard of every output path a user names (``option``, e.g. '--json'), before any work: refuses a
+    name without one of ``suffixes``, an existing checkpoint, feature cache or config (through links, and by
+    content too: a hard link or a renamed file), anything inside a run's checkpoints folder, and a folder that
+    cannot be written. ``replaces``: the one kind of file the command rewrites by design (a cache's join
+    rewrites 'a feature cache'). Returns the path."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ActrecError(f"{option} {path}: give a name ending in {' or '.join(suffixes)}")
+    target = path.resolve()
+    made = made_by_the_pipeline(target)
+    if made and made != replaces:
+        raise ActrecError(f"{option} {path} is {made}; writing it would destroy it. Choose another name")
+    if in_checkpoints_folder(target):
+        raise ActrecError(f"{option} {path} lies in a run's checkpoints folder ({target.parent}), which only "
+                          f"training writes; choose another folder")
+    check_writable(path)
+    return path
+
+
+def made_by_the_pipeline(path: Path) -> str | None:
+    """What ``path`` is when it is an existing checkpoint, feature cache or config (else None)."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+    except OSError:
+        head = b""
+    if head == HDF5_SIGNATURE or path.suffix.lower() in (".h5", ".hdf5"):
+        return "a feature cache"
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or _is_torch_file(path, head):
+        return "a checkpoint"
+    if path.suffix.lower() in CONFIG_SUFFIXES:
+        return "a config"
+    return None
+
+
+def _is_torch_file(path: Path, head: bytes) -> bool:
+    """torch.save's zip format (an archive holding data.pkl), whatever the file's name."""
+    import zipfile
+
+    if not head.startswith(b"PK"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def in_checkpoints_folder(path: Path) -> bool:
+    """Whether ``path`` lies in a run dir's checkpoints folder (its run dir has config.yaml, or it holds a
+    checkpoint)."""
+    folder = path.parent
+    if folder.name != CHECKPOINTS_DIR:
+        return False
+    return (folder.parent / "config.yaml").is_file() or any(
+        p.suffix in CHECKPOINT_SUFFIXES for p in folder.glob("*") if p.is_file())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temp path in the folder of ``path``; on success fsync it and rename it onto ``path``.

@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.bench.common import QUICK, Sizes, synthetic_dataset
 from pipeline.bench.report import check_markers, write_results
 from pipeline.config import Config
+from pipeline.fileio import check_output
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,10 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
     from pipeline.device import set_threads
 
     if readme is not None:
+        check_output(readme, "--readme", (".md",))
         check_markers(readme)  # a README that cannot take the table fails before the long measurements
-    out_dir.mkdir(parents=True, exist_ok=True)  # likewise an out folder that cannot be made
+    for name, suffix in (("results.json", ".json"), ("results.md", ".md")):  # likewise an out folder
+        check_output(Path(out_dir) / name, f"--out {out_dir}:", (suffix,))
     sizes = QUICK if quick else Sizes()
     set_threads(cfg.embed.threads)
     selected = [name for name in ROWS if not only or name in only]

@@ -41,6 +41,7 @@ from pipeline.embed.backbone import frame_resize, load_backbone
 from pipeline.embed.fingerprint import device_kind, embed_fingerprint
 from pipeline.embed.workers import DecodePool, Piece, pieces, resolve_workers
 from pipeline.errors import ActrecError
+from pipeline.fileio import check_output
 from pipeline.inputs.extract import check_frames_manifest
 from pipeline.inputs.formats import embed_items
 from pipeline.inputs.splits import VideoItem, frames_dir
@@ -87,6 +88,7 @@ def embed(cfg: Config) -> dict:
 
     Under torchrun, this rank's share goes into its shard and rank 0 joins the shards at the end."""
     started = time.perf_counter()
+    check_output(cfg.cache.path, "cache.path", replaces="a feature cache")  # never a checkpoint or a config
     runtime = stage_runtime(cfg, "embed")
     set_threads(runtime.threads)
     rank = distributed.current()

@@ -27,10 +27,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline.config import config_from_dict, runtime_value, set_runtime
-from pipeline.errors import ActrecError
+from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.plan import SweepRun, comparable_settings
 from pipeline.experiments.report import RESULT_FILE
 from pipeline.fileio import write_json
+from pipeline.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,7 @@ def check_backend(backend: str, scheduler: str | None) -> None:
         raise ActrecError("--backend dask needs --scheduler tcp://HOST:8786 (a running dask scheduler)")
     module = {"dask": "dask.distributed", "ray": "ray"}.get(backend)
     if module:
-        import importlib.util
-
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            raise ActrecError(f"--backend {backend} needs {module.split('.')[0]}: pip install -e '.[cluster]'")
+        require(module, f"--backend {backend}")
 
 
 @contextlib.contextmanager
@@ -143,7 +137,7 @@ def run_job(run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
                       seconds=round(training_seconds(run.dir) + time.perf_counter() - started - summary["seconds"],
                                     2))
     except Exception as exc:  # noqa: BLE001 - recorded in the leaderboard; the sweep goes on
-        record.update(status="failed", error=" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+        record.update(status="failed", error=error_line(exc))
     write_json(run.dir / RESULT_FILE, record)
     return record
 
@@ -370,7 +364,7 @@ def connect_dask(scheduler: str):
         except OSError as exc:
             raise ActrecError(f"--scheduler {scheduler}: cannot connect ({exc.strerror or exc}); start `dask "
                               f"scheduler` there or fix the address") from exc
-    from dask.distributed import Client
+    Client = require("dask.distributed", "--backend dask").Client
 
     try:
         client = Client(scheduler, timeout=30)
@@ -409,7 +403,7 @@ class DaskWorkers:
     """Runs as tasks of a Dask cluster, each requesting one GPU resource when the runs train on GPUs."""
 
     def __init__(self, client, gpu: bool, device: str | None):
-        from dask.distributed import as_completed
+        as_completed = require("dask.distributed", "--backend dask").as_completed
 
         self.client, self.gpu, self.device = client, gpu, device
         self.done, self.runs = as_completed(), {}
@@ -426,7 +420,7 @@ class DaskWorkers:
         try:
             return future.result()
         except Exception as exc:  # noqa: BLE001 - a worker lost to the cluster is a failed run, not a failed sweep
-            return failed_record(run, f"the Dask task failed: {type(exc).__name__}: {exc}")
+            return failed_record(run, f"the Dask task failed: {error_line(exc)}")
 
     def stop(self) -> None:
         self.client.cancel([future for future, _ in self.runs.values()])
@@ -435,7 +429,7 @@ class DaskWorkers:
 
 def connect_ray(scheduler: str | None):
     """Ray connected to the cluster at ``scheduler`` (a local one without it)."""
-    import ray
+    ray = require("ray", "--backend ray")
 
     try:
         ray.init(address=scheduler, ignore_reinit_error=True)
@@ -450,7 +444,7 @@ class RayWorkers:
     only the GPU it was given)."""
 
     def __init__(self, gpu: bool, device: str | None):
-        import ray
+        ray = require("ray", "--backend ray")
 
         self.ray, self.device = ray, device
         self.remote = ray.remote(num_gpus=1 if gpu else 0)(run_job)
@@ -465,7 +459,7 @@ class RayWorkers:
         try:
             return self.ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - a crashed task is a failed run, not a failed sweep
-            return failed_record(run, f"the Ray task failed: {type(exc).__name__}: {exc}")
+            return failed_record(run, f"the Ray task failed: {error_line(exc)}")
 
     def stop(self) -> None:
         for ref in self.refs:

@@ -22,6 +22,7 @@ from pipeline.config import (
     Config,
     apply_overrides,
     config_with_overrides,
+    without_superseded,
     keys_affecting,
     read_config_file,
     stable_hash,
@@ -210,7 +211,7 @@ def load_base(config_path, sets) -> tuple[dict, Config, str]:
     source = str(config_path) if config_path else "<defaults>"
     base = config_with_overrides(raw, sets, source)
     raw, _ = apply_overrides(raw, sets)
-    return raw, base, source
+    return without_superseded(raw, base), base, source
 
 
 def distinct_runs(runs: list[SweepRun]) -> list[SweepRun]:

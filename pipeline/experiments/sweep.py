@@ -18,6 +18,7 @@ from pipeline.errors import ActrecError
 from pipeline.experiments.execute import check_backend, connect, execute
 from pipeline.experiments.plan import SweepRun, plan_sweep
 from pipeline.experiments.report import finished, write_sweep_leaderboard
+from pipeline.experiments.track import check_tracking
 from pipeline.fileio import write_json
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def run_sweep(config_path, sets=(), grid=(), runs_file=None, name=None, jobs=Non
     todo = [run for run in runs if not finished(run)]
     if todo:
         check_cache(todo[0])
+        check_tracking(config_from_dict(todo[0].config, source=todo[0].where))
         log.info(f"sweep {folder}: {len(runs)} runs, {len(runs) - len(todo)} already finished")
         with connect(backend, scheduler, todo, jobs) as (workers, jobs):
             write_plan(folder, runs)

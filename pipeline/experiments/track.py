@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.config import Config, keys_affecting
 from pipeline.errors import ActrecError
-from pipeline.fileio import read_json_object, write_json
+from pipeline.fileio import read_json_object, write_error, write_json
+from pipeline.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ MLFLOW_FILE = "mlflow.json"  # in the run dir: which MLflow run (tracking URI, i
 # history.csv column -> TensorBoard tag / MLflow metric
 EPOCH_METRICS = {"train_loss": "train/loss", "val_loss": "val/loss", "train_acc": "train/accuracy",
                  "val_acc": "val/accuracy", "lr": "lr"}
+# Seconds a tracking server has to answer the up-front check; MLflow's own requests to a server are bounded too
+# (its retries alone would wait minutes on a server that went away), unless the user's environment sets them.
+CHECK_TIMEOUT_S = 10
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 FINAL_METRICS = ("hparams/val_top1", "hparams/val_loss", "hparams/test_top1", "hparams/test_mean_class_accuracy")
 
 
@@ -77,10 +83,41 @@ def group_runs(raw: dict, experiment: str) -> dict:
     return {**raw, "track": track}
 
 
-def check_tracking(cfg: Config) -> None:
-    """Open the MLflow store of ``track.mlflow`` (if any) once, so a bad URI is one line before work starts."""
-    if cfg.track.mlflow:
-        _mlflow_call(cfg.track.mlflow, mlflow_client(cfg.track.mlflow).search_experiments, max_results=1)
+def check_tracking(cfg: Config, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Open the MLflow store of ``track.mlflow`` (if any) once, so a bad URI is one line before work starts:
+    every command that logs to MLflow (train, evaluate, sweep, tune) calls this first. A server is asked once,
+    with ``timeout`` seconds to answer, rather than through MLflow's minutes of retries."""
+    uri = cfg.track.mlflow
+    if not uri:
+        return
+    client = mlflow_client(uri)  # MLflow missing: its install line first
+    if _is_server(uri):
+        check_server(uri, timeout)
+    _mlflow_call(uri, client.search_experiments, max_results=1)
+
+
+def _is_server(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+def check_server(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Refuse, in one line within ``timeout`` seconds, an MLflow server that does not answer HTTP at ``uri``; an
+    answer of any status (an error, a login page) is left for MLflow's client to judge."""
+    import urllib.error
+    import urllib.request
+
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    started = time.monotonic()
+    try:
+        urllib.request.urlopen(probe, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answers
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        reason = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
+        raise ActrecError(f"track.mlflow={uri}: no MLflow server answered within {timeout:g} s ({reason}, after "
+                          f"{time.monotonic() - started:.1f} s); start it (mlflow server) or fix the address, or "
+                          f"set track.mlflow to an empty value") from exc
 
 
 def run_settings(cfg: Config) -> dict:
@@ -111,12 +148,17 @@ class _TensorBoard:
         self.writer = _open_summary_writer(cfg.run.dir)
 
     def epoch(self, row: dict) -> None:
-        for column, tag in EPOCH_METRICS.items():
-            if isinstance(row.get(column), (int, float)) and math.isfinite(row[column]):
-                self.writer.add_scalar(tag, row[column], row["epoch"])
-        self.writer.flush()
+        with tensorboard_errors(Path(self.cfg.run.dir) / TB_DIR):
+            for column, tag in EPOCH_METRICS.items():
+                if isinstance(row.get(column), (int, float)) and math.isfinite(row[column]):
+                    self.writer.add_scalar(tag, row[column], row["epoch"])
+            self.writer.flush()
 
     def close(self, state: dict, outcome: str) -> None:
+        with tensorboard_errors(Path(self.cfg.run.dir) / TB_DIR):
+            self._close(state, outcome)
+
+    def _close(self, state: dict, outcome: str) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         best = best_of(state)
@@ -134,18 +176,67 @@ def _tensorboard(cfg: Config):
 
 
 def _open_summary_writer(run_dir):
+    """A SummaryWriter on ``run_dir/tb``, its folder checked by a real write first: a folder that cannot be
+    written is one line naming it (as text) before training starts."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(Path(run_dir) / TB_DIR))
+    folder = Path(run_dir) / TB_DIR
+    _quiet_writer_threads()
+    with tensorboard_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".actrec-probe"
+        try:
+            probe.write_bytes(b"")  # a real write: permission bits say nothing of read-only mounts (or of root)
+        finally:
+            probe.unlink(missing_ok=True)
+        return SummaryWriter(log_dir=str(folder))
+
+
+@contextmanager
+def tensorboard_errors(folder: Path):
+    """A failed TensorBoard write inside the block (raised again in this thread by the writer) becomes one line
+    naming ``folder``; TensorBoard's own messages name the event file as bytes."""
+    try:
+        yield
+    except ActrecError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        error = write_error(folder, exc)
+        if error is None and not isinstance(exc, OSError):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).split(":")[0]
+        raise (error or ActrecError(f"cannot write TensorBoard events in {folder}: {reason}; choose a writable "
+                                    f"run.dir or set track.tensorboard=false")) from None
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread raises its write error in its own thread too, which Python prints as a
+    traceback; the same error reaches the caller (``tensorboard_errors``), so that thread's copy is logged at
+    debug level instead. Installed once; every other thread's exceptions go to the previous hook."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "actrec_quiet", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            log.debug(f"TensorBoard's writer thread stopped: {args.exc_type.__name__}: {args.exc_value}")
+            return
+        previous(args)
+
+    hook.actrec_quiet = True
+    threading.excepthook = hook
 
 
 @contextmanager
 def _summary_writer(run_dir):
     writer = _open_summary_writer(run_dir)
-    try:
-        yield writer
-    finally:
-        writer.close()
+    with tensorboard_errors(Path(run_dir) / TB_DIR):
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 class _MlflowTraining:
@@ -200,12 +291,12 @@ class MlflowRun:
         return mlflow_run
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+        Param = require("mlflow.entities", "track.mlflow").Param
 
         self.client.log_batch(self.run_id, params=[Param(key, str(value)) for key, value in params.items()])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
+        Metric = require("mlflow.entities", "track.mlflow").Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
@@ -222,14 +313,13 @@ class MlflowRun:
 
 def mlflow_client(uri: str):
     """An MlflowClient on ``uri``; one line when MLflow is missing or the store cannot be opened."""
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError as exc:
-        raise ActrecError(f"track.mlflow={uri} needs MLflow: pip install -e '.[mlflow]' (or set track.mlflow to "
-                          f"an empty value)") from exc
+    MlflowClient = require("mlflow.tracking", f"track.mlflow={uri} (or set it to an empty value)").MlflowClient
     if "://" not in uri or uri.startswith("file:"):
         # MLflow 3 refuses a folder store unless asked for one; a folder in track.mlflow is that request.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if _is_server(uri):
+        for key, value in HTTP_LIMITS.items():
+            os.environ.setdefault(key, value)
     return _mlflow_call(uri, MlflowClient, tracking_uri=uri)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import socket
 import sys
@@ -21,19 +22,22 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import AFFECTS, config_from_dict, keys_affecting
-from pipeline.errors import ActrecError
+from pipeline.config import AFFECTS, config_from_dict, keys_affecting, set_runtime
+from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.execute import thread_share
 from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
 from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
 from pipeline.experiments.track import check_tracking, group_runs
 from pipeline.fileio import safe_name, write_json
+from pipeline.optional import require
 
 log = logging.getLogger(__name__)
 
 KINDS = ("int", "float", "cat")
 PRUNERS = ("median", "halving")
 TUNABLE_SECTIONS = ("model", "train", "eval")
+# The plan checks at most this many combinations of the parameters' points (whole int ranges up to GRID_INTS).
+MAX_POINTS, GRID_INTS = 256, 8
 # A worker's heartbeat: a trial whose process stopped beating for GRACE_S (a dead machine) is failed and retried.
 HEARTBEAT_S, GRACE_S = 30, 120
 
@@ -61,6 +65,16 @@ class Param:
             return "cat:" + ",".join(self.choices)
         return f"{self.kind}:{self.low}:{self.high}" + (":log" if self.log else "")
 
+    def grid(self) -> list:
+        """Points of this parameter that the plan checks in combination: every choice; a small int range whole,
+        a larger one at its ends and middle; a float range at its ends."""
+        if self.kind == "cat":
+            return list(self.choices)
+        if self.kind == "int":
+            low, high = int(self.low), int(self.high)
+            return list(range(low, high + 1)) if high - low < GRID_INTS else sorted({low, (low + high) // 2, high})
+        return sorted({self.low, self.high})
+
     def examples(self) -> list[str]:
         """The values a config must accept for every draw of this parameter to be valid."""
         return list(self.choices) if self.kind == "cat" else [str(self.low), str(self.high)]
@@ -78,6 +92,38 @@ class TuneSpec:
     trials: int
     pruner: str
     cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
+
+
+def _optuna():
+    """Optuna (with its trial and exceptions modules), or one line with the install command; its log goes
+    through ours (``OptunaLog``)."""
+    optuna = require("optuna", "`actrec tune`")
+    require("optuna.trial", "`actrec tune`")
+    require("sqlalchemy", "`actrec tune` (its study database)")
+    route_optuna_log(optuna)
+    return optuna
+
+
+class OptunaLog(logging.Handler):
+    """Optuna's log records as ours: one line each, never a traceback. A trial's own error reaches the terminal
+    once, as the objective's warning (``trial N failed (recorded...): ERROR``), so Optuna's two lines about the same
+    failure (with the traceback) are dropped; a failure the objective never saw (a value Optuna refuses) is one
+    warning line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Trial ") and (" failed with value " in message or record.exc_info):
+            return
+        log.log(record.levelno, " ".join(message.split()))
+
+
+def route_optuna_log(optuna) -> None:
+    """Optuna's logger without its own stderr handler, its records sent through ours (once per process)."""
+    logger = logging.getLogger("optuna")
+    if not any(isinstance(handler, OptunaLog) for handler in logger.handlers):
+        optuna.logging.disable_default_handler()
+        logger.handlers[:] = [OptunaLog()]
+        logger.propagate = False
 
 
 def tunable_keys() -> list[str]:
@@ -116,6 +162,8 @@ def _numeric_param(key: str, kind: str, parts: list[str], where: str) -> Param:
         raise ActrecError(f"{where}: LOW and HIGH must be {'whole numbers' if kind == 'int' else 'numbers'}, "
                           f"got {parts[0]!r} and {parts[1]!r}") from None
     log_scale = len(parts) == 3
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ActrecError(f"{where}: LOW and HIGH must be finite numbers, got {parts[0]!r} and {parts[1]!r}")
     if not low <= high:
         raise ActrecError(f"{where}: LOW {low} is above HIGH {high}; write the range low to high")
     if log_scale and low <= 0:
@@ -165,6 +213,7 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
     config schema, the base config and its cache."""
     from pipeline.cache.reader import open_cache
 
+    _optuna()  # not installed: the install line before anything else
     safe_name(name, "--name")
     if pruner not in PRUNERS:
         raise ActrecError(f"--pruner {pruner}: unknown; use one of {', '.join(PRUNERS)}")
@@ -173,12 +222,45 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
         for value in param.examples():
             run_config(raw, {param.key: value}, Path(root) / name, f"--param {param.key}={param.spec}: {value} is "
                        f"not a valid value", source)
-    open_cache(base).close()  # a missing or mismatched cache: one line now, not a failure per trial
+    cache = open_cache(base)  # a missing or mismatched cache: one line now, not a failure per trial
+    try:
+        check_space(raw, params, Path(root) / name, source, cache.dim, len(cache.class_names))
+    finally:
+        cache.close()
     check_tracking(base)
     folder = Path(root) / name
     url = storage or default_storage(folder)
     return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
                     trials, pruner, os.getcwd())
+
+
+def check_space(raw: dict, params, folder: Path, source: str, feature_dim: int, classes: int) -> None:
+    """Refuse a space in which every checked point (the parameters' ``grid`` points combined) fails the schema
+    or the model's own checks across keys (model.heads must divide model.latent_dim...), with the first point's
+    error; warn, in one line, when only some do (the trials that draw them fail and are recorded so)."""
+    import itertools
+
+    import torch
+
+    from pipeline.sequence.models import build_model
+
+    points = list(itertools.islice(itertools.product(*(param.grid() for param in params)), MAX_POINTS))
+    failures = []
+    for values in points:
+        point = {param.key: value for param, value in zip(params, values)}
+        try:
+            resolved = run_config(raw, {key: str(value) for key, value in point.items()}, folder,
+                                  f"the point {_describe(point)}", source)
+            with torch.device("meta"):  # the model's checks, without its memory
+                build_model(config_from_dict(resolved, source=source), feature_dim, classes)
+        except ActrecError as exc:
+            failures.append(" ".join(str(exc).split()))
+    if failures and len(failures) == len(points):
+        raise ActrecError(f"every point of the search space fails ({len(points)} checked), so would every trial: "
+                          f"{failures[0]}; change the --param ranges or the base config")
+    if failures:
+        log.warning(f"{len(failures)} of {len(points)} checked points of the search space fail (trials that draw "
+                    f"such a point are recorded as failed), e.g. {failures[0]}")
 
 
 def default_storage(folder: Path) -> str:
@@ -205,8 +287,10 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
     if best is None:
+        failed = [trial for trial in study.get_trials(deepcopy=False) if trial.user_attrs.get("error")]
+        first = f"; the first, trial {failed[0].number}: {failed[0].user_attrs['error']}" if failed else ""
         raise ActrecError(f"no trial of study {spec.name} finished ({sum(r['status'] == 'failed' for r in rows)} "
-                          f"failed); their errors are in {spec.folder / 'leaderboard.md'}")
+                          f"failed{first}); every error is in {spec.folder / 'leaderboard.md'}")
     return {"folder": str(spec.folder), "storage": spec.storage, "best": best,
             "rows": write_tune_leaderboard(spec, study)}
 
@@ -214,7 +298,7 @@ def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
 def open_study(spec: TuneSpec, worker: int, create: bool = False):
     """The study on its storage with this worker's seeded sampler and the pruner; refuses a study of the same
     name that searches another space or trains with other base settings."""
-    import optuna
+    optuna = _optuna()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_base(spec.config_path, spec.sets)[1]
@@ -246,7 +330,7 @@ def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
 
 def open_storage(url: str):
     """Optuna's RDBStorage on ``url`` with a heartbeat; one line when it cannot be opened."""
-    import optuna
+    optuna = _optuna()
 
     try:
         with warnings.catch_warnings():
@@ -278,7 +362,7 @@ def check_same_study(study, spec: TuneSpec, settings: dict) -> None:
 
 
 def finished_count(study) -> int:
-    from optuna.trial import TrialState
+    TrialState = _optuna().trial.TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -286,8 +370,8 @@ def finished_count(study) -> int:
 def recover(study) -> None:
     """Fail the trials this machine's killed processes left running, and queue again every trial stopped by a
     kill or Ctrl-C (not by its own error), so it resumes from its run dir's last checkpoint."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
+    UpdateFinishedTrialError = _optuna().exceptions.UpdateFinishedTrialError
+    TrialState = _optuna().trial.TrialState
 
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False):
@@ -378,7 +462,7 @@ def run_worker(spec: TuneSpec, worker: int, threads: int) -> None:
 def stop_when_enough(study, trials: int) -> None:
     """Stop this worker once the finished trials and those running elsewhere make ``trials``: the study ends with
     that many, not one extra per worker (a running one that fails leaves it short; a rerun completes it)."""
-    from optuna.trial import TrialState
+    TrialState = _optuna().trial.TrialState
 
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                     TrialState.RUNNING))) >= trials:
@@ -390,14 +474,13 @@ def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0) -
     experiment, the trial's values (as exact text), its thread share and its run dir."""
     raw, _, source = load_base(spec.config_path, spec.sets)
     values = {key: str(value) for key, value in params.items()}
-    if threads:
-        values.update({"train.threads": str(threads), "eval.threads": str(threads)})
-    return run_config(group_runs(raw, f"tune/{spec.name}"), values, Path(run_dir), f"tune {spec.name}", source)
+    config = run_config(group_runs(raw, f"tune/{spec.name}"), values, Path(run_dir), f"tune {spec.name}", source)
+    return set_runtime(config, threads=threads) if threads else config
 
 
 def objective(trial, spec: TuneSpec, threads: int) -> float:
     """Train one trial, reporting each epoch's validation accuracy to the pruner; its best validation accuracy."""
-    import optuna
+    optuna = _optuna()
 
     from pipeline.sequence.train import train
 
@@ -430,7 +513,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
         trial.set_user_attr("interrupted", True)
         raise
     except Exception as exc:
-        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        error = error_line(exc)
         trial.set_user_attr("error", error)
         write_record(run, trial.number, rows, "failed", error)
         log.warning(f"trial {trial.number} failed (recorded; the study goes on): {error}")

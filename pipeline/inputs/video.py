@@ -6,15 +6,21 @@ Everything downstream gets uint8 RGB frames shaped ``[T, H, W, 3]``.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
+# FFmpeg's messages inside OpenCV ("moov atom not found") go straight to stderr beside the one line DecodeError
+# gives for the same file: quiet unless the user's environment asks for them (read when FFmpeg first opens a file).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+import cv2  # noqa: E402
 import numpy as np
 
 from pipeline.errors import ActrecError
 
 log = logging.getLogger(__name__)
+# Likewise OpenCV's own warnings ("[ WARN:0@...] ... can't be used to capture by name"): only its errors show.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 KEEP_SHARE = 0.5  # a decode that ends early keeps its frames when they are more than this share of the header's count
 FRAME_PATTERN = "{:06d}.jpg"  # frames/Class/v_Class_gXX_cYY/000001.jpg, 1-based like the seed's extractor

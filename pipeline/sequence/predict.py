@@ -20,7 +20,7 @@ from pipeline.config import config_from_dict
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.embed.backbone import embed_frames, frame_resize, load_backbone, weights_identity
 from pipeline.errors import ActrecError
-from pipeline.fileio import atomic_path, check_writable, write_json
+from pipeline.fileio import atomic_path, check_output, write_json
 from pipeline.inputs import VIDEO_SUFFIXES
 from pipeline.inputs.video import iter_video_frames, video_fps
 from pipeline.sequence.checkpoint import load_checkpoint, model_from_checkpoint
@@ -199,15 +199,16 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     video = Path(video)
     if not video.exists():
         raise ActrecError(f"{video}: no such video file or folder")
-    if hop is not None and not hop > 0:
-        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0")
+    if hop is not None and not 0 < hop <= 3600:  # predict.hop's range; also refuses inf and nan
+        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0 and at most 3600")
     allowed = (".csv",) if video.is_dir() else (".mp4", ".gif")
     if out is not None and Path(out).suffix.lower() not in allowed:
         what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
         raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
     if video.is_dir() and out is None:
         out = str(video / "predictions.csv")
-    check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path})
+    check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path},
+                  {"--out": allowed, "--json": (".json",)})
     predictor = Predictor(Path(checkpoint), device)
     hop = hop or predictor.cfg.predict.hop
     if video.is_dir():
@@ -222,8 +223,9 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     return PredictionReport([prediction], {}, {"annotated video": out, "JSON timeline": json_path})
 
 
-def check_outputs(inputs: dict, outputs: dict) -> None:
-    """Before any work: no output may be an input (after links) or another output, and each must be writable."""
+def check_outputs(inputs: dict, outputs: dict, suffixes: dict | None = None) -> None:
+    """Before any work: no output may be an input (after links) or another output, and each passes fileio's
+    output guard (its suffix; never a checkpoint, cache or config; never in a checkpoints folder; writable)."""
     given = {option: Path(path) for option, path in outputs.items() if path is not None}
     seen = {}
     for option, path in given.items():
@@ -234,8 +236,8 @@ def check_outputs(inputs: dict, outputs: dict) -> None:
         if key in seen:
             raise ActrecError(f"{option} {path} is also {seen[key]}; give each output its own name")
         seen[key] = option
-    for path in given.values():
-        check_writable(path)
+    for option, path in given.items():
+        check_output(path, option, (suffixes or {}).get(option))
 
 
 def _same_file(a: Path, b: Path) -> bool:

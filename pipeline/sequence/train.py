@@ -35,7 +35,7 @@ from pipeline.cache.reader import cache_rows, open_cache
 from pipeline.config import Config, config_diff, config_from_dict, runtime_option, save_config, stage_runtime
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.experiments.track import track_run
+from pipeline.experiments.track import check_tracking, track_run
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import (
     load_checkpoint,
@@ -102,6 +102,7 @@ def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
     """
     started = time.perf_counter()
+    check_tracking(cfg)  # an MLflow store that cannot be used: one line now, not after the first epoch
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
     if previous is not None and previous["epoch"] >= cfg.train.epochs and not refit_pending(cfg, cache, previous):

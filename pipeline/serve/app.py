@@ -10,10 +10,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-import gradio as gr
-import pandas as pd
-
 from pipeline.errors import ActrecError
+from pipeline.optional import require
+
+gr = require("gradio", "`actrec serve`")
+pd = require("pandas", "`actrec serve`")
 from pipeline.serve.media import thumbnail_strip, timeline_rows
 from pipeline.serve.runs import leaderboard, mistakes, read_predictions
 from pipeline.serve.service import PagePrediction, PredictionService
@@ -36,16 +37,22 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 
 
 def shown_in_page(handler):
-    """Handler errors become an error message in the page (gr.Error); the server keeps serving."""
+    """Handler errors become an error message in the page (gr.Error); the server keeps serving.
+
+    A refusal (ActrecError: a bad upload, a name that is no test video) is one warning line in the server's log
+    and no traceback (Gradio prints none for it); only an unexpected error, a bug, logs its traceback."""
     @functools.wraps(handler)
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
         except ActrecError as exc:
-            raise gr.Error(" ".join(str(exc).split())) from exc
+            message = " ".join(str(exc).split())
+            log.warning(f"refused ({handler.__name__}): {message}")
+            raise gr.Error(message, print_exception=False) from None
         except Exception as exc:
             log.exception("the page's request failed")
-            raise gr.Error(f"{type(exc).__name__}: {str(exc)[:200]} (the server's log has the details)") from exc
+            raise gr.Error(f"{type(exc).__name__}: {str(exc)[:200]} (the server's log has the details)",
+                           print_exception=False) from None
     return wrapper
 
 

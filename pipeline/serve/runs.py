@@ -63,18 +63,38 @@ class ServedRun:
 
 
 def find_runs(folders) -> list[ServedRun]:
-    """Run dirs (a folder holding config.yaml) given directly or as the subfolders of a sweep or tune folder."""
-    runs = []
+    """Run dirs (a folder holding config.yaml) given directly or as the subfolders of a sweep or tune folder, each
+    once, under names that tell them apart (``unique_names``)."""
+    found = []  # (run dir, components its name has at least: 1 for a run dir, 2 for a sweep's run)
     for folder in map(Path, folders):
         if (folder / "config.yaml").is_file():
-            runs.append(ServedRun(folder.resolve().name, folder.resolve()))
+            found.append((folder.resolve(), 1))
             continue
         inside = sorted(p for p in folder.glob("*/config.yaml")) if folder.is_dir() else []
         if not inside:
             raise ActrecError(f"{folder}: neither a run dir (no config.yaml) nor a sweep folder of run dirs; pass "
                               f"what `actrec train` or `actrec sweep` wrote, e.g. runs/sweeps/demo")
-        runs += [ServedRun(f"{folder.resolve().name}/{p.parent.name}", p.parent.resolve()) for p in inside]
-    return runs
+        found += [(p.parent.resolve(), 2) for p in inside]
+    shortest = {}
+    for run_dir, least in found:  # the same run given twice (directly and through its sweep) is served once
+        shortest[run_dir] = min(least, shortest.get(run_dir, least))
+    names = unique_names(shortest)
+    return [ServedRun(names[run_dir], run_dir) for run_dir in shortest]
+
+
+def unique_names(least: dict[Path, int]) -> dict[Path, str]:
+    """Each run dir's name: the shortest tail of its path (at least ``least[dir]`` folders) that no other run's
+    name equals or ends the same way, so ``A/run`` and ``B/run`` are served as ``A/run`` and ``B/run``."""
+    def tail(path: Path, count: int) -> str:
+        return "/".join(path.parts[-count:]) if count < len(path.parts) else str(path)
+
+    names = {}
+    for run_dir, count in least.items():
+        others = [other for other in least if other != run_dir]
+        while count < len(run_dir.parts) and any(tail(other, count) == tail(run_dir, count) for other in others):
+            count += 1
+        names[run_dir] = tail(run_dir, count)
+    return names
 
 
 def read_predictions(run: ServedRun) -> list[dict]:

@@ -54,10 +54,7 @@ def host_warning(host: str, port: int) -> str | None:
 
 
 def _page(runs, workdir: Path, settings: ServeConfig, device: str):
-    try:
-        from pipeline.serve.app import build_page
-    except ImportError as exc:
-        raise ActrecError(f"`actrec serve` needs Gradio ({exc}); install it with pip install -e '.[serve]'") from exc
+    from pipeline.serve.app import build_page  # Gradio missing: one line with the install command
     from pipeline.serve.service import PredictionService
 
     return build_page(PredictionService(runs, workdir, settings, device))

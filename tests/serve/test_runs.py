@@ -82,3 +82,16 @@ def test_other_hosts_are_warned_about_and_bad_folders_refused(tmp_path):
     assert "no login" in host_warning("0.0.0.0", 7860)
     result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
     assert result.exit_code == 2 and f"{tmp_path}: neither a run dir" in result.output
+
+
+def test_runs_whose_folders_share_a_name_are_served_under_distinct_names(tmp_path):
+    """`actrec serve A/run B/run`: both served, each by the shortest path tail that tells them apart."""
+    for where in ("A/run", "B/run", "deep/x/A/run", "sweep/run", "sweep/other"):
+        make_run(tmp_path / where)
+    runs = find_runs([tmp_path / "A" / "run", tmp_path / "B" / "run", tmp_path / "deep" / "x" / "A" / "run",
+                      tmp_path / "sweep", tmp_path / "A" / "run"])
+    names = {run.name: run.dir for run in runs}
+    assert names == {f"{tmp_path.name}/A/run": tmp_path / "A" / "run", "B/run": tmp_path / "B" / "run",
+                     "x/A/run": tmp_path / "deep" / "x" / "A" / "run", "sweep/run": tmp_path / "sweep" / "run",
+                     "sweep/other": tmp_path / "sweep" / "other"}
+    assert len(runs) == len(names) == 5  # every run reachable by its own name, the one given twice served once

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.embed.backbones.card import Card  # before `def card` below, which must win the name
 from pipeline.errors import ActrecError
+from pipeline.optional import require
 from pipeline.registry import registry
 
 if TYPE_CHECKING:
@@ -33,11 +34,7 @@ RANDOM_INIT_SEED = 0  # weights=none is a fixed random network, so resumed and r
 def library(name: str) -> ModuleType:
     """The library module ``name`` (a registered library); refused with the install command if not installed."""
     module = LIBRARIES.get(name, "embed.backbone").load()
-    try:
-        importlib.import_module(module.PACKAGE)
-    except ImportError as exc:
-        raise ActrecError(f"{name} backbones need the {module.PACKAGE} package, which is not installed: "
-                          f"{module.INSTALL}") from exc
+    require(module.PACKAGE, f"{name} backbones")
     return module
 
 

@@ -20,10 +20,16 @@ from torch import nn
 from pipeline.embed.backbones import weightfile
 from pipeline.embed.backbones.card import Card
 from pipeline.errors import ActrecError
+from pipeline.optional import require
 
 LIBRARY = "open_clip"
 PACKAGE = "open_clip"
 INSTALL = "pip install -e '.[clip]'"
+
+
+def _open_clip():
+    """OpenCLIP, through the project's one optional import."""
+    return require("open_clip", "open_clip backbones")
 
 
 class ImageEncoder(nn.Module):
@@ -45,7 +51,7 @@ def split(name: str) -> tuple[str, str | None]:
 
 
 def model_config(arch: str) -> dict:
-    import open_clip
+    open_clip = _open_clip()
 
     config = open_clip.get_model_config(arch)
     if config is None:
@@ -55,7 +61,7 @@ def model_config(arch: str) -> dict:
 
 
 def tag_config(arch: str, tag: str) -> dict:
-    import open_clip
+    open_clip = _open_clip()
 
     config = open_clip.get_pretrained_cfg(arch, tag)
     if not config:
@@ -81,7 +87,7 @@ def named(name: str, weights: str) -> bool:
         return False
     arch, tag = split(name)
     if tag is None:
-        import open_clip
+        open_clip = _open_clip()
 
         raise ActrecError(f"embed.backbone=open_clip/{arch} names no pretrained tag: use open_clip/{arch}:<tag> "
                           f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'}), or "
@@ -95,7 +101,7 @@ def identity(name: str, weights: str) -> str | None:
 
 def preprocess_names(name: str) -> list[str]:
     """What ``embed.preprocess`` may name: the architecture's pretrained tags."""
-    import open_clip
+    open_clip = _open_clip()
 
     return open_clip.list_pretrained_tags_by_model(split(name)[0])
 
@@ -107,7 +113,8 @@ def card(name: str, weights: str, preprocess: str) -> Card:
 
 
 def card_of(arch: str, tag: str | None) -> Card:
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+    transform = require("open_clip.transform", "open_clip backbones")
+    PreprocessCfg, merge_preprocess_dict = transform.PreprocessCfg, transform.merge_preprocess_dict
 
     size = model_config(arch)["vision_cfg"]["image_size"]
     base = PreprocessCfg(size=size if isinstance(size, int) else tuple(size))
@@ -124,7 +131,7 @@ def card_of(arch: str, tag: str | None) -> Card:
 
 def build(name: str, weights: str, img_dim: int | None) -> nn.Module:
     """The image tower of ``name`` at ``img_dim``, weights loaded; ``feature_dim`` set."""
-    import open_clip
+    open_clip = _open_clip()
 
     arch, tag = split(name)
     config = model_config(arch)
@@ -163,7 +170,7 @@ def download_error(arch: str, tag: str, exc: Exception) -> ActrecError:
 
 def rows(text: str, every_weights: bool) -> list[dict]:
     """One row per (architecture, tag) whose ``open_clip/<arch>:<tag>`` contains ``text``; from the configs."""
-    import open_clip
+    open_clip = _open_clip()
 
     out = []
     for arch, tag in open_clip.list_pretrained():

@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.embed.backbones import weightfile
 from pipeline.embed.backbones.card import Card
 from pipeline.errors import ActrecError
+from pipeline.optional import require
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -29,6 +30,14 @@ LIBRARY = "timm"
 PACKAGE = "timm"
 INSTALL = "pip install -e '.[timm]'"
 WIDTHS_AT_MOST = 40  # architectures built (shapes only) for the backbones table's feature widths: ~0.2 s each
+
+
+def _timm():
+    """timm with the submodules used here, through the project's one optional import."""
+    timm = require("timm", "timm backbones")
+    for module in ("timm.models", "timm.data"):
+        require(module, "timm backbones")
+    return timm
 
 
 class PreLogits(nn.Module):
@@ -45,7 +54,7 @@ class PreLogits(nn.Module):
 
 def pretrained_cfg(name: str, tag: str | None = None):
     """timm's pretrained config of ``name`` (its tag, or the architecture's default tag), or ``tag``'s."""
-    import timm.models
+    timm = _timm()
 
     arch, own_tag = timm.models.split_model_name_tag(name)
     if not timm.models.is_model(arch):
@@ -85,7 +94,7 @@ def identity(name: str, weights: str) -> str | None:
 
 def preprocess_names(name: str) -> list[str]:
     """What ``embed.preprocess`` may name: the architecture's pretrained tags."""
-    import timm
+    timm = _timm()
 
     return [n.split(".", 1)[1] for n in timm.list_pretrained(f"{name.split('.')[0]}.*")]
 
@@ -97,7 +106,7 @@ def card(name: str, weights: str, preprocess: str) -> Card:
 
 
 def card_of(cfg: Config) -> Card:
-    from timm.data import resolve_data_config
+    resolve_data_config = _timm().data.resolve_data_config
 
     data = resolve_data_config({}, pretrained_cfg=cfg.to_dict())
     source = f"timm {cfg.architecture}.{cfg.tag}"
@@ -112,7 +121,7 @@ def card_of(cfg: Config) -> Card:
 
 def build(name: str, weights: str, img_dim: int | None) -> nn.Module:
     """The model built for ``img_dim`` (fixed-size models: ViT, Swin, ...), weights loaded; ``feature_dim`` set."""
-    import timm
+    timm = _timm()
 
     cfg = pretrained_cfg(name)
     kwargs = {"img_size": img_dim} if img_dim and cfg.fixed_input_size else {}
@@ -152,7 +161,7 @@ def rows(text: str, every_weights: bool) -> list[dict]:
     """One row per pretrained timm model whose ``timm/<name>`` contains ``text`` (every tag; ``every_weights``
     changes nothing here: each tag is its own name). Feature widths need a shape-only build per architecture,
     so they are filled in for at most ``WIDTHS_AT_MOST`` architectures."""
-    import timm
+    timm = _timm()
 
     found = [n for n in timm.list_pretrained() if text.lower() in f"timm/{n}".lower()]
     architectures = sorted({n.split(".")[0] for n in found})
@@ -172,7 +181,7 @@ def rows(text: str, every_weights: bool) -> list[dict]:
 
 
 def _skeleton_width(arch: str) -> int | None:
-    import timm
+    timm = _timm()
 
     try:
         with warnings.catch_warnings(), torch.device("meta"):

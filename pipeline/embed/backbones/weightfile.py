@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.errors import ActrecError
 from pipeline.fileio import sha256_file
+from pipeline.optional import require
 
 SHOWN = 3  # mismatching keys named per kind: enough to see the pattern (a prefix, another model), still one line
 
@@ -39,14 +40,11 @@ def read_state_dict(path: Path) -> dict:
     DataParallel's ``module.`` prefix."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
+            state = require("safetensors.torch", f"{path}: reading .safetensors").load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError as exc:
-        raise ActrecError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors"
-                          ) from exc
+    except ActrecError:  # safetensors not installed: require's install line
+        raise
     except Exception as exc:  # pickle, zip and safetensors errors differ; each means "not a state dict"
         raise ActrecError(f"{path}: cannot be read as a torch state dict ({' '.join(str(exc).split())[:200]})"
                           ) from exc
