@@ -227,9 +227,10 @@ def embed(config_path, overrides):
 @reports_errors
 def train(config_path, overrides, resume):
     """Stage two: train the sequence model on the cached features."""
-    from pipeline.sequence.train import train as run_train
+    cfg = load_config(config_path, overrides)
+    from pipeline.experiments.tracked import train_run
 
-    run_train(load_config(config_path, overrides), resume=resume)
+    train_run(cfg, resume=resume)
 
 
 @cli.command()
@@ -237,10 +238,11 @@ def train(config_path, overrides, resume):
 @reports_errors
 def evaluate(config_path, overrides):
     """Evaluate a checkpoint on the test list of data.split: metrics.json, confusion matrix, summary."""
-    from pipeline.sequence.evaluate import evaluate as run_evaluate
+    cfg = load_config(config_path, overrides)
+    from pipeline.experiments.tracked import evaluate_run
     from pipeline.sequence.evaluate import format_summary
 
-    click.echo(format_summary(run_evaluate(load_config(config_path, overrides))))
+    click.echo(format_summary(evaluate_run(cfg)))
 
 
 @cli.command()
@@ -256,8 +258,8 @@ def evaluate(config_path, overrides):
 @reports_errors
 def predict(video, checkpoint, out, json_path, hop, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
-    from pipeline.sequence.predict import format_prediction
-    from pipeline.sequence.predict import predict as run_predict
+    from pipeline.predict.predictor import format_prediction
+    from pipeline.predict.predictor import predict as run_predict
 
     click.echo(format_prediction(run_predict(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop,
                                              device=device)))

@@ -176,9 +176,16 @@ def config_diff(old: dict, new: dict, *affects: str) -> dict:
     return changes
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate, resolve."""
-    return config_with_overrides(read_config_file(path), overrides, source=str(path) if path else "<defaults>")
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), *layers) -> Config:
+    """Read a YAML config (or the defaults), apply ``section.key=value`` overrides, validate, resolve.
+
+    Each further argument is one more layer of overrides on top: a plug-in chosen there supersedes the keys the
+    layers below set for another one (a script's base settings, then its experiment's ``model.name``)."""
+    raw, source = read_config_file(path), str(path) if path else "<defaults>"
+    for lower in (overrides, *layers[:-1]) if layers else ():
+        cfg = config_with_overrides(raw, lower, source)
+        raw = without_superseded(apply_overrides(raw, lower)[0], cfg)
+    return config_with_overrides(raw, layers[-1] if layers else overrides, source)
 
 
 def read_config_file(path: str | Path | None) -> dict:

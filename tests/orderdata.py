@@ -18,7 +18,7 @@ TEST_GROUPS = (7, 8)
 def order_config(root: Path, *overrides: str):
     """The tiny test config pointed at ``root``, with small fast training."""
     base = ["train.epochs=2", "train.batch_size=8", "train.lr=0.005", "model.dropout=0.0", "data.val_fraction=0.2"]
-    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root) + base + list(overrides))
+    return load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", tiny_overrides(root) + base, list(overrides))
 
 
 def write_order_dataset(cfg, groups: int = 8, clips: int = 2, dim: int = 6, with_test: bool = True,

@@ -36,7 +36,7 @@ def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeyp
 
     import pipeline.sequence.train
 
-    def exhausted(cfg, resume=False):
+    def exhausted(cfg, resume=False, on_epoch=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 TiB")
 
     monkeypatch.setattr(pipeline.sequence.train, "train", exhausted)

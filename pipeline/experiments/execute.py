@@ -116,8 +116,7 @@ def run_job(run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
     instead of its config's (a cluster without GPUs). Any error of the run is recorded rather than raised, so
     one bad run does not stop the sweep.
     """
-    from pipeline.sequence.evaluate import evaluate
-    from pipeline.sequence.train import train
+    from pipeline.experiments.tracked import evaluate_run, train_run
 
     started = time.perf_counter()
     raw = json.loads(json.dumps(run.config))
@@ -129,8 +128,8 @@ def run_job(run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
     write_json(run.dir / RESULT_FILE, {**record, "status": "running"})
     try:
         cfg = config_from_dict(raw, source=f"sweep run {run.name}")
-        summary = train(cfg, resume=(run.dir / "checkpoints" / "last.pt").exists())
-        metrics = evaluate(cfg)
+        summary = train_run(cfg, resume=(run.dir / "checkpoints" / "last.pt").exists())
+        metrics = evaluate_run(cfg)
         record.update(status="done", val_top1=summary["best_val_acc"], val_loss=best_val_loss(run.dir),
                       test_top1=metrics["top1"], mean_class_accuracy=metrics["mean_class_accuracy"],
                       epochs=summary["epochs"], error="",

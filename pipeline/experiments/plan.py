@@ -22,14 +22,14 @@ from pipeline.config import (
     Config,
     apply_overrides,
     config_with_overrides,
-    without_superseded,
     keys_affecting,
     read_config_file,
     stable_hash,
+    without_superseded,
 )
 from pipeline.errors import ActrecError
-from pipeline.experiments.track import group_runs
 from pipeline.fileio import safe_name
+from pipeline.tracking import group_runs
 
 log = logging.getLogger(__name__)
 

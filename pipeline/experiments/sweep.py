@@ -18,8 +18,8 @@ from pipeline.errors import ActrecError
 from pipeline.experiments.execute import check_backend, connect, execute
 from pipeline.experiments.plan import SweepRun, plan_sweep
 from pipeline.experiments.report import finished, write_sweep_leaderboard
-from pipeline.experiments.track import check_tracking
 from pipeline.fileio import write_json
+from pipeline.tracking import check_tracking
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.execute import thread_share
 from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
 from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
-from pipeline.experiments.track import check_tracking, group_runs
 from pipeline.fileio import safe_name, write_json
 from pipeline.optional import require
+from pipeline.tracking import check_tracking, group_runs
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
     """Train one trial, reporting each epoch's validation accuracy to the pruner; its best validation accuracy."""
     optuna = _optuna()
 
-    from pipeline.sequence.train import train
+    from pipeline.experiments.tracked import train_run
 
     params = {param.key: param.suggest(trial) for param in spec.params}
     run_dir = trial.user_attrs.get("run_dir") or str(spec.folder / f"trial-{trial.number:04d}")
@@ -504,7 +504,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
     try:
         if rows and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {max(rows)}")
-        train(cfg, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists(), on_epoch=on_epoch)
+        train_run(cfg, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists(), on_epoch=on_epoch)
     except optuna.TrialPruned as exc:
         write_record(run, trial.number, rows, "pruned", str(exc))
         log.info(f"trial {trial.number} {exc} ({_describe(params)})")
@@ -580,7 +580,7 @@ def trial_row(run: SweepRun) -> dict:
 
 def evaluate_best(spec: TuneSpec, study, rows: list[dict]) -> dict | None:
     """Evaluate the validation pick (the leaderboard's first row) on the test list once; write best.json."""
-    from pipeline.sequence.evaluate import evaluate
+    from pipeline.experiments.tracked import evaluate_run
 
     if not rows or rows[0]["status"] != "done":
         return None
@@ -588,7 +588,7 @@ def evaluate_best(spec: TuneSpec, study, rows: list[dict]) -> dict | None:
     record = read_record(pick["run_dir"])
     if record.get("test_top1") is None:
         trial_run = next(run for run in trial_runs(spec, study) if str(run.dir) == pick["run_dir"])
-        metrics = evaluate(config_from_dict(trial_run.config, source=f"tune trial {trial_run.name}"))
+        metrics = evaluate_run(config_from_dict(trial_run.config, source=f"tune trial {trial_run.name}"))
         record.update(test_top1=metrics["top1"], mean_class_accuracy=metrics["mean_class_accuracy"])
         write_json(Path(pick["run_dir"]) / RESULT_FILE, record)
     best = {"trial": record.get("trial"), "run_dir": pick["run_dir"], "params": record.get("varied"),

@@ -17,7 +17,6 @@ import numpy as np
 
 from pipeline.config import Config, config_diff, runtime_option, stage_runtime
 from pipeline.errors import ActrecError
-from pipeline.experiments.track import check_tracking, track_evaluation
 from pipeline.fileio import write_json
 from pipeline.inputs.formats import class_pairs
 from pipeline.sequence.metrics import (
@@ -36,7 +35,6 @@ def evaluate(cfg: Config) -> dict:
     """Evaluate ``eval.checkpoint`` of ``run.dir`` on the test list of ``data.split``; returns the metrics."""
     from pipeline.sequence.checkpoint import load_checkpoint
 
-    check_tracking(cfg)  # an MLflow store that cannot be used: one line now, not after scoring
     path = checkpoint_path(cfg)
     ckpt = load_checkpoint(path)
     check_refit_finished(ckpt, path)
@@ -49,7 +47,6 @@ def evaluate(cfg: Config) -> dict:
     metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
     write_outputs(metrics, split.class_names, Path(cfg.run.dir))
     write_predictions(Path(cfg.run.dir) / "predictions.csv", split, dataset, video_scores(logits))
-    track_evaluation(cfg, metrics)  # the test metrics beside the run's hparams (TensorBoard, MLflow)
     return metrics
 
 

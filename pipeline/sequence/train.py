@@ -35,7 +35,6 @@ from pipeline.cache.reader import cache_rows, open_cache
 from pipeline.config import Config, config_diff, config_from_dict, runtime_option, save_config, stage_runtime
 from pipeline.device import autocast_dtype, dtype_name, resolve_device, set_threads
 from pipeline.errors import ActrecError
-from pipeline.experiments.track import check_tracking, track_run
 from pipeline.fileio import atomic_path
 from pipeline.sequence.checkpoint import (
     load_checkpoint,
@@ -98,11 +97,11 @@ class Run:
 def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     """Train ``cfg.model`` on the cached features of ``cfg.data.split``; returns a summary of the run.
 
-    ``on_epoch(row)`` is called with each epoch's history row once the epoch's checkpoint is written; an
-    exception it raises (a tuner pruning the run) stops training there, the checkpoint kept.
+    ``on_epoch(report)`` is called with each epoch's ``epoch_report`` once the epoch's checkpoint is written
+    (tracking is handed in this way: ``pipeline.tracking.track_run``); an exception it raises (a tuner pruning
+    the run) stops training there, the checkpoint kept.
     """
     started = time.perf_counter()
-    check_tracking(cfg)  # an MLflow store that cannot be used: one line now, not after the first epoch
     cache = open_cache(cfg)
     previous = previous_checkpoint(cfg, cache, resume)
     if previous is not None and previous["epoch"] >= cfg.train.epochs and not refit_pending(cfg, cache, previous):
@@ -118,18 +117,21 @@ def train(cfg: Config, resume: bool = False, on_epoch=None) -> dict:
     log.info(f"training {cfg.model.name} on {len(train_set)} videos (validation: {len(val_set)}) of split "
              f"{split_name}: {sum(p.numel() for p in run.model.parameters()):,} parameters, device "
              f"{run.device}{precision}")
-    with track_run(cfg, run.state) as track:
-        for epoch in range(run.state["epoch"], cfg.train.epochs):
-            run_epoch(run, train_set, val_set, cache, epoch)
-            track(run.state["history"][-1])
-            if on_epoch is not None:
-                on_epoch(run.state["history"][-1])
+    for epoch in range(run.state["epoch"], cfg.train.epochs):
+        run_epoch(run, train_set, val_set, cache, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch_report(run.state))
     if cfg.train.refit:
         refit(run, cache, train_set, val_set)
     summary = run_summary(run.state, run.dir, seconds=time.perf_counter() - started, skipped=False)
     log.info(f"done: {summary['epochs']} epochs in {summary['seconds']:.1f}s; best val acc "
              f"{summary['best_val_acc']:.3f} at epoch {summary['best_epoch']}; checkpoints in {run.dir}/checkpoints")
     return summary
+
+
+def epoch_report(state: dict) -> dict:
+    """What an epoch callback is told: the epoch's history row and the run's best validation result so far."""
+    return {**state["history"][-1], "best_val_acc": state["best_val_acc"], "best_val_loss": state["best_val_loss"]}
 
 
 def previous_checkpoint(cfg: Config, cache, resume: bool) -> dict | None:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipeline.fileio import atomic_path
 from pipeline.inputs.video import iter_video_frames
-from pipeline.sequence.predict import VideoPrediction
+from pipeline.predict.predictor import VideoPrediction
 
 THUMB_HEIGHT = 72  # pixels of each frame of a thumbnail strip
 

@@ -15,8 +15,8 @@ from typing import Callable
 
 from pipeline.config import ServeConfig
 from pipeline.errors import ActrecError
-from pipeline.sequence.predict import Predictor, VideoPrediction, predict_video
-from pipeline.sequence.render import write_annotated
+from pipeline.predict.predictor import Predictor, VideoPrediction, predict_video
+from pipeline.predict.render import write_annotated
 from pipeline.serve.runs import ServedRun
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from pipeline.cli import cli
 from pipeline.experiments.sweep import run_sweep
-from pipeline.sequence.evaluate import evaluate
-from pipeline.sequence.train import train
+from pipeline.experiments.tracked import evaluate_run as evaluate
+from pipeline.experiments.tracked import train_run as train
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 from tests.orderdata import order_config, write_order_dataset
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
-from pipeline.experiments.track import check_tracking
+from pipeline.tracking import check_tracking
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 
 CONFIG = PROJECT_ROOT / "configs" / "synthetic.yaml"
@@ -115,7 +115,7 @@ def test_a_read_only_tensorboard_folder_is_one_line_with_its_path_as_text(tmp_pa
 # In a process of its own: pytest replaces threading.excepthook, which is what prints a writer thread's traceback.
 LOSE_TB_MID_RUN = """
 import sys
-from pipeline.sequence.train import train
+from pipeline.experiments.tracked import train_run as train
 from pipeline.errors import ActrecError
 from tests.helpers import remount_read_only
 from tests.orderdata import order_config

@@ -17,8 +17,8 @@ from pipeline.embed.backbone import frame_resize, normalize
 from pipeline.embed.run import embed
 from pipeline.inputs.formats import load_split
 from pipeline.inputs.video import iter_video_frames, video_fps
+from pipeline.predict.predictor import predict
 from pipeline.sequence.evaluate import evaluate
-from pipeline.sequence.predict import predict
 from pipeline.sequence.train import train
 from tests.footage import footage_config, header_count, source
 from tests.helpers import read_video

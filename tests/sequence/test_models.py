@@ -153,6 +153,8 @@ def test_a_file_s_keys_for_its_model_give_way_to_a_model_chosen_on_the_command_l
         cfg = load_config(config, ["model.name=meanpool"])
     assert cfg.to_dict()["model"] == {"name": "meanpool", "latent_dim": 64, "hidden_dim": 1024, "dropout": 0.5}
     assert any("model.attention is dropped" in r.getMessage() for r in caplog.records)
+    layered = load_config(None, ["model.attention=false", "model.latent_dim=32"], ["model.name=meanpool"])
+    assert layered.to_dict()["model"] == {"name": "meanpool", "latent_dim": 32, "hidden_dim": 1024, "dropout": 0.5}
     config.write_text("model:\n  name: meanpool\n  attention: false\n")
     with pytest.raises(ActrecError, match=rf"^{config}: 'model.attention' is not a key of model.name=meanpool"):
         load_config(config)

@@ -194,7 +194,7 @@ class PredictionReport:
 def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: str | None = None,
             hop: float | None = None, device: str = "auto") -> PredictionReport:
     """Label one video (annotated video + JSON timeline) or a folder of videos (CSV of video-level top-5)."""
-    from pipeline.sequence.render import write_annotated
+    from pipeline.predict.render import write_annotated
 
     video = Path(video)
     if not video.exists():

@@ -38,30 +38,36 @@ FINAL_METRICS = ("hparams/val_top1", "hparams/val_loss", "hparams/test_top1", "h
 
 
 @contextmanager
-def track_run(cfg: Config, state: dict):
-    """Yield ``track(history_row)`` for each finished epoch; on leaving, record the run's settings with its best
-    validation result from ``state`` unless Ctrl-C or a kill interrupted it (the resumed run records them: TensorBoard
-    keeps the first hparams a run dir states)."""
+def track_run(cfg: Config):
+    """Yield ``track(report)``, the epoch callback a training run is handed (``train(cfg, on_epoch=track)``): each
+    epoch's report (its history row with the run's best so far) goes to TensorBoard and MLflow. The store is
+    checked first (one line before any work); on leaving, the run's settings are recorded with its best
+    validation result, unless Ctrl-C or a kill interrupted it (the resumed run records them: TensorBoard keeps
+    the first hparams a run dir states)."""
+    check_tracking(cfg)
     writers = [writer for writer in (_tensorboard(cfg), _mlflow(cfg)) if writer is not None]
+    last: dict = {}
 
-    def track(row: dict) -> None:
+    def track(report: dict) -> None:
+        last.clear()
+        last.update(report)
         for writer in writers:
-            writer.epoch(row)
+            writer.epoch(report)
 
     outcome = "interrupted"
     try:
         yield track
         outcome = "finished"
     except Exception:
-        outcome = "stopped"  # by on_epoch (a pruned trial) or an error
+        outcome = "stopped"  # by another epoch callback (a pruned trial) or an error
         raise
     finally:
         for writer in writers:
-            writer.close(state, outcome)
+            writer.close(last, outcome)
 
 
 def track_evaluation(cfg: Config, metrics: dict) -> None:
-    """Add the test metrics of ``actrec evaluate`` to the run's TensorBoard hparams and MLflow run."""
+    """Add the test metrics of an evaluation to the run's TensorBoard hparams and MLflow run."""
     step = int(metrics["checkpoint_epoch"])
     final = {"hparams/test_top1": metrics["top1"], "hparams/test_mean_class_accuracy": metrics["mean_class_accuracy"]}
     if cfg.track.tensorboard:
@@ -133,11 +139,11 @@ def run_settings(cfg: Config) -> dict:
     return settings
 
 
-def best_of(state: dict) -> dict:
-    """The best validation accuracy and loss the run reached (nothing while no epoch has been validated)."""
-    return {tag: value for tag, value in (("hparams/val_top1", state["best_val_acc"]),
-                                          ("hparams/val_loss", state["best_val_loss"]))
-            if state["history"] and math.isfinite(value) and value >= 0}
+def best_of(report: dict) -> dict:
+    """The best validation accuracy and loss the run reached by the epoch of ``report`` (nothing before an epoch
+    has been validated)."""
+    return {tag: report[key] for tag, key in (("hparams/val_top1", "best_val_acc"), ("hparams/val_loss", "best_val_loss"))
+            if isinstance(report.get(key), (int, float)) and math.isfinite(report[key]) and report[key] >= 0}
 
 
 class _TensorBoard:
@@ -154,20 +160,20 @@ class _TensorBoard:
                     self.writer.add_scalar(tag, row[column], row["epoch"])
             self.writer.flush()
 
-    def close(self, state: dict, outcome: str) -> None:
+    def close(self, report: dict, outcome: str) -> None:
         with tensorboard_errors(Path(self.cfg.run.dir) / TB_DIR):
-            self._close(state, outcome)
+            self._close(report, outcome)
 
-    def _close(self, state: dict, outcome: str) -> None:
+    def _close(self, report: dict, outcome: str) -> None:
         from torch.utils.tensorboard.summary import hparams
 
-        best = best_of(state)
+        best = best_of(report)
         if best and outcome != "interrupted":
             # The metric tags are declared here; their values are scalars of this run (test ones added by evaluate).
             for summary in hparams(run_settings(self.cfg), dict.fromkeys(FINAL_METRICS, 0.0)):
                 self.writer.file_writer.add_summary(summary)
             for tag, value in best.items():
-                self.writer.add_scalar(tag, value, state["epoch"])
+                self.writer.add_scalar(tag, value, report["epoch"])
         self.writer.close()
 
 
@@ -248,9 +254,10 @@ class _MlflowTraining:
     def epoch(self, row: dict) -> None:
         self.run.log_metrics({column: row[column] for column in EPOCH_METRICS}, row["epoch"])
 
-    def close(self, state: dict, outcome: str) -> None:
-        best = best_of(state)
-        self.run.log_metrics({tag.split("/", 1)[1]: value for tag, value in best.items()}, state["epoch"])
+    def close(self, report: dict, outcome: str) -> None:
+        best = best_of(report)
+        if best:
+            self.run.log_metrics({tag.split("/", 1)[1]: value for tag, value in best.items()}, report["epoch"])
         curves = Path(self.run.run_dir) / "curves.png"
         if curves.exists():
             self.run.client.log_artifact(self.run.run_id, str(curves))

@@ -15,7 +15,7 @@ from pipeline.inputs.video import iter_video_frames
 from pipeline.inputs.written import check_written_video
 
 if TYPE_CHECKING:  # predict imports render for its outputs
-    from pipeline.sequence.predict import VideoPrediction
+    from pipeline.predict.predictor import VideoPrediction
 
 MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
 

@@ -13,7 +13,7 @@ from pipeline.cli import cli
 from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
 from pipeline.inputs.formats.ucf101 import load_split
-from pipeline.sequence.predict import (
+from pipeline.predict.predictor import (
     PredictionReport,
     Predictor,
     format_prediction,
@@ -23,7 +23,7 @@ from pipeline.sequence.predict import (
     window_length,
     window_starts,
 )
-from pipeline.sequence.render import frame_windows, write_annotated
+from pipeline.predict.render import frame_windows, write_annotated
 from pipeline.sequence.sampling import eval_clip_indices
 from pipeline.sequence.train import train
 from tests.helpers import read_video
