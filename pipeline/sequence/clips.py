@@ -1,6 +1,6 @@
 """One clip source for training, validation and evaluation: batches of clips on the model's device.
 
-The loops (``train.train_epoch``, ``train.predict_clips``) ask a ``ClipSource`` for batches and never for where
+The loops (``loop.train_epoch``, ``loop.predict_clips``) ask a ``ClipSource`` for batches and never for where
 the features live. ``clip_source`` picks one of two:
 
 - ``LoaderClips``: a DataLoader reads each clip from the cache (in host memory or on disk) and the batch is

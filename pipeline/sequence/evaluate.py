@@ -84,7 +84,7 @@ def score_test_clips(cfg: Config, ckpt: dict, dataset) -> tuple[np.ndarray, np.n
     from pipeline.device import autocast_dtype, resolve_device, set_threads
     from pipeline.sequence.checkpoint import model_from_checkpoint
     from pipeline.sequence.clips import clip_source
-    from pipeline.sequence.train import predict_clips
+    from pipeline.sequence.loop import predict_clips
 
     runtime = stage_runtime(cfg, "eval")
     set_threads(runtime.threads)
