@@ -18,7 +18,6 @@ from pipeline.errors import ActrecError
 # The config keys that change the features are marked `affects="features"` in the schema (pipeline/config.py).
 # Most are recorded as is under their own name; these are recorded otherwise (see _derived_entries):
 DERIVED = {"data.splits", "embed.weights", "embed.preprocess", "embed.resize", "extract.jpeg_quality"}
-RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 
 
 
@@ -26,7 +25,7 @@ RENAMED = {"data.name": "dataset"}  # the name caches of format 1 use
 def feature_keys() -> dict[str, str]:
     """Fingerprint key -> config key, for the keys copied as is (read from the schema when first asked, so the
     storage layer loads no plug-in at import)."""
-    return {RENAMED.get(name, name.split(".")[1]): name for name in keys_affecting("features")
+    return {name.split(".")[1]: name for name in keys_affecting("features")
             if name not in DERIVED}
 
 # Recorded by embed from the machine it ran on (not derivable from a config): a resumed embed must match
@@ -36,9 +35,6 @@ def feature_keys() -> dict[str, str]:
 # one cache written on different kinds are joined only on request (``actrec merge-cache --mixed-devices``), and
 # the joined cache then records the list of them.
 MACHINE_KEYS = {"forward_dtype", "device"}
-# Keys added after caches of format 1 were written: compared where the cache records them, so those
-# caches stay readable (they were written with one batch size throughout, as embed never changed it).
-LATER_KEYS = {"batch_size"}
 
 
 def stage_two_differences(cached_fingerprint: dict, cached_config: dict, config: dict) -> list[str]:
@@ -65,7 +61,7 @@ def fingerprint_differences(cached: dict, expected: dict, sides: tuple[str, str]
     """One line per key whose value differs between a cache and the current config (or, with ``sides``, between
     two caches: the words that introduce each side's value), leaving out the keys in ``ignore``."""
     keys = [k for k in sorted(set(cached) | set(expected))
-            if k not in ignore and (k not in MACHINE_KEYS | LATER_KEYS or (k in cached and k in expected))]
+            if k not in ignore and (k not in MACHINE_KEYS or (k in cached and k in expected))]
     left, right = sides or ("cache has", None)
     source = {k: "this machine (embed.device, embed.precision) gives" for k in MACHINE_KEYS}
     return [f"{k}: {left} {cached.get(k, '<missing>')!r}, {right or source.get(k, 'config gives')} "

@@ -39,8 +39,7 @@ COLUMNS = {"index": {"names": h5py.string_dtype("utf-8", NAME_BYTES), "labels": 
            "failures": {"names": h5py.string_dtype("utf-8", NAME_BYTES),
                         "reasons": h5py.string_dtype("utf-8", REASON_BYTES)}}
 # Videos whose decode ended before the frame count their header lists, kept because most frames decoded: name and
-# that count. Added after format 1 was first written: a cache without the group reads as having none, and a writer
-# that resumes such a cache adds it.
+# that count.
 SHORT_COLUMNS = {"names": h5py.string_dtype("utf-8", NAME_BYTES), "header_frames": np.int64}
 
 log = logging.getLogger(__name__)
@@ -165,9 +164,7 @@ def read_checked(f: h5py.File, path) -> dict:
 
 
 def _short_videos(f: h5py.File, committed: set[str]) -> dict[str, int]:
-    """Committed videos that decoded short: name -> the frame count their header lists (none in older caches)."""
-    if "short/count" not in f:
-        return {}
+    """Committed videos that decoded short: name -> the frame count their header lists."""
     n = int(f["short/count"][0])
     rows = zip(_decode(f["short/names"][:n]), f["short/header_frames"][:n].astype(np.int64).tolist())
     return {name: frames for name, frames in rows if name in committed}

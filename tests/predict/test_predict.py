@@ -60,10 +60,9 @@ def test_windows_span_the_same_seconds_at_any_frame_rate():
     """A 50 fps and a 25 fps video get windows of the same duration: the training clips' average time span."""
     clip_seconds, length = 6.4, 40
     for fps in (25.0, 50.0, 29.97):
-        frames = window_length(clip_seconds, fps, length)
+        frames = window_length(clip_seconds, fps)
         assert abs(frames / fps - clip_seconds) <= 0.5 / fps
-    assert window_length(clip_seconds, 50.0, length) == 2 * window_length(clip_seconds, 25.0, length)
-    assert window_length(None, 50.0, length) == length  # a checkpoint that did not record the time scale
+    assert window_length(clip_seconds, 50.0) == 2 * window_length(clip_seconds, 25.0)
 
 
 def test_each_frame_shows_the_window_with_the_nearest_centre():
