@@ -184,10 +184,11 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @reports_errors
 def synth(config_path, overrides, force, data_format):
     """Write the synthetic UCF-101-shaped dataset (videos + split files) to data.videos / data.splits."""
+    overrides = overrides + ((f"data.format={data_format}",) if data_format else ())
+    cfg = load_config(config_path, overrides)
     from pipeline.inputs.synthetic import generate_dataset
 
-    overrides = overrides + ((f"data.format={data_format}",) if data_format else ())
-    generate_dataset(load_config(config_path, overrides), force=force)
+    generate_dataset(cfg, force=force)
 
 
 @cli.command()
@@ -196,9 +197,10 @@ def synth(config_path, overrides, force, data_format):
 def download(config_path, overrides):
     """Get the dataset of data.format: UCF-101 or HMDB-51 downloaded (resumable, verified) and unpacked safely;
     the synthetic dataset (data.synthetic) generated; a folder of your videos needs nothing."""
+    cfg = load_config(config_path, overrides)
     from pipeline.inputs.acquire import acquire
 
-    acquire(load_config(config_path, overrides))
+    acquire(cfg)
 
 
 @cli.command()
@@ -206,9 +208,10 @@ def download(config_path, overrides):
 @reports_errors
 def extract(config_path, overrides):
     """Decode every video of data.videos into JPEG frames under data.frames (parallel, resumable)."""
+    cfg = load_config(config_path, overrides)
     from pipeline.inputs.extract import extract_frames
 
-    extract_frames(load_config(config_path, overrides))
+    extract_frames(cfg)
 
 
 @cli.command()
@@ -216,9 +219,10 @@ def extract(config_path, overrides):
 @reports_errors
 def embed(config_path, overrides):
     """Stage one: run the frozen backbone once over every frame and write the HDF5 feature cache."""
+    cfg = load_config(config_path, overrides)  # every setting checked before the stage (torch) is imported
     from pipeline.embed.run import embed as run_embed
 
-    run_embed(load_config(config_path, overrides))
+    run_embed(cfg)
 
 
 @cli.command()
@@ -258,6 +262,9 @@ def evaluate(config_path, overrides):
 @reports_errors
 def predict(video, checkpoint, out, json_path, hop, device):
     """Label a video (or a folder of videos) with sliding windows; write an annotated video and JSON."""
+    from pipeline.predict.request import check_request
+
+    check_request(video, checkpoint, out, json_path, hop)  # before the predictor (torch, the backbone) is imported
     from pipeline.predict.predictor import format_prediction
     from pipeline.predict.predictor import predict as run_predict
 
@@ -279,9 +286,10 @@ def serve(folders, config_path, overrides, host, port, device):
     Needs Gradio (pip install -e '.[serve]'); the Errors tab reads run.dir/predictions.csv of `actrec evaluate`.
     Settings (serve.max_upload_mb, ...) come from --config/--set.
     """
+    settings = load_config(config_path, overrides).serve
     from pipeline.serve.server import serve as run_server
 
-    run_server(folders, host, port, load_config(config_path, overrides).serve, device=device)
+    run_server(folders, host, port, settings, device=device)
 
 
 @cli.command()
@@ -312,7 +320,8 @@ def merge_cache(cache_path, mode, mixed_devices):
     from pipeline.cache.shards import join
     from pipeline.fileio import check_output
 
-    summary = join(check_output(cache_path, "CACHE_PATH", replaces="a feature cache"), mode, mixed_devices=mixed_devices)
+    summary = join(check_output(cache_path, "CACHE_PATH", replaces="a feature cache"), mode,
+                   mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 
@@ -337,9 +346,10 @@ def bench(config_path, overrides, quick, out_dir, readme, only):
     GPU throughput, seconds per UCF-101 epoch on device-resident features (CPU, and GPU when present) and the
     seed's own training step next to ours. Uses embed.threads and embed.workers from the config.
     """
+    cfg = load_config(config_path, overrides)
     from pipeline.bench import format_markdown, run_benchmarks
 
-    result = run_benchmarks(load_config(config_path, overrides), quick=quick, out_dir=Path(out_dir),
+    result = run_benchmarks(cfg, quick=quick, out_dir=Path(out_dir),
                             readme=Path(readme) if readme else None, only=tuple(only))
     click.echo(format_markdown(result))
 

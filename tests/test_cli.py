@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
@@ -54,3 +55,31 @@ def test_the_cli_module_leaves_tqdm_unimported_so_log_files_get_throttled_bars()
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+REFUSALS = {
+    "embed": ["embed", "-c", "configs/synthetic.yaml", "--set", "embed.bogus=1"],
+    "train": ["train", "-c", "configs/synthetic.yaml", "--set", "train.bogus=1"],
+    "evaluate": ["evaluate", "-c", "configs/synthetic.yaml", "--set", "eval.bogus=1"],
+    "sweep": ["sweep", "-c", "configs/synthetic.yaml", "--grid", "model.bogus=1,2"],
+    "predict": ["predict", "README.md", "--checkpoint", "missing.pt"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(REFUSALS))
+def test_a_refused_setting_is_one_line_before_torch_is_imported(command):
+    """Every command checks its config, paths and options first: a mistake costs no stage import (issue: a
+    refusal used to pay seconds and most of a gigabyte of imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from pipeline.cli import main\n"
+            f"sys.argv = ['actrec', *{REFUSALS[command]!r}]\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit as exc:\n"
+            "    print(exc.code, sorted({'torch', 'torchvision', 'cv2', 'h5py'} & set(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "2 []", (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr

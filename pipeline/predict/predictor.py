@@ -20,9 +20,10 @@ from pipeline.config import config_from_dict
 from pipeline.device import autocast_dtype, resolve_device
 from pipeline.embed.backbone import embed_frames, frame_resize, load_backbone, weights_identity
 from pipeline.errors import ActrecError
-from pipeline.fileio import atomic_path, check_output, write_json
+from pipeline.fileio import atomic_path, write_json
 from pipeline.inputs import VIDEO_SUFFIXES
 from pipeline.inputs.video import iter_video_frames, video_fps
+from pipeline.predict.request import check_request
 from pipeline.sequence.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.sequence.metrics import softmax
 from pipeline.sequence.sampling import eval_clip_indices
@@ -193,19 +194,7 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     """Label one video (annotated video + JSON timeline) or a folder of videos (CSV of video-level top-5)."""
     from pipeline.predict.render import write_annotated
 
-    video = Path(video)
-    if not video.exists():
-        raise ActrecError(f"{video}: no such video file or folder")
-    if hop is not None and not 0 < hop <= 3600:  # predict.hop's range; also refuses inf and nan
-        raise ActrecError(f"--hop {hop}: seconds between windows must be above 0 and at most 3600")
-    allowed = (".csv",) if video.is_dir() else (".mp4", ".gif")
-    if out is not None and Path(out).suffix.lower() not in allowed:
-        what = "a folder of videos gives a CSV" if video.is_dir() else "the annotated video is an MP4 or a GIF"
-        raise ActrecError(f"--out {out}: {what}; use a name ending in {' or '.join(allowed)}")
-    if video.is_dir() and out is None:
-        out = str(video / "predictions.csv")
-    check_outputs({"the input video": video, "the checkpoint": Path(checkpoint)}, {"--out": out, "--json": json_path},
-                  {"--out": allowed, "--json": (".json",)})
+    video, out = check_request(video, checkpoint, out, json_path, hop)
     predictor = Predictor(Path(checkpoint), device)
     hop = hop or predictor.cfg.predict.hop
     if video.is_dir():
@@ -218,29 +207,6 @@ def predict(video: Path, checkpoint: Path, out: str | None = None, json_path: st
     if out:
         write_annotated(video, prediction, Path(out), topk, predictor.cfg.predict.gif_max_frames)
     return PredictionReport([prediction], {}, {"annotated video": out, "JSON timeline": json_path})
-
-
-def check_outputs(inputs: dict, outputs: dict, suffixes: dict | None = None) -> None:
-    """Before any work: no output may be an input (after links) or another output, and each passes fileio's
-    output guard (its suffix; never a checkpoint, cache or config; never in a checkpoints folder; writable)."""
-    given = {option: Path(path) for option, path in outputs.items() if path is not None}
-    seen = {}
-    for option, path in given.items():
-        for what, source in inputs.items():
-            if _same_file(path, source):
-                raise ActrecError(f"{option} {path} is {what}; writing it would destroy it. Choose another name")
-        key = path.resolve()
-        if key in seen:
-            raise ActrecError(f"{option} {path} is also {seen[key]}; give each output its own name")
-        seen[key] = option
-    for option, path in given.items():
-        check_output(path, option, (suffixes or {}).get(option))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return a.samefile(b)  # also hard links
-    return a.resolve() == b.resolve()
 
 
 def format_prediction(report: PredictionReport) -> str:
