@@ -177,6 +177,7 @@ def test_local_runs_get_a_gpu_each_as_the_only_one_they_see(monkeypatch, tmp_pat
         local_gpus(on_cuda)
 
 
+@pytest.mark.slow
 def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
     ray = pytest.importorskip("ray")  # optional: `pip install -e '.[cluster]'`
     try:
