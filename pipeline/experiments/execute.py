@@ -73,7 +73,7 @@ def connect(backend: str, scheduler: str | None, todo: list[SweepRun], jobs: int
             client.close()
     else:
         ray = connect_ray(scheduler)
-        gpu, device = cluster_gpu_request(todo, [ray.cluster_resources().get("GPU", 0)], "ray")
+        gpu, device = cluster_gpu_request(todo, ray_gpu_offers(ray), "ray")
         yield RayWorkers(gpu, device), jobs or len(todo)
 
 
@@ -408,7 +408,7 @@ class DaskWorkers:
         self.done, self.runs = as_completed(), {}
 
     def submit(self, run: SweepRun) -> None:
-        future = self.client.submit(run_job, run, 0, self.device, pure=False,
+        future = self.client.submit(cluster_job, os.getcwd(), run, 0, self.device, pure=False,
                                     resources={"GPU": 1} if self.gpu else None)
         self.runs[future.key] = (future, run)
         self.done.add(future)
@@ -431,26 +431,43 @@ def connect_ray(scheduler: str | None):
     ray = require("ray", "--backend ray")
 
     try:
-        ray.init(address=scheduler, ignore_reinit_error=True)
+        ray.init(address=scheduler, ignore_reinit_error=True, logging_level=logging.WARNING,
+                 configure_logging=True, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ActrecError(f"--scheduler {scheduler}: cannot connect to Ray ({exc}); start `ray start --head` "
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ActrecError(f"--scheduler {scheduler}: cannot connect to Ray ({first}); start `ray start --head` "
                           f"there or fix the address") from exc
     return ray
 
 
+def ray_gpu_offers(ray) -> list[float]:
+    """The GPUs the Ray cluster offers (one number: Ray schedules each task onto a node with a free one)."""
+    return [ray.cluster_resources().get("GPU", 0)]
+
+
+def cluster_job(cwd: str, run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
+    """``run_job`` on a cluster worker, in the sweep's working folder: relative run dirs and cache paths mean
+    there what they mean where the sweep was started (the workers share its file system). No progress bars: the
+    sweep reports each run."""
+    os.chdir(cwd)
+    os.environ["TQDM_DISABLE"] = "1"
+    return run_job(run, threads, device)
+
+
 class RayWorkers:
     """Runs as Ray tasks, each requesting ``num_gpus=1`` when the runs train on GPUs (Ray then shows the task
-    only the GPU it was given)."""
+    only the GPU it was given). A task whose worker dies is not retried by Ray: its run is recorded failed (the
+    others go on) and the sweep's next run resumes it from its last checkpoint."""
 
     def __init__(self, gpu: bool, device: str | None):
         ray = require("ray", "--backend ray")
 
         self.ray, self.device = ray, device
-        self.remote = ray.remote(num_gpus=1 if gpu else 0)(run_job)
+        self.remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0)(cluster_job)
         self.refs = {}
 
     def submit(self, run: SweepRun) -> None:
-        self.refs[self.remote.remote(run, 0, self.device)] = run
+        self.refs[self.remote.remote(os.getcwd(), run, 0, self.device)] = run
 
     def next_done(self) -> dict:
         (ref,), _ = self.ray.wait(list(self.refs), num_returns=1)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("int", "float", "cat")
 PRUNERS = ("median", "halving")
+TUNE_BACKENDS = ("local", "ray")
 TUNABLE_SECTIONS = ("model", "train", "eval")
 # The plan checks at most this many combinations of the parameters' points (whole int ranges up to GRID_INTS).
 MAX_POINTS, GRID_INTS = 256, 8
@@ -268,21 +269,28 @@ def default_storage(folder: Path) -> str:
     return f"sqlite:///{(folder / 'study.db').resolve()}"
 
 
-def run_tune(spec: TuneSpec, jobs: int = 1) -> dict:
-    """Run the study to ``spec.trials`` finished trials (``jobs`` worker processes), then evaluate the best trial on
-    the test list and write the leaderboard (also when interrupted)."""
+def run_tune(spec: TuneSpec, jobs: int = 1, backend: str = "local", scheduler: str | None = None) -> dict:
+    """Run the study to ``spec.trials`` finished trials (``jobs`` worker processes here, or ``jobs`` Ray tasks with
+    ``backend="ray"``), then evaluate the best trial on the test list and write the leaderboard (also when
+    interrupted)."""
+    if backend not in TUNE_BACKENDS:
+        raise ActrecError(f"--backend {backend}: unknown for a tune; use one of {', '.join(TUNE_BACKENDS)}")
+    base = load_base(spec.config_path, spec.sets)[1].to_dict()
+    cluster = connect_ray_workers(spec, base, scheduler) if backend == "ray" else None  # before the study is made
     study = open_study(spec, worker=0, create=True)
     recover(study)
-    base = load_base(spec.config_path, spec.sets)[1].to_dict()
     finished = finished_count(study)
     jobs = max(1, min(jobs, spec.trials - finished))  # no worker without a trial to run
     threads = thread_share(base, jobs) if jobs > 1 else 0
     log.info(f"tune {spec.name}: {finished} of {spec.trials} trials finished; study in {spec.storage}")
     try:
-        if jobs == 1:
+        if cluster is not None:
+            run_ray_workers(cluster, jobs, threads)
+        elif jobs == 1:
             run_worker(spec, 0, threads)
         else:
             run_workers(spec, jobs, threads)
+        recover(study)  # a worker killed just now (on Ray): its trial is failed and queued for the next run
     finally:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
@@ -378,6 +386,8 @@ def recover(study) -> None:
         attrs = trial.user_attrs
         if trial.state == TrialState.RUNNING and attrs.get("host") == host and not _alive(attrs.get("pid")):
             try:  # as Optuna's own fail_stale_trials does it: there is no public call to end another's trial
+                study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process (pid {attrs.get('pid')}) "
+                                                   f"was killed mid-trial; queued again")
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue
@@ -430,6 +440,55 @@ def run_workers(spec: TuneSpec, jobs: int, threads: int) -> None:
         raise ActrecError(f"{len(failed)} of {jobs} tune workers stopped with an error (exit status "
                           f"{', '.join(map(str, failed))}); see the messages above, then run the command again to "
                           f"continue the study")
+
+
+def connect_ray_workers(spec: TuneSpec, base: dict, scheduler: str | None) -> tuple:
+    """(ray, the workers' spec, whether each requests a GPU): connected, and GPU training where the cluster has
+    no GPU refused, before the study is created."""
+    import dataclasses
+
+    from pipeline.experiments.execute import cluster_gpu_request, connect_ray, ray_gpu_offers
+
+    ray = connect_ray(scheduler)
+    gpu, device = cluster_gpu_request([SweepRun(spec.name, {}, base)], ray_gpu_offers(ray), "ray")
+    if device:  # train.device=auto on a cluster without GPUs: the trials train on its CPUs
+        spec = dataclasses.replace(spec, sets=spec.sets + (f"train.device={device}", f"eval.device={device}"))
+    return ray, spec, gpu
+
+
+def run_ray_workers(cluster: tuple, jobs: int, threads: int) -> None:
+    """``jobs`` workers of the study as Ray tasks (one GPU each when the trials train on GPUs). A task whose
+    worker dies is not retried: the others go on, and its trial, left running under a dead pid, is failed and
+    queued again (``recover``), so the next run resumes it from its last checkpoint."""
+    ray, spec, gpu = cluster
+    remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0)(ray_worker)
+    level = logging.getLogger("pipeline").getEffectiveLevel()
+    refs = {remote.remote(spec, worker, threads, level): worker for worker in range(jobs)}
+    log.info(f"tune {spec.name}: {jobs} worker(s) as Ray tasks")
+    stopped = []
+    try:
+        for ref, worker in refs.items():
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a worker lost to the cluster; the study goes on
+                stopped.append(worker)
+                log.warning(f"tune worker {worker} on Ray stopped ({error_line(exc, 200)}); its trial is recorded "
+                            f"failed and runs again when the same command runs again")
+    finally:
+        for ref in refs:  # Ctrl-C or an error here: no worker goes on training
+            ray.cancel(ref, force=True)
+
+
+def ray_worker(spec: TuneSpec, worker: int, threads: int, level: int) -> None:
+    """A tune worker as a Ray task: log as the command does, under the worker's number (no progress bars),
+    then run trials."""
+    os.environ["TQDM_DISABLE"] = "1"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[worker {worker}] %(levelname)s: %(message)s"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    run_worker(spec, worker, threads)
 
 
 def worker_main(spec: TuneSpec, worker: int, threads: int, parent: int, level: int) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from pipeline.errors import ActrecError
 from pipeline.optional import require
-
-gr = require("gradio", "`actrec serve`")
-pd = require("pandas", "`actrec serve`")
 from pipeline.serve.media import thumbnail_strip, timeline_rows
 from pipeline.serve.runs import leaderboard, mistakes, read_predictions
 from pipeline.serve.service import PagePrediction, PredictionService
+
+gr = require("gradio", "`actrec serve`")
+pd = require("pandas", "`actrec serve`")
 
 log = logging.getLogger(__name__)
 

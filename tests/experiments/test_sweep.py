@@ -177,18 +177,6 @@ def test_local_runs_get_a_gpu_each_as_the_only_one_they_see(monkeypatch, tmp_pat
         local_gpus(on_cuda)
 
 
-def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
-    ray = pytest.importorskip("ray")  # optional: `pip install -e '.[cluster]'`
-    try:
-        run_sweep(CONFIG, sweep_sets, ["model.name=meanpool,tcn"], "ray", jobs=2, backend="ray",
-                  root=tmp_path / "sweeps")
-    finally:
-        ray.shutdown()
-    rows = read_leaderboard(tmp_path / "sweeps" / "ray")
-    assert sorted(row["model.name"] for row in rows) == ["meanpool", "tcn"]
-    assert all(row["error"] == "" and 0 <= float(row["test_top1"]) <= 1 for row in rows)
-
-
 def test_make_demo_shows_the_sweep_and_stops_on_its_failure():
     """The demo's sweep is neither hidden nor ignored: its output reaches the user and its exit status stops make."""
     makefile = (PROJECT_ROOT / "Makefile").read_text()

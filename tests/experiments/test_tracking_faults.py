@@ -78,7 +78,8 @@ def train_cli(cfg_root, *sets):
     cfg = order_config(cfg_root, "train.threads=1", "eval.threads=1", "train.epochs=1", *sets)
     write_order_dataset(cfg)
     overrides = tiny_overrides(cfg_root) + ["train.threads=1", "eval.threads=1", "train.epochs=1", *sets]
-    return cfg, CliRunner().invoke(cli, ["-q", "train", "-c", str(CONFIG), *[a for s in overrides for a in ("--set", s)]])
+    args = ["-q", "train", "-c", str(CONFIG), *[a for s in overrides for a in ("--set", s)]]
+    return cfg, CliRunner().invoke(cli, args)
 
 
 def assert_one_text_line(result, *words):

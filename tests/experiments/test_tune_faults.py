@@ -15,8 +15,18 @@ from optuna.trial import TrialState
 
 from pipeline.experiments.tune import parse_space, plan_tune
 from tests.experiments.test_sweep import read_leaderboard
-from tests.experiments.test_tune import CONFIG, load_study, tune, tune_args  # noqa: F401 - tune_args: a fixture
-from tests.helpers import PROJECT_ROOT
+from tests.experiments.test_tune import BASE, CONFIG, load_study, tune
+from tests.helpers import PROJECT_ROOT, tiny_overrides
+from tests.orderdata import order_config, write_order_dataset
+
+
+@pytest.fixture
+def tune_args(tmp_path, monkeypatch):
+    """CLI arguments of a tiny order-dataset config (cache written), run from tmp_path (as test_tune's)."""
+    write_order_dataset(order_config(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return ["-c", str(CONFIG)] + [a for s in tiny_overrides(tmp_path) + BASE for a in ("--set", s)]
+
 
 TRANSFORMER = ["--set", "model.name=transformer", "--set", "model.latent_dim=16"]
 
