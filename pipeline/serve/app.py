@@ -68,129 +68,155 @@ def prediction_outputs(result: PagePrediction, labels: int):
     return str(result.annotated), timeline, top5
 
 
-def build_page(service: PredictionService) -> gr.Blocks:
-    names = list(service.runs)
-    first = service.runs[names[0]]
-    labels = service.settings.timeline_labels
+class Handlers:
+    """What the page's events call, over one PredictionService: each refusal becomes a message in the page."""
 
+    def __init__(self, service: PredictionService):
+        self.service = service
+        self.labels = service.settings.timeline_labels
+
+    @staticmethod
     def progress_of(progress):
         return lambda fraction, what: progress(fraction, desc=what)
 
+    def outputs(self, run, video: Path, progress) -> tuple:
+        return prediction_outputs(self.service.predict(run, video, self.progress_of(progress)), self.labels)
+
     @shown_in_page
-    def predict_upload(run_name: str, video: str | None, progress=gr.Progress()):
+    def predict_upload(self, run_name: str, video: str | None, progress=gr.Progress()):
         if not video:
             raise ActrecError("upload a video first (or pick one of the run's test videos)")
         video = Path(video)
-        service.check_upload(video)
+        self.service.check_upload(video)
         try:
-            return prediction_outputs(service.predict(service.run(run_name), video, progress_of(progress)), labels)
+            return self.outputs(self.service.run(run_name), video, progress)
         except ActrecError as exc:  # name the upload as its sender knows it, not by the server's temporary path
             raise ActrecError(str(exc).replace(str(video), video.name)) from exc
 
     @shown_in_page
-    def predict_test_video(run_name: str, name: str | None, progress=gr.Progress()):
-        run = service.run(run_name)
+    def predict_test_video(self, run_name: str, name: str | None, progress=gr.Progress()):
+        run = self.service.run(run_name)
         if not name:
             raise ActrecError("pick one of the run's test videos")
-        return prediction_outputs(service.predict(run, service.test_video(run, name), progress_of(progress)), labels)
+        return self.outputs(run, self.service.test_video(run, name), progress)
 
     @shown_in_page
-    def show_run(run_name: str):
+    def show_run(self, run_name: str):
         """Everything that follows the chosen run: test videos, class filter, errors, figures."""
-        run = service.run(run_name)
-        table, strips, note = errors_of(run_name, ALL_CLASSES)
+        run = self.service.run(run_name)
+        table, strips, note = self.errors_of(run_name, ALL_CLASSES)
         return (gr.Dropdown(choices=sorted(run.test_videos), value=None),
                 gr.Dropdown(choices=[ALL_CLASSES] + run.class_names, value=ALL_CLASSES), table, strips, note,
                 run.figure("curves.png"), run.figure("confusion_matrix.png"))
 
-    def errors_of(run_name: str, true_label: str):
-        run = service.run(run_name)
+    def errors_of(self, run_name: str, true_label: str):
+        run = self.service.run(run_name)
         try:
             rows = mistakes(read_predictions(run), None if true_label == ALL_CLASSES else true_label)
         except ActrecError as exc:
             return pd.DataFrame(columns=ERROR_HEADERS), [], f"**No errors to show:** {exc}"
         table = pd.DataFrame([[r["video"], r["true_label"], r["label1"], float(r["probability1"])] for r in rows],
                              columns=ERROR_HEADERS)
-        strips = []
-        for row in rows[:MAX_STRIPS]:
-            if row["video"] in run.test_videos:
-                key = hashlib.sha1(f"{run.name}/{row['video']}".encode()).hexdigest()[:16]
-                strip = thumbnail_strip(run.test_videos[row["video"]], service.settings.thumbnails,
-                                        service.workdir / "thumbnails" / f"{key}.jpg")
-                strips.append((str(strip), f"{row['video']}: {row['true_label']} taken for {row['label1']} "
-                                           f"({float(row['probability1']):.0%})"))
+        strips = [self.strip(run, row) for row in rows[:MAX_STRIPS] if row["video"] in run.test_videos]
         note = (f"{len(rows)} wrong test videos of {run.name}, most confident mistakes first; select one to see "
                 f"its timeline.")
         return table, strips, note
 
-    @shown_in_page
-    def filter_errors(run_name: str, true_label: str):
-        return errors_of(run_name, true_label)
+    def strip(self, run, row: dict) -> tuple[str, str]:
+        """A mistake's thumbnail strip and its caption."""
+        key = hashlib.sha1(f"{run.name}/{row['video']}".encode()).hexdigest()[:16]
+        strip = thumbnail_strip(run.test_videos[row["video"]], self.service.settings.thumbnails,
+                                self.service.workdir / "thumbnails" / f"{key}.jpg")
+        return str(strip), (f"{row['video']}: {row['true_label']} taken for {row['label1']} "
+                            f"({float(row['probability1']):.0%})")
 
     @shown_in_page
-    def show_error(run_name: str, table: pd.DataFrame, evt: gr.SelectData, progress=gr.Progress()):
+    def filter_errors(self, run_name: str, true_label: str):
+        return self.errors_of(run_name, true_label)
+
+    @shown_in_page
+    def show_error(self, run_name: str, table: pd.DataFrame, evt: gr.SelectData, progress=gr.Progress()):
         row = evt.index if isinstance(evt.index, int) else evt.index[0]  # a gallery item or a table cell
         if not 0 <= row < len(table):
             raise ActrecError("select one of the listed videos")
-        run = service.run(run_name)
+        run = self.service.run(run_name)
         name = str(table.iloc[row]["video"])
-        result = service.predict(run, service.test_video(run, name), progress_of(progress))
-        return (*prediction_outputs(result, labels), f"**{name}**")
+        return (*self.outputs(run, self.service.test_video(run, name), progress), f"**{name}**")
 
     @shown_in_page
-    def show_figures(run_name: str):
-        run = service.run(run_name)
+    def show_figures(self, run_name: str):
+        run = self.service.run(run_name)
         return run.figure("curves.png"), run.figure("confusion_matrix.png")
 
+
+def predict_tab(on: Handlers, run_choice, first) -> dict:
+    """The Predict tab: an upload or a test video -> the annotated video, its timeline and top-5."""
+    with gr.Tab("Predict"):
+        with gr.Row():
+            with gr.Column():
+                upload = gr.Video(label="Video to label", sources=["upload"], format=None, elem_id="upload")
+                upload_button = gr.Button("Predict the uploaded video", variant="primary", elem_id="predict")
+                # Custom values: the choices follow the chosen run; the service checks each name it is given.
+                test_choice = gr.Dropdown(label="...or one of the run's test videos", allow_custom_value=True,
+                                          choices=sorted(first.test_videos))
+                test_button = gr.Button("Predict this test video")
+            with gr.Column():
+                annotated = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
+                top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
+                                    elem_id="top5")
+        timeline = gr.LinePlot(label="Timeline: the top labels' probabilities over the video", **TIMELINE)
+    prediction = [annotated, timeline, top5]
+    upload_button.click(on.predict_upload, [run_choice, upload], prediction, api_name="predict")
+    test_button.click(on.predict_test_video, [run_choice, test_choice], prediction, api_name="predict_test_video")
+    return {"test_choice": test_choice}
+
+
+def errors_tab(on: Handlers, run_choice, first) -> dict:
+    """The Errors tab: the run's wrong test videos, most confident first, with thumbnails and timelines."""
+    with gr.Tab("Errors"):
+        note = gr.Markdown()
+        class_filter = gr.Dropdown(label="True class", choices=[ALL_CLASSES] + first.class_names,
+                                   value=ALL_CLASSES, allow_custom_value=True)
+        errors = gr.Dataframe(headers=ERROR_HEADERS, label="Wrong test videos", interactive=False, max_height=300)
+        strips = gr.Gallery(label="Thumbnails (select one to see its timeline)", columns=3, height=300,
+                            object_fit="contain", allow_preview=False, elem_id="strips")
+        chosen = gr.Markdown()
+        with gr.Row():
+            error_video = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
+            error_top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
+                                      elem_id="error_top5")
+        error_timeline = gr.LinePlot(label="Timeline", **TIMELINE)
+    class_filter.change(on.filter_errors, [run_choice, class_filter], [errors, strips, note], api_name="errors")
+    error_outputs = [error_video, error_timeline, error_top5, chosen]
+    errors.select(on.show_error, [run_choice, errors], error_outputs, api_visibility="private")
+    strips.select(on.show_error, [run_choice, errors], error_outputs, api_visibility="private")
+    return {"class_filter": class_filter, "errors": errors, "strips": strips, "note": note}
+
+
+def runs_tab(on: Handlers, names: list[str]) -> dict:
+    """The Runs tab: the leaderboard of every served run, and one run's curves and confusion matrix."""
+    with gr.Tab("Runs"):
+        gr.Dataframe(value=pd.DataFrame(leaderboard(list(on.service.runs.values()))), interactive=False,
+                     label="Leaderboard (click a column title to sort)")
+        figure_choice = gr.Dropdown(choices=names, value=names[0], label="Run")
+        with gr.Row():
+            curves = gr.Image(label="Training curves", type="filepath", interactive=False, elem_id="curves")
+            confusion = gr.Image(label="Confusion matrix (test)", type="filepath", interactive=False)
+    figure_choice.change(on.show_figures, [figure_choice], [curves, confusion], api_visibility="private")
+    return {"curves": curves, "confusion": confusion}
+
+
+def build_page(service: PredictionService) -> gr.Blocks:
+    """The page: the run chooser, then the Predict, Errors and Runs tabs; choosing a run refreshes all three."""
+    on, names = Handlers(service), list(service.runs)
+    first = service.runs[names[0]]
     with gr.Blocks(title="actrec", analytics_enabled=False) as page:
         gr.Markdown("## actrec: what the model does")
         run_choice = gr.Dropdown(choices=names, value=names[0], label="Run (its best.pt predicts)",
                                  interactive=len(names) > 1)
-        with gr.Tab("Predict"):
-            with gr.Row():
-                with gr.Column():
-                    upload = gr.Video(label="Video to label", sources=["upload"], format=None, elem_id="upload")
-                    upload_button = gr.Button("Predict the uploaded video", variant="primary", elem_id="predict")
-                    # Custom values: the choices follow the chosen run; the service checks each name it is given.
-                    test_choice = gr.Dropdown(label="...or one of the run's test videos", allow_custom_value=True,
-                                              choices=sorted(first.test_videos))
-                    test_button = gr.Button("Predict this test video")
-                with gr.Column():
-                    annotated = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
-                    top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
-                                        elem_id="top5")
-            timeline = gr.LinePlot(label="Timeline: the top labels' probabilities over the video", **TIMELINE)
-        with gr.Tab("Errors"):
-            note = gr.Markdown()
-            class_filter = gr.Dropdown(label="True class", choices=[ALL_CLASSES] + first.class_names,
-                                       value=ALL_CLASSES, allow_custom_value=True)
-            errors = gr.Dataframe(headers=ERROR_HEADERS, label="Wrong test videos", interactive=False, max_height=300)
-            strips = gr.Gallery(label="Thumbnails (select one to see its timeline)", columns=3, height=300,
-                                object_fit="contain", allow_preview=False, elem_id="strips")
-            chosen = gr.Markdown()
-            with gr.Row():
-                error_video = gr.Video(label="Annotated video", interactive=False, height=VIDEO_HEIGHT)
-                error_top5 = gr.Dataframe(headers=TOP5_HEADERS, label="Video-level top-5", interactive=False,
-                                          elem_id="error_top5")
-            error_timeline = gr.LinePlot(label="Timeline", **TIMELINE)
-        with gr.Tab("Runs"):
-            gr.Dataframe(value=pd.DataFrame(leaderboard(list(service.runs.values()))), interactive=False,
-                         label="Leaderboard (click a column title to sort)")
-            figure_choice = gr.Dropdown(choices=names, value=names[0], label="Run")
-            with gr.Row():
-                curves = gr.Image(label="Training curves", type="filepath", interactive=False, elem_id="curves")
-                confusion = gr.Image(label="Confusion matrix (test)", type="filepath", interactive=False)
-
-        prediction = [annotated, timeline, top5]
-        upload_button.click(predict_upload, [run_choice, upload], prediction, api_name="predict")
-        test_button.click(predict_test_video, [run_choice, test_choice], prediction, api_name="predict_test_video")
-        run_outputs = [test_choice, class_filter, errors, strips, note, curves, confusion]
-        page.load(show_run, [run_choice], run_outputs, api_visibility="private")
-        run_choice.change(show_run, [run_choice], run_outputs, api_visibility="private")
-        class_filter.change(filter_errors, [run_choice, class_filter], [errors, strips, note], api_name="errors")
-        error_outputs = [error_video, error_timeline, error_top5, chosen]
-        errors.select(show_error, [run_choice, errors], error_outputs, api_visibility="private")
-        strips.select(show_error, [run_choice, errors], error_outputs, api_visibility="private")
-        figure_choice.change(show_figures, [figure_choice], [curves, confusion], api_visibility="private")
+        parts = {**predict_tab(on, run_choice, first), **errors_tab(on, run_choice, first), **runs_tab(on, names)}
+        run_outputs = [parts[name] for name in ("test_choice", "class_filter", "errors", "strips", "note", "curves",
+                                                "confusion")]
+        page.load(on.show_run, [run_choice], run_outputs, api_visibility="private")
+        run_choice.change(on.show_run, [run_choice], run_outputs, api_visibility="private")
     return page
-
