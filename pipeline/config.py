@@ -64,6 +64,18 @@ class Config:
         """The resolved config as plain data (what artefacts record)."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
+    def updated(self, **sections: dict) -> Config:
+        """A validated copy with ``sections`` as one more layer on top (``cfg.updated(train={"epochs": 5},
+        model={"name": "tcn"})``): a plug-in chosen there supersedes this config's keys for another one."""
+        raw = self.to_dict()
+        for section, values in sections.items():
+            if not isinstance(values, dict):
+                raise ActrecError(f"updated({section}=...): expected a mapping of keys, got {values!r}")
+            raw.setdefault(section, {}).update(values)
+        origins = {f"{section}.{key}": f"updated({section}.{key}={value!r})"
+                   for section, values in sections.items() for key, value in values.items()}
+        return config_from_dict(raw, source=self.source, origins=origins)
+
     def __eq__(self, other) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
@@ -281,8 +293,15 @@ def build_section(section: str, values: dict, source: str, origins: dict, droppa
     then every key."""
     picked = []
     for selector, f in selectors(section).items():
-        name = f"{section}.{selector}"
-        picked.append(check_value(name, values.get(selector, key_default(f)), f, origins.get(name, source)))
+        name, value = f"{section}.{selector}", values.get(selector, key_default(f))
+        if isinstance(value, str) and ":" in value:  # a plug-in from elsewhere: "module:attribute"
+            try:
+                registry(SECTIONS[section].PLUGINS[selector]).get(value, name)
+            except ActrecError as exc:
+                raise ActrecError(f"{origins.get(name, source)}: {exc}") from None
+            picked.append(value)
+        else:
+            picked.append(check_value(name, value, f, origins.get(name, source)))
     instance = section_type(section, tuple(picked))()
     known = {f.name: f for f in fields(instance)}
     common = {f.name for f in fields(SECTIONS[section])}

@@ -11,8 +11,11 @@ the callable that builds it, or ``"module:attribute"`` (or a module's name) impo
     MODELS.register("bilstm", dataclass=BiLSTMConfig, build="pipeline.sequence.networks:BiLSTM")
 
 The built-ins of a kind register when the registry is first asked (their modules are imported then; none of
-them imports torch, so listing names, validating a config and planning a sweep stay light); plug-ins from other
-packages register through the entry-point group ``actrec.<kind>s`` (each entry point names a module to import).
+them imports torch, so listing names, validating a config and planning a sweep stay light). Plug-ins from other
+packages register through the entry-point group ``actrec.<kind>s`` (``mygru = my_lab.models:GRU``: the entry
+point's name is the plug-in's; importing its module may register it, else the object is the builder and its
+``Config`` dataclass its settings), or are named as ``"module:attribute"`` wherever a name is asked for
+(``model.name=my_lab.models:GRU``).
 The config schema composes a section from the plug-ins its selector keys name (``model.name`` picks the
 ``model`` plug-in whose keys join the ``model`` section).
 """
@@ -23,7 +26,7 @@ import importlib
 import logging
 import pkgutil
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable
 
 from pipeline.errors import ActrecError
@@ -65,6 +68,15 @@ class Plugin:
         """Call the target with ``args`` and ``kwargs``."""
         return self.load()(*args, **kwargs)
 
+    def source(self) -> str:
+        """Where the plug-in's code lives: its module, and the installed package that provides it."""
+        module = self.target.partition(":")[0] if isinstance(self.target, str) else getattr(
+            self.target, "__module__", None) or getattr(self.target, "__name__", "")
+        from importlib.metadata import packages_distributions
+
+        packages = sorted(set(packages_distributions().get(module.split(".")[0], [])))
+        return f"{module} (package {', '.join(packages)})" if packages else module
+
     def values(self, section) -> dict:
         """The plug-in's keys with their values in ``section`` (a config section that includes them)."""
         return {f.name: getattr(section, f.name) for f in fields(self.settings)} if self.settings else {}
@@ -100,12 +112,29 @@ class Registry:
         return sorted(self._plugins)
 
     def get(self, name: str, option: str | None = None) -> Plugin:
-        """The plug-in ``name``; an unknown name is one line naming ``option`` (the config key) and the choices."""
+        """The plug-in ``name``: a registered one, or ``"module:attribute"`` (imported and registered under that
+        name now); an unknown name is one line naming ``option`` (the config key) and the choices."""
         self._load()
+        if name not in self._plugins and ":" in name:
+            self._import(name, option or self.kind)
         if name not in self._plugins:
             raise ActrecError(f"{option or self.kind}: unknown {self.kind} {name!r}. Allowed: "
-                              f"{', '.join(self.names())}")
+                              f"{', '.join(self.names())}, or module:attribute")
         return self._plugins[name]
+
+    def _import(self, name: str, option: str) -> None:
+        """Register ``"module:attribute"``: importing the module may register it; else the attribute is the
+        builder and its ``Config`` dataclass (if any) its settings."""
+        module, _, attribute = name.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:
+            raise ActrecError(f"{option}={name}: cannot import {module} ({exc}); install the package that provides "
+                              f"it, or put it on PYTHONPATH") from None
+        except AttributeError:
+            raise ActrecError(f"{option}={name}: {module} has no {attribute!r}") from None
+        if name not in self._plugins:
+            self.register(name, plugin_settings(target), target, _first_line(target.__doc__))
 
     def build(self, name: str, *args, **kwargs) -> Any:
         """Build plug-in ``name`` with ``args`` and ``kwargs``."""
@@ -121,10 +150,19 @@ class Registry:
                 importlib.import_module(f"{package.__name__}.{info.name}")
         for entry in _entry_points(f"actrec.{self.kind}s"):
             try:
-                entry.load()
+                target = entry.load()  # its module may register plug-ins itself
             except Exception as exc:  # a broken third-party plug-in must not take the built-ins down with it
                 log.warning("%s plug-in %r (entry point %s) failed to load: %s", self.kind, entry.name,
                             entry.value, exc)
+                continue
+            if entry.name not in self._plugins:
+                self.register(entry.name, plugin_settings(target), target, _first_line(target.__doc__))
+
+
+def plugin_settings(target: Any) -> type | None:
+    """The settings of a plug-in registered by its object alone: its ``Config`` dataclass, if it has one."""
+    settings = getattr(target, "Config", None)
+    return settings if settings is not None and is_dataclass(settings) else None
 
 
 def _entry_points(group: str) -> list:

@@ -142,7 +142,8 @@ def run_settings(cfg: Config) -> dict:
 def best_of(report: dict) -> dict:
     """The best validation accuracy and loss the run reached by the epoch of ``report`` (nothing before an epoch
     has been validated)."""
-    return {tag: report[key] for tag, key in (("hparams/val_top1", "best_val_acc"), ("hparams/val_loss", "best_val_loss"))
+    keys = (("hparams/val_top1", "best_val_acc"), ("hparams/val_loss", "best_val_loss"))
+    return {tag: report[key] for tag, key in keys
             if isinstance(report.get(key), (int, float)) and math.isfinite(report[key]) and report[key] >= 0}
 
 

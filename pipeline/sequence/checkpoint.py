@@ -17,7 +17,7 @@ from torch import nn
 from pipeline.config import Config, config_from_dict
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
-from pipeline.sequence.models import build_model
+from pipeline.sequence.models import MODELS, build_model
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "epoch", "model", "optimizer", "scaler", "rng", "config", "class_names", "fingerprint",
@@ -50,6 +50,7 @@ def make_checkpoint(cfg: Config, model, optimizer, scaler, state: dict, cache, d
         "history": [dict(row) for row in state["history"]],
         "clip_seconds": float(clip_seconds),
         "trained_on": trained_on,
+        "model_source": MODELS.get(cfg.model.name).source(),  # what to install where the model is missing
     }
 
 
@@ -97,7 +98,19 @@ def load_checkpoint(path: str | Path) -> dict:
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise ActrecError(f"{path}: checkpoint format {ckpt['format']} is not the supported {CHECKPOINT_FORMAT}; "
                           f"train again with this version")
+    check_model_available(ckpt, path)
     return ckpt
+
+
+def check_model_available(ckpt: dict, path: Path) -> None:
+    """A checkpoint of a model from another package names that package when it is not installed here."""
+    name = ckpt["config"]["model"]["name"]
+    try:
+        MODELS.get(name, "model.name")
+    except ActrecError as exc:
+        source = ckpt.get("model_source") or "a plug-in"
+        raise ActrecError(f"{path} holds model {name!r}, which comes from {source}: not available here ({exc}). "
+                          f"Install that package (or put its module on PYTHONPATH)") from None
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
