@@ -36,6 +36,9 @@ from pipeline.optional import require
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "dask", "ray")
+# What a Ray task's worker process starts with: no progress bars (the sweep or tune reports each run; tqdm reads
+# this when first imported, before a task's code runs).
+RAY_ENV = {"env_vars": {"TQDM_DISABLE": "1"}}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 GPU_HOWTO = {"dask": "start one Dask worker per GPU with CUDA_VISIBLE_DEVICES set to it and --resources GPU=1 "
                      "(dask-cuda-worker does both)",
@@ -448,9 +451,8 @@ def ray_gpu_offers(ray) -> list[float]:
 def cluster_job(cwd: str, run: SweepRun, threads: int = 0, device: str | None = None) -> dict:
     """``run_job`` on a cluster worker, in the sweep's working folder: relative run dirs and cache paths mean
     there what they mean where the sweep was started (the workers share its file system). No progress bars: the
-    sweep reports each run."""
+    sweep reports each run (``RAY_ENV``; a Dask worker's bars are its own)."""
     os.chdir(cwd)
-    os.environ["TQDM_DISABLE"] = "1"
     return run_job(run, threads, device)
 
 
@@ -463,7 +465,7 @@ class RayWorkers:
         ray = require("ray", "--backend ray")
 
         self.ray, self.device = ray, device
-        self.remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0)(cluster_job)
+        self.remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, runtime_env=RAY_ENV)(cluster_job)
         self.refs = {}
 
     def submit(self, run: SweepRun) -> None:

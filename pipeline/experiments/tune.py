@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.config import AFFECTS, config_from_dict, keys_affecting, set_runtime
 from pipeline.errors import ActrecError, error_line
-from pipeline.experiments.execute import thread_share
+from pipeline.experiments.execute import RAY_ENV, thread_share
 from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
 from pipeline.experiments.report import LEADERBOARD_COLUMNS, RESULT_FILE, rank_rows, read_record, write_leaderboard
 from pipeline.fileio import safe_name, write_json
@@ -290,7 +290,7 @@ def run_tune(spec: TuneSpec, jobs: int = 1, backend: str = "local", scheduler: s
             run_worker(spec, 0, threads)
         else:
             run_workers(spec, jobs, threads)
-        recover(study)  # a worker killed just now (on Ray): its trial is failed and queued for the next run
+        recover(study, spec)  # a worker killed just now (on Ray): its trial is failed and queued for the next run
     finally:
         rows = write_tune_leaderboard(spec, study)
     best = evaluate_best(spec, study, rows)
@@ -375,9 +375,10 @@ def finished_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def recover(study) -> None:
-    """Fail the trials this machine's killed processes left running, and queue again every trial stopped by a
-    kill or Ctrl-C (not by its own error), so it resumes from its run dir's last checkpoint."""
+def recover(study, spec: TuneSpec | None = None) -> None:
+    """Fail the trials this machine's killed processes left running (with ``spec``, their leaderboard records
+    too), and queue again every trial stopped by a kill or Ctrl-C (not by its own error), so it resumes from its
+    run dir's last checkpoint."""
     UpdateFinishedTrialError = _optuna().exceptions.UpdateFinishedTrialError
     TrialState = _optuna().trial.TrialState
 
@@ -385,17 +386,27 @@ def recover(study) -> None:
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         if trial.state == TrialState.RUNNING and attrs.get("host") == host and not _alive(attrs.get("pid")):
+            error = f"its process (pid {attrs.get('pid')}) was killed mid-trial; it runs again, from its last.pt"
             try:  # as Optuna's own fail_stale_trials does it: there is no public call to end another's trial
-                study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process (pid {attrs.get('pid')}) "
-                                                   f"was killed mid-trial; queued again")
+                study._storage.set_trial_user_attr(trial._trial_id, "error", error)
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except UpdateFinishedTrialError:
                 continue
+            if spec is not None and attrs.get("run_dir"):
+                record_killed(spec, trial, error)
             log.warning(f"trial {trial.number} was left running by a killed process (pid {attrs.get('pid')}): "
                         f"marked failed and queued again")
             requeue(study, trial)
         elif trial.state == TrialState.FAIL and attrs.get("interrupted"):
             requeue(study, trial)
+
+
+def record_killed(spec: TuneSpec, trial, error: str) -> None:
+    """The leaderboard record of a trial whose process was killed: failed, with its epochs so far."""
+    run_dir = trial.user_attrs["run_dir"]
+    params = {param.key: trial.params[param.key] for param in spec.params if param.key in trial.params}
+    run = SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir))
+    write_record(run, trial.number, {row["epoch"]: row for row in read_history(Path(run_dir))}, "failed", error)
 
 
 def requeue(study, trial) -> None:
@@ -461,7 +472,7 @@ def run_ray_workers(cluster: tuple, jobs: int, threads: int) -> None:
     worker dies is not retried: the others go on, and its trial, left running under a dead pid, is failed and
     queued again (``recover``), so the next run resumes it from its last checkpoint."""
     ray, spec, gpu = cluster
-    remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0)(ray_worker)
+    remote = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, runtime_env=RAY_ENV)(ray_worker)
     level = logging.getLogger("pipeline").getEffectiveLevel()
     refs = {remote.remote(spec, worker, threads, level): worker for worker in range(jobs)}
     log.info(f"tune {spec.name}: {jobs} worker(s) as Ray tasks")
@@ -482,7 +493,6 @@ def run_ray_workers(cluster: tuple, jobs: int, threads: int) -> None:
 def ray_worker(spec: TuneSpec, worker: int, threads: int, level: int) -> None:
     """A tune worker as a Ray task: log as the command does, under the worker's number (no progress bars),
     then run trials."""
-    os.environ["TQDM_DISABLE"] = "1"
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[worker {worker}] %(levelname)s: %(message)s"))
     logger = logging.getLogger("pipeline")
@@ -612,7 +622,8 @@ def trial_runs(spec: TuneSpec, study) -> list[SweepRun]:
             latest[trial.user_attrs["run_dir"]] = trial
     runs = []
     for run_dir, trial in latest.items():
-        params = {param.key: trial.params[param.key] for param in spec.params if param.key in trial.params}
+        drawn = trial.params or trial.system_attrs.get("fixed_params", {})  # a queued trial has its values there
+        params = {param.key: drawn[param.key] for param in spec.params if param.key in drawn}
         runs.append(SweepRun(Path(run_dir).name, shown(params), trial_config(spec, params, run_dir)))
     return runs
 

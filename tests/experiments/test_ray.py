@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.experiments.sweep import run_sweep
+from tests.experiments.test_sweep import read_leaderboard
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 from tests.orderdata import order_config, write_order_dataset
 
@@ -114,6 +115,8 @@ def test_a_tune_on_ray_goes_on_when_a_worker_is_killed_and_resumes_its_trial(clu
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 2  # the other worker went on
     retry = next(t for t in trials.values() if t.user_attrs.get("retry_of") == 0)
     assert retry.state == TrialState.WAITING and retry.user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]
+    rows = {Path(row["run_dir"]).name: row for row in read_leaderboard(folder)}
+    assert rows["trial-0000"]["error"] == trials[0].user_attrs["error"]  # recorded failed, with why
 
     again = run_tune(spec, 2, "ray", cluster)
     trials = {t.number: t for t in load_study(folder, "r").trials}
