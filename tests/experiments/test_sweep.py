@@ -180,7 +180,7 @@ def test_local_runs_get_a_gpu_each_as_the_only_one_they_see(monkeypatch, tmp_pat
 def test_sweep_on_a_local_ray_cluster(tmp_path, sweep_sets):
     ray = pytest.importorskip("ray")  # optional: `pip install -e '.[cluster]'`
     try:
-        run_sweep(CONFIG, sweep_sets, ["model.name=meanpool,tcn"], "ray", jobs=2, backend="ray",
+        run_sweep(CONFIG, sweep_sets, ["model.name=meanpool,tcn"], name="ray", jobs=2, backend="ray",
                   root=tmp_path / "sweeps")
     finally:
         ray.shutdown()
