@@ -102,8 +102,8 @@ demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep o
 	@echo; echo "== demo summary: a sweep on the synthetic cache (test split 1), ranked by validation accuracy =="
 	@$(ACTREC) report $(DEMO_SWEEP)
 
-test: $(STAMP) ## Run the test suite
-	$(PY) -m pytest -q
+test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torch thread each
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 
 bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and README.md
 	$(ACTREC) bench -c $(DEMO_CONFIG) $(SET_ARGS) --readme README.md

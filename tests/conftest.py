@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic dataset and configs that point at it.
 
 Tests use tiny backbones and frames (resnet18 at 32x32, a handful of videos) so the
-whole suite runs in a few minutes on 2 CPU cores.
+whole suite runs in a few minutes on 2 CPU cores. `make test` spreads the tests over one
+pytest-xdist worker per core, each with one torch thread: every fixture here is per worker
+(session scope is a worker's session) or locked where workers share a folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from pipeline.config import load_config
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 
+# One thread per worker process (xdist runs one per core); the subprocesses the tests start inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
@@ -78,12 +82,15 @@ def real_footage(request, tmp_path_factory):
     """Real clips in UCF-101's, HMDB-51's and the folder format (pipeline/bench/footage.py), built once and kept in the
     pytest cache (``.pytest_cache/d/actrec-real-footage``) so later sessions reuse them; in a session without the
     cache plugin, built once per session. Tests must not modify it."""
+    from filelock import FileLock
+
     from pipeline.bench.footage import FootageMissing, build_footage
 
     cache = getattr(request.config, "cache", None)
     root = cache.mkdir("actrec-real-footage") if cache is not None else tmp_path_factory.mktemp("real-footage")
     try:
-        return build_footage(Path(root))
+        with FileLock(str(Path(root) / "build.lock")):  # xdist workers share the cache folder: one builds, all reuse
+            return build_footage(Path(root))
     except FootageMissing as exc:
         if os.environ.get("CI"):  # CI installs the test extra: there the real-footage tests must run, never skip
             pytest.fail(str(exc))
