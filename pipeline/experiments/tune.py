@@ -19,10 +19,19 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pipeline.config import AFFECTS, config_from_dict, keys_affecting, set_runtime
+from pipeline.config import (
+    AFFECTS,
+    SECTIONS,
+    catalogue,
+    check_value,
+    config_from_dict,
+    keys_affecting,
+    section_type,
+    set_runtime,
+)
 from pipeline.errors import ActrecError, error_line
 from pipeline.experiments.execute import RAY_ENV, thread_share
 from pipeline.experiments.plan import SweepRun, check_varied_keys, comparable_settings, load_base, run_config
@@ -219,10 +228,9 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
     if pruner not in PRUNERS:
         raise ActrecError(f"--pruner {pruner}: unknown; use one of {', '.join(PRUNERS)}")
     raw, base, source = load_base(config_path, sets)
-    for param in params:
+    for param in params:  # each value alone against its key (combinations: check_space)
         for value in param.examples():
-            run_config(raw, {param.key: value}, Path(root) / name, f"--param {param.key}={param.spec}: {value} is "
-                       f"not a valid value", source)
+            check_key_value(param.key, value, f"--param {param.key}={param.spec}: {value} is not a valid value")
     cache = open_cache(base)  # a missing or mismatched cache: one line now, not a failure per trial
     try:
         check_space(raw, params, Path(root) / name, source, cache.dim, len(cache.class_names))
@@ -233,6 +241,40 @@ def plan_tune(config_path, sets, params, name: str, trials: int, storage: str | 
     url = storage or default_storage(folder)
     return TuneSpec(str(config_path) if config_path else None, tuple(sets), tuple(params), name, folder, url,
                     trials, pruner, os.getcwd())
+
+
+def check_key_value(dotted: str, text: str, where: str) -> None:
+    """``text`` as a value of ``dotted`` (as ``--set`` reads it), checked against the key's declaration."""
+    import yaml
+
+    owners = catalogue()[dotted]
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    if dotted.split(".")[1] in SECTIONS[dotted.split(".")[0]].PLUGINS and isinstance(value, str) and ":" in value:
+        return  # a plug-in from elsewhere ("module:attribute"): resolved when a point is built
+    try:
+        check_value(dotted, value, owners[0][1], "--param")
+    except ActrecError as exc:
+        raise ActrecError(f"{where}: {exc}") from None
+
+
+def suggest(trial, params: tuple, base: dict) -> dict:
+    """The trial's values: the selector keys (``model.name``, ...) first, then only the keys that the plug-ins so
+    chosen take (a space over models with different keys draws only combinations that exist)."""
+    values = {}
+    for param in sorted(params, key=lambda p: not is_selector(p.key)):
+        section, name = param.key.split(".")
+        selection = tuple(str(values.get(f"{section}.{s}", base[section][s])) for s in SECTIONS[section].PLUGINS)
+        if is_selector(param.key) or name in {f.name for f in fields(section_type(section, selection))}:
+            values[param.key] = param.suggest(trial)
+    return values
+
+
+def is_selector(dotted: str) -> bool:
+    section, name = dotted.split(".")
+    return name in SECTIONS[section].PLUGINS
 
 
 def check_space(raw: dict, params, folder: Path, source: str, feature_dim: int, classes: int) -> None:
@@ -251,7 +293,7 @@ def check_space(raw: dict, params, folder: Path, source: str, feature_dim: int, 
         point = {param.key: value for param, value in zip(params, values)}
         try:
             resolved = run_config(raw, {key: str(value) for key, value in point.items()}, folder,
-                                  f"the point {_describe(point)}", source)
+                                  f"the point {_describe(point)}", source, frozenset(point))
             with torch.device("meta"):  # the model's checks, without its memory
                 build_model(config_from_dict(resolved, source=source), feature_dim, classes)
         except ActrecError as exc:
@@ -553,7 +595,7 @@ def objective(trial, spec: TuneSpec, threads: int) -> float:
 
     from pipeline.experiments.tracked import train_run
 
-    params = {param.key: param.suggest(trial) for param in spec.params}
+    params = suggest(trial, spec.params, load_base(spec.config_path, spec.sets)[1].to_dict())
     run_dir = trial.user_attrs.get("run_dir") or str(spec.folder / f"trial-{trial.number:04d}")
     for key, value in (("run_dir", run_dir), ("host", socket.gethostname()), ("pid", os.getpid())):
         trial.set_user_attr(key, value)

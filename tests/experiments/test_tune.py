@@ -194,3 +194,16 @@ def test_ctrl_c_stops_the_study_and_the_next_run_resumes_the_stopped_trial(tune_
     assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == [1, 2, 3]
     assert "resuming runs/tune/c/trial-0000/checkpoints/last.pt after epoch 2 of 3" in result.stderr
     assert [row["run_dir"] for row in read_leaderboard(folder)] == ["runs/tune/c/trial-0000"]
+
+
+def test_a_space_over_models_with_different_keys_draws_only_the_keys_the_chosen_model_takes():
+    from optuna.trial import FixedTrial
+
+    from pipeline.config import load_config
+    from pipeline.experiments.tune import parse_space, suggest
+
+    params = parse_space(["model.attention=cat:true,false", "model.name=cat:meanpool,bilstm"])
+    base = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml").to_dict()
+    assert suggest(FixedTrial({"model.name": "meanpool"}), params, base) == {"model.name": "meanpool"}
+    assert suggest(FixedTrial({"model.name": "bilstm", "model.attention": "false"}), params, base) == {
+        "model.name": "bilstm", "model.attention": "false"}

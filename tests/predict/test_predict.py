@@ -58,7 +58,7 @@ def test_window_arithmetic():
 
 def test_windows_span_the_same_seconds_at_any_frame_rate():
     """A 50 fps and a 25 fps video get windows of the same duration: the training clips' average time span."""
-    clip_seconds, length = 6.4, 40
+    clip_seconds = 6.4
     for fps in (25.0, 50.0, 29.97):
         frames = window_length(clip_seconds, fps)
         assert abs(frames / fps - clip_seconds) <= 0.5 / fps
