@@ -8,13 +8,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cache.reader import FeatureCache, describe_cache
-from pipeline.cache.writer import FeatureCacheWriter
+from pipeline.cache.reader import FeatureCache
 from pipeline.cli import cli
 from pipeline.embed.run import embed
 from pipeline.inputs.video import DecodeError, iter_video_frames
@@ -71,20 +68,3 @@ def test_embed_keeps_a_cut_off_video_and_info_lists_it(real_footage, tmp_path):
     assert embed(cfg)["failed"] == 1
     cache = FeatureCache(cfg.cache.path)
     assert cache.short == {} and "truncated: decoded" in cache.failures[CUT]
-
-
-def test_a_cache_written_before_the_short_record_reads_and_resumes(tmp_path):
-    path = tmp_path / "old.h5"
-    with FeatureCacheWriter(path, {"backbone": "x"}, ["a"], dim=4) as writer:
-        writer.add("a/one", 0, np.ones((3, 4), np.float32))
-    with h5py.File(path, "r+") as f:  # what a writer of the first format 1 left: no "short" group
-        del f["short"]
-    cache = FeatureCache(path)
-    assert cache.short == {} and len(cache) == 1
-    assert "short:      0 " in describe_cache(path)
-    with FeatureCacheWriter(path, {"backbone": "x"}, ["a"], dim=4) as writer:  # resuming adds the group
-        writer.add("a/two", 0, np.ones((5, 4), np.float32), header_frames=9)
-        writer.add("a/three", 0, np.ones((2, 4), np.float32), header_frames=2)  # not short: nothing recorded
-    cache = FeatureCache(path)
-    assert cache.short == {"a/two": 9} and list(cache.lengths) == [3, 5, 2]
-    assert "  a/two: 5 of 9" in describe_cache(path)
