@@ -106,7 +106,7 @@ test: $(STAMP) ## Run the test suite
 	$(PY) -m pytest -q
 
 bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and README.md
-	$(ACTREC) bench -c $(DEMO_CONFIG) $(SET_ARGS) --readme README.md
+	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme README.md
 
 lint: $(STAMP) ## ruff over the package and tests
 	$(VENV)/bin/ruff check pipeline tests
