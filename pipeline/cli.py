@@ -88,7 +88,6 @@ MEMORY_SETTINGS = {
     "train": "train.batch_size, model.hidden_dim, model.latent_dim or train.sequence_length (or set cache.load=disk)",
     "evaluate": "eval.batch_size or eval.clips (or set cache.load=disk)",
     "predict": "embed.batch_size of the run's config, or predict on a shorter video",
-    "bench": "the sizes in the config passed to bench",
     "sweep": "--jobs, train.batch_size or model.hidden_dim (or set cache.load=memory)",
     "tune": "--jobs, train.batch_size or the --param ranges of model sizes (or set cache.load=memory)",
 }
@@ -324,34 +323,6 @@ def merge_cache(cache_path, mode, mixed_devices):
     summary = join(cache_path, mode, mixed_devices=mixed_devices)
     click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['failed']} "
                f"failed ({summary['mode']})")
-
-
-@cli.command()
-@config_options
-@click.option("--quick", is_flag=True, default=False, help="Tiny sizes, for a smoke test.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench",
-              help="Folder for results.json and results.md.")
-@click.option("--readme", type=click.Path(dir_okay=False), default=None,
-              help="Also write the table into this README's performance section.")
-@click.option("--only", multiple=True,
-              type=click.Choice(["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch",
-                                 "decoders"]),
-              help="Run only these rows (repeatable)  [default: all]")
-@reports_errors
-def bench(config_path, overrides, quick, out_dir, readme, only):
-    """Measure what the two-stage design buys: ratios measured side by side in one run.
-
-    Rows: embed efficiency (whole embed vs bare forward), embed vs the seed's loading path, a training
-    epoch on the cache vs the seed's loop, disk per frame, scaling (time, peak memory, loading share),
-    GPU throughput, seconds per UCF-101 epoch on device-resident features (CPU, and GPU when present) and the
-    seed's own training step next to ours. Uses embed.threads and embed.workers from the config.
-    """
-    cfg = load_config(config_path, overrides)
-    from pipeline.bench import format_markdown, run_benchmarks
-
-    result = run_benchmarks(cfg, quick=quick, out_dir=Path(out_dir),
-                            readme=Path(readme) if readme else None, only=tuple(only))
-    click.echo(format_markdown(result))
 
 
 @cli.command()

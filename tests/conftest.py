@@ -79,12 +79,12 @@ def small_disk(tmp_path):
 
 @pytest.fixture(scope="session")
 def real_footage(request, tmp_path_factory):
-    """Real clips in UCF-101's, HMDB-51's and the folder format (pipeline/bench/footage.py), built once and kept in the
+    """Real clips in UCF-101's, HMDB-51's and the folder format (benchmarks/footage.py), built once and kept in the
     pytest cache (``.pytest_cache/d/actrec-real-footage``) so later sessions reuse them; in a session without the
     cache plugin, built once per session. Tests must not modify it."""
     from filelock import FileLock
 
-    from pipeline.bench.footage import FootageMissing, build_footage
+    from benchmarks.footage import FootageMissing, build_footage
 
     cache = getattr(request.config, "cache", None)
     root = cache.mkdir("actrec-real-footage") if cache is not None else tmp_path_factory.mktemp("real-footage")

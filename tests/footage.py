@@ -1,4 +1,4 @@
-"""Test-side helpers for the real footage (pipeline/bench/footage.py builds it): configs and header counts."""
+"""Test-side helpers for the real footage (benchmarks/footage.py builds it): configs and header counts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from pipeline.bench.footage import source  # noqa: F401  (re-exported for the tests)
+from benchmarks.footage import source  # noqa: F401  (re-exported for the tests)
 from pipeline.config import load_config
 from tests.helpers import PROJECT_ROOT, tiny_overrides
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.bench import ROWS, format_markdown, run_benchmarks, write_readme_section
+from benchmarks import ROWS, format_markdown, run_benchmarks, write_readme_section
+from benchmarks.__main__ import main
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.errors import ActrecError
@@ -17,7 +18,7 @@ from tests.helpers import PROJECT_ROOT
 def test_quick_bench_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- BENCH:START -->\nold table\n<!-- BENCH:END -->\nafter\n")
-    result = CliRunner().invoke(cli, ["bench", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml"),
+    result = CliRunner().invoke(main, ["-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml"),
                                       "--set", "embed.threads=1", "--quick", "--out", str(tmp_path / "bench"),
                                       "--readme", str(readme)])
     assert result.exit_code == 0, result.output
@@ -28,7 +29,7 @@ def test_quick_bench_has_every_row(tmp_path):
     assert ids == ["1-real", "1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch,
                    "9", "10"]
     for row in data["rows"]:
-        assert row["command"].startswith("actrec bench") and row["value"]
+        assert row["command"].startswith("python -m benchmarks") and row["value"]
         # no ratio: the CUDA epoch row without a GPU, or a real-footage row whose every round saw the load move
         assert (row["ratio"] is None) == (row["id"] == "8-cuda" or row["value"].startswith("no valid round"))
     epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
@@ -61,14 +62,14 @@ def test_readme_without_markers_fails_before_measuring(tmp_path):
 
 
 def test_package_import_leaves_torch_out():
-    code = "import sys, pipeline.bench; sys.exit('torch' in sys.modules)"
+    code = "import sys, benchmarks; sys.exit('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr or "importing pipeline.bench imported torch"
+    assert done.returncode == 0, done.stderr or "importing benchmarks imported torch"
 
 
 def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
-    from pipeline.bench.common import QUICK
-    from pipeline.bench.stage_two import feature_cache
+    from benchmarks.common import QUICK
+    from benchmarks.stage_two import feature_cache
     from pipeline.cache.reader import FeatureCache
 
     cfg = feature_cache(QUICK, tmp_path)
@@ -80,7 +81,7 @@ def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
 
 
 def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
-    from pipeline.bench.stage_two import seed_training_step
+    from benchmarks.stage_two import seed_training_step
     from pipeline.embed.backbone import load_backbone
     from pipeline.sequence.models import build_model
 
@@ -98,8 +99,8 @@ def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
 
 
 def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_mode(tiny_config):
-    from pipeline.bench.epoch import seed_step_seconds
-    from pipeline.bench.stage_two import seed_training_step
+    from benchmarks.epoch import seed_step_seconds
+    from benchmarks.stage_two import seed_training_step
     from pipeline.embed.backbone import load_backbone
     from pipeline.sequence.models import build_model
 
@@ -116,7 +117,7 @@ def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_m
 
 @pytest.mark.slow
 def test_failed_scaling_embed_is_one_line(tmp_path):
-    from pipeline.bench.scaling import embed_in_subprocess
+    from benchmarks.scaling import embed_in_subprocess
 
     cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml",
                       [f"data.videos={tmp_path}/missing", f"data.splits={tmp_path}/missing-splits",
@@ -128,10 +129,10 @@ def test_failed_scaling_embed_is_one_line(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
 def test_gpu_rows_say_no_gpu_in_the_real_run(tmp_path):
-    from pipeline.bench.gpu import bench_gpu
+    from benchmarks.gpu import bench_gpu
 
     cfg = load_config(PROJECT_ROOT / "configs" / "synthetic.yaml", ["embed.threads=1"])
-    real = bench_gpu(cfg, quick=False, work=tmp_path / "real", command="actrec bench --only gpu")
+    real = bench_gpu(cfg, quick=False, work=tmp_path / "real", command="python -m benchmarks --only gpu")
     assert [r["value"] for r in real] == ["no GPU", "no GPU"] and [r["id"] for r in real] == ["6-112", "6-224"]
     assert not (tmp_path / "real").exists()  # nothing measured, nothing generated
 
@@ -143,3 +144,11 @@ def check_gpu_smoke_rows(rows: list[dict]) -> None:
         assert set(r["details"]["embed"]) == {"0", "1"}
         timing = r["details"]["where_the_time_went"]
         assert set(timing) == {"decode_wait", "pack", "submit", "wait", "write"} and timing["submit"] > 0
+
+
+def test_the_package_ships_no_benchmarks():
+    import setuptools
+
+    assert "bench" not in cli.commands
+    assert not [name for name in setuptools.find_packages(str(PROJECT_ROOT), include=["pipeline*"])
+                if "bench" in name]

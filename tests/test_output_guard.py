@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmarks.__main__ import main as bench_main
 from pipeline.cli import cli
 from pipeline.errors import ActrecError
 from pipeline.fileio import check_output
@@ -73,8 +74,8 @@ def test_bench_merge_cache_and_embed_use_the_same_guard(tmp_path, run_dir):
     before = contents(run_dir)
     runner = CliRunner()
     refused = [
-        runner.invoke(cli, ["bench", "--quick", "--only", "disk", "--out", str(run_dir / "checkpoints")]),
-        runner.invoke(cli, ["bench", "--quick", "--only", "disk", "--readme", str(last)]),
+        runner.invoke(bench_main, ["--quick", "--only", "disk", "--out", str(run_dir / "checkpoints")]),
+        runner.invoke(bench_main, ["--quick", "--only", "disk", "--readme", str(last)]),
         runner.invoke(cli, ["merge-cache", str(last)]),
         runner.invoke(cli, ["embed", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml"),
                             *[a for s in tiny_overrides(tmp_path) + [f"cache.path={last}"] for a in ("--set", s)]]),

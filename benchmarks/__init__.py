@@ -17,7 +17,7 @@ same process, one right after the other, with the same thread count. Rows, one m
 package does not import torch; the row modules do, when the runner reaches them.
 """
 
-from pipeline.bench.report import format_markdown, write_readme_section
-from pipeline.bench.runner import ROWS, run_benchmarks
+from benchmarks.report import format_markdown, write_readme_section
+from benchmarks.runner import ROWS, run_benchmarks
 
 __all__ = ["ROWS", "format_markdown", "run_benchmarks", "write_readme_section"]

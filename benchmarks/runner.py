@@ -6,8 +6,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from pipeline.bench.common import QUICK, Sizes, synthetic_dataset
-from pipeline.bench.report import check_markers, write_results
+from benchmarks.common import QUICK, Sizes, synthetic_dataset
+from benchmarks.report import check_markers, write_results
 from pipeline.config import Config
 from pipeline.fileio import check_output
 
@@ -20,11 +20,12 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
                    only: tuple[str, ...] = ()) -> dict:
     """Run the rows (all, or ``only``), write results.json / results.md (and the README table); return the results.
 
-    The markdown table is ``pipeline.bench.format_markdown(result)``.
+    The markdown table is ``benchmarks.format_markdown(result)``.
     """
     import torch
 
-    from pipeline.bench.gpu import device_name
+    from benchmarks.gpu import device_name
+    from pipeline.config import stage_runtime
     from pipeline.device import set_threads
 
     if readme is not None:
@@ -33,10 +34,10 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
     for name, suffix in (("results.json", ".json"), ("results.md", ".md")):  # likewise an out folder
         check_output(Path(out_dir) / name, f"--out {out_dir}:", (suffix,))
     sizes = QUICK if quick else Sizes()
-    set_threads(cfg.embed.threads)
+    set_threads(stage_runtime(cfg, "embed").threads)
     selected = [name for name in ROWS if not only or name in only]
     with tempfile.TemporaryDirectory(prefix="actrec-bench-") as tmp:
-        rows = _measure(cfg, sizes, selected, Path(tmp), "actrec bench" + (" --quick" if quick else ""))
+        rows = _measure(cfg, sizes, selected, Path(tmp), "python -m benchmarks" + (" --quick" if quick else ""))
     result = {"quick": quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "device": device_name(), "sizes": sizes.__dict__, "rows": rows}
     write_results(result, out_dir, readme)
@@ -46,7 +47,7 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
 
 def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
     """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
-    from pipeline.bench import chunks, decoders, disk, embed, epoch, gpu, scaling, stage_two
+    from benchmarks import chunks, decoders, disk, embed, epoch, gpu, scaling, stage_two
 
     wanted = set(selected)
     rows = []

@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.bench.common import Sizes, row
+from benchmarks.common import Sizes, row
 
 log = logging.getLogger(__name__)
 

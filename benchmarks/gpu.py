@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.common import UCF101_FRAMES, Sizes, derive, row, synthetic_dataset
+from benchmarks.common import UCF101_FRAMES, Sizes, derive, row, synthetic_dataset
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from pipeline.bench.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row
-from pipeline.bench.stage_two import cache_epoch_seconds_per_clip, training_run
+from benchmarks.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row
+from benchmarks.stage_two import cache_epoch_seconds_per_clip, training_run
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ GPU_EPOCH_TARGET_S = 3.0
 def resident_epoch_seconds(cfg: Config, device: torch.device, clips: int) -> float:
     """Seconds per clip of ``train_epoch`` on device-resident features over ``clips`` clips on ``device`` (after
     a warm-up epoch)."""
-    from pipeline.sequence.train import train_epoch
+    from pipeline.sequence.loop import train_epoch
 
     run, train_set = training_run(derive(cfg, {"cache.load": "device", "train.device": device.type}), clips)
     warm_up = train_set.rows
@@ -44,10 +44,10 @@ def seed_step_seconds(cfg: Config, backbone_name: str, device: torch.device, ste
     """Seconds per clip of the seed's training step: ``SEED_BATCH`` clips of L frames through the frozen
     backbone left in train mode (BatchNorm on batch statistics, as the seed runs it), then the sequence
     model's step. Frames are random tensors: the seed's JPEG loading (row 3) would only add to its cost."""
-    from pipeline.bench.stage_two import seed_training_step
+    from benchmarks.stage_two import seed_training_step
     from pipeline.embed.backbone import load_backbone
+    from pipeline.sequence.loop import build_optimizer
     from pipeline.sequence.models import build_model
-    from pipeline.sequence.train import build_optimizer
 
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
     backbone = load_backbone(backbone_name, "none", device).to(memory_format=torch.contiguous_format)

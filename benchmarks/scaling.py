@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.bench.common import Sizes, row, synthetic_dataset
+from benchmarks.common import Sizes, row, synthetic_dataset
 from pipeline.config import Config, config_from_dict
 from pipeline.errors import ActrecError
 
@@ -54,7 +54,7 @@ def embed_child(config_json: str, out_path: str) -> None:
 
 def embed_in_subprocess(cfg: Config) -> dict:
     """Run ``embed`` of ``cfg`` in a fresh Python process; its time, frames, videos and memory samples."""
-    code = "import sys; from pipeline.bench.scaling import embed_child; embed_child(sys.argv[1], sys.argv[2])"
+    code = "import sys; from benchmarks.scaling import embed_child; embed_child(sys.argv[1], sys.argv[2])"
     with tempfile.TemporaryDirectory(prefix="actrec-bench-child-") as tmp:
         out = Path(tmp) / "result.json"
         done = subprocess.run([sys.executable, "-c", code, json.dumps(cfg.to_dict()), str(out)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.bench.common import UCF101_FRAMES, row
+from benchmarks.common import UCF101_FRAMES, row
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row, timed
+from benchmarks.common import UCF101_VIDEOS_TRAIN, Sizes, derive, row, timed
 from pipeline.config import Config
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ def feature_cache(sizes: Sizes, root: Path) -> Config:
 def _training_parts(cfg: Config):
     """A fresh sequence model for the cache's features and its optimizer, as ``train`` builds them."""
     from pipeline.cache.reader import FeatureCache
+    from pipeline.sequence.loop import build_optimizer
     from pipeline.sequence.models import build_model
-    from pipeline.sequence.train import build_optimizer
 
     cache = FeatureCache(cfg.cache.path)
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def training_run(cfg: Config, clips: int):
 def cache_epoch_seconds_per_clip(cfg: Config, steps: int) -> tuple[float, float]:
     """Seconds per training clip on cached features (real clip source and ``train_epoch``), and the share of it
     spent loading clips."""
-    from pipeline.sequence.train import train_epoch
+    from pipeline.sequence.loop import train_epoch
 
     batch = cfg.train.batch_size
     run, train_set = training_run(cfg, steps * batch)
@@ -110,7 +110,7 @@ def seed_training_step(backbone, model, optimizer, loss_fn, frames: torch.Tensor
 
 def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg: Config) -> float:
     """Seconds per clip of the seed's loop over ``clips`` clips of JPEG frames from ``jpeg_cfg``'s dataset."""
-    from pipeline.bench.seed_frames import seed_frame_stream
+    from benchmarks.seed_frames import seed_frame_stream
     from pipeline.embed.backbone import load_backbone
 
     model, optimizer = _training_parts(cfg)
