@@ -127,6 +127,9 @@ def test_a_model_from_an_installed_package_works_in_train_predict_and_a_sweep(ti
 
 
 def test_a_model_named_module_colon_attribute_is_imported_where_it_is_asked_for(tmp_path, monkeypatch):
+    from pipeline.registry import registry
+
+    monkeypatch.setattr(registry("model"), "_plugins", dict(registry("model")._plugins))  # registered here only
     (tmp_path / "lab_models.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = pipeline.make_config(model={"name": "lab_models:TinyGRU", "hidden_dim": 5})

@@ -162,14 +162,24 @@ def check_key_value(dotted: str, text: str, where: str) -> None:
 
 
 def suggest(trial, params: tuple, base: dict) -> dict:
-    """The trial's values: the selector keys (``model.name``, ...) first, then only the keys that the plug-ins so
-    chosen take (a space over models with different keys draws only combinations that exist)."""
-    values = {}
-    for param in sorted(params, key=lambda p: not is_selector(p.key)):
+    """The trial's values, drawn in the space's order, except that a key's selectors (``model.name`` for
+    ``model.hidden_dim``) are drawn before it; a key the plug-ins so chosen do not take is not drawn (a space
+    over models with different keys draws only combinations that exist)."""
+    by_key, values = {param.key: param for param in params}, {}
+
+    def draw(param) -> None:
         section, name = param.key.split(".")
+        if param.key in values:
+            return
+        for selector in SECTIONS[section].PLUGINS:
+            if f"{section}.{selector}" in by_key and f"{section}.{selector}" != param.key:
+                draw(by_key[f"{section}.{selector}"])
         selection = tuple(str(values.get(f"{section}.{s}", base[section][s])) for s in SECTIONS[section].PLUGINS)
         if is_selector(param.key) or name in {f.name for f in fields(section_type(section, selection))}:
             values[param.key] = param.suggest(trial)
+
+    for param in params:
+        draw(param)
     return values
 
 
