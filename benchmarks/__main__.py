@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import config_options, configure_logging, reports_errors
+from pipeline.cli_support import config_options, configure_logging, reports_errors
 from pipeline.config import load_config
 
 ROW_CHOICES = ["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch", "decoders"]

@@ -25,11 +25,11 @@ LAYERS = [
     {"predict"},
     {"experiments"},
     {"serve"},
-    {"cli", "__main__", "__init__", "api"},
+    {"cli", "cli_support", "__main__", "__init__", "api"},
 ]
 # Parts of one layer that may import each other (the others of a layer are siblings that must not).
 MAY_SHARE = ({"errors", "fileio", "registry", "schema", "optional", "device", "distributed", "plots"},
-             {"sections", "config", "config_doc", "tracking"}, {"cli", "__main__", "__init__", "api"})
+             {"sections", "config", "config_doc", "tracking"}, {"cli", "cli_support", "__main__", "__init__", "api"})
 STAGE_ONE = ("torchvision", "pipeline.embed", "pipeline.inputs.video", "cv2")
 
 
