@@ -105,8 +105,8 @@ demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep o
 test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torch thread each
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadgroup
 
-bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and README.md
-	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme README.md
+bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and docs/performance.md
+	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme docs/performance.md
 
 lint: $(STAMP) ## ruff over the package and tests
 	$(VENV)/bin/ruff check pipeline tests
