@@ -148,15 +148,18 @@ def keys_affecting(*what: str) -> list[str]:
 def stage_runtime(cfg: Config, stage: str) -> RuntimeConfig:
     """The device, precision and threads ``stage`` (embed, train, eval) computes with: the stage's own keys where
     they are set, else the runtime section's."""
-    own = getattr(cfg, stage)
-    return RuntimeConfig(**{f.name: getattr(cfg.runtime, f.name) if getattr(own, f.name) == INHERIT
-                            else getattr(own, f.name) for f in fields(RuntimeConfig)})
+    return RuntimeConfig(**{f.name: inherited(getattr(getattr(cfg, stage), f.name), getattr(cfg.runtime, f.name))
+                            for f in fields(RuntimeConfig)})
 
 
 def runtime_value(config: dict, stage: str, name: str):
     """``stage_runtime`` of a resolved config in ``to_dict`` form, for one of its keys (``"device"``)."""
-    own = config[stage][name]
-    return config["runtime"][name] if own == INHERIT else own
+    return inherited(config[stage][name], config["runtime"][name])
+
+
+def inherited(own, runtime):
+    """A stage's runtime value: its own, or the runtime section's where it says 'runtime'."""
+    return runtime if own == INHERIT else own
 
 
 def set_runtime(config: dict, **values) -> dict:
@@ -359,7 +362,7 @@ def _apply_override(raw: dict, item: str) -> str:
         raise ActrecError(f"--set {item!r}: expected section.key=value, for example --set train.epochs=5")
     dotted, text = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
-    value = copy.deepcopy(_override_value(text))
+    value = copy.deepcopy(override_value(text))
     if raw.get(section) is None:  # `train:` with nothing under it in the file
         raw[section] = {}
     section_values = raw[section]
@@ -370,7 +373,7 @@ def _apply_override(raw: dict, item: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _override_value(text: str) -> Any:
+def override_value(text: str) -> Any:
     """The value of ``--set key=TEXT`` as YAML reads it (remembered: a sweep's runs repeat the same values)."""
     try:
         return yaml.safe_load(text) if text.strip() else ""

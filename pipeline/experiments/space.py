@@ -8,7 +8,16 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pipeline.config import AFFECTS, SECTIONS, catalogue, check_value, config_from_dict, keys_affecting, section_type
+from pipeline.config import (
+    AFFECTS,
+    SECTIONS,
+    catalogue,
+    check_value,
+    config_from_dict,
+    keys_affecting,
+    override_value,
+    section_type,
+)
 from pipeline.errors import ActrecError
 from pipeline.experiments.plan import check_varied_keys, run_config
 
@@ -146,13 +155,7 @@ def parse_space(items, space_file=None) -> tuple[Param, ...]:
 
 def check_key_value(dotted: str, text: str, where: str) -> None:
     """``text`` as a value of ``dotted`` (as ``--set`` reads it), checked against the key's declaration."""
-    import yaml
-
-    owners = catalogue()[dotted]
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
+    owners, value = catalogue()[dotted], override_value(text)
     if dotted.split(".")[1] in SECTIONS[dotted.split(".")[0]].PLUGINS and isinstance(value, str) and ":" in value:
         return  # a plug-in from elsewhere ("module:attribute"): resolved when a point is built
     try:
