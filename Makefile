@@ -103,7 +103,8 @@ demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep o
 	@$(ACTREC) report $(DEMO_SWEEP)
 
 test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torch thread each
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto -m "not ray"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m ray --durations=5
 
 bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and docs/performance.md
 	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme docs/performance.md

@@ -22,7 +22,7 @@ from tests.orderdata import order_config, write_order_dataset
 
 ray = pytest.importorskip("ray")  # in the test extra; `pip install -e '.[cluster]'`
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # run apart from the xdist workers: see setup.cfg
 
 CONFIG = PROJECT_ROOT / "configs" / "synthetic.yaml"
 BASE = ["train.batch_size=8", "model.dropout=0.0", "data.val_fraction=0.2", "train.threads=1", "eval.threads=1",
