@@ -1,7 +1,7 @@
 """Decoder choice by measurement: OpenCV, PyAV and torchcodec in frames/s per core on real footage.
 
 Each decoder reads the same files sequentially (one decode thread where it lets us say so) and hands RGB
-frames to stage one's own resize (``resized_chunks`` with ``frame_resize`` at 224, crop), so the numbers
+frames to stage one's own resize (``resized_chunks`` with the backbone's ``preprocessing`` at 224, crop), so the numbers
 compare the decoders and nothing else. Frames/s per core is frames over the process's CPU seconds, which
 counts every thread a decoder starts. Rounds alternate between the decoders and medians are kept.
 """
@@ -85,9 +85,10 @@ def per_core_fps(decoder: Callable[[Path], Iterator[np.ndarray]], path: Path) ->
     import torch
 
     from pipeline.config import load_config
-    from pipeline.embed.backbone import frame_resize, resized_chunks
+    from pipeline.embed.backbones import backbone_of
+    from pipeline.embed.resize import resized_chunks
 
-    resize = frame_resize(load_config(None, ["embed.backbone=resnet18", f"embed.img_dim={IMG_DIM}"]).embed)
+    resize = backbone_of(load_config(None, ["embed.backbone=resnet18", f"embed.img_dim={IMG_DIM}"]).embed).preprocessing
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the resize in one thread, as in a decode worker
     try:

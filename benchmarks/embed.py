@@ -70,14 +70,14 @@ def embed_fps(cfg: Config, source: str, rep: int = 0) -> tuple[float, dict]:
 def decode_fps(cfg: Config) -> float:
     """Frames per CPU second of decoding plus resizing alone, in this process (where the time outside the forward
     goes); CPU seconds, not wall seconds, so that other work on a shared machine does not count."""
-    from pipeline.embed.backbone import frame_resize
-    from pipeline.embed.run import decode_jobs
+    from pipeline.embed.backbones import backbone_of
+    from pipeline.embed.commit import decode_jobs
     from pipeline.embed.workers import pieces
     from pipeline.inputs.formats import embed_items
 
     _, items = embed_items(cfg, check_videos=False)
     jobs = decode_jobs(cfg, items)
-    resize = frame_resize(cfg.embed)
+    resize = backbone_of(cfg.embed).preprocessing
     started = time.process_time()
     frames = sum(len(p.frames) for p in pieces(jobs, resize, cfg.embed.batch_size, workers=0) if not p.end)
     return frames / (time.process_time() - started)
@@ -85,9 +85,9 @@ def decode_fps(cfg: Config) -> float:
 
 def bench_embed(cfg: Config, sizes: Sizes, command: str, with_seed: bool) -> list[dict]:
     """Rows 1 (per source) and, ``with_seed``, 2, on the synthetic dataset of ``cfg``."""
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import backbone_of
 
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, torch.device("cpu"), cfg.embed.img_dim)
+    model = backbone_of(cfg.embed).build(torch.device("cpu"))
     frames = sizes.videos * sizes.frames
     rows, ours = [], {}
     for source in ("videos", "frames"):
@@ -190,13 +190,13 @@ def bench_embed_real(cfg: Config, sizes: Sizes, work: Path, command: str) -> dic
     bare rate held within 10%. The ratio is
     the steady state's; the whole runs' ratios and the ratio projected for UCF-101's 2.5 M frames (start
     amortised) are in the details."""
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import backbone_of
     from pipeline.embed.run import embed
     from pipeline.embed.workers import resolve_workers
 
     small, large = (real_footage_dataset(cfg, sizes, work, groups)
                     for groups in (sizes.real_groups, 3 * sizes.real_groups))
-    model = load_backbone(small.embed.backbone, small.embed.weights, torch.device("cpu"), small.embed.img_dim)
+    model = backbone_of(small.embed).build(torch.device("cpu"))
 
     def bare_fps() -> float:
         return bare_forward_fps(model, 2000, small.embed.batch_size, small.embed.img_dim, torch.device("cpu"))

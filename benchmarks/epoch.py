@@ -45,12 +45,12 @@ def seed_step_seconds(cfg: Config, backbone_name: str, device: torch.device, ste
     backbone left in train mode (BatchNorm on batch statistics, as the seed runs it), then the sequence
     model's step. Frames are random tensors: the seed's JPEG loading (row 3) would only add to its cost."""
     from benchmarks.stage_two import seed_training_step
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
     from pipeline.sequence.loop import build_optimizer
     from pipeline.sequence.models import build_model
 
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
-    backbone = load_backbone(backbone_name, "none", device).to(memory_format=torch.contiguous_format)
+    backbone = resolve_backbone(backbone_name, "none").build(device).to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         dim = backbone.eval()(torch.zeros(1, 3, img, img, device=device)).shape[-1]
     backbone.train()

@@ -90,13 +90,13 @@ def _sync(device) -> None:
 
 def _row(dataset: Config, sizes: GpuSizes, img: int, device, command: str) -> dict:
     from pipeline.device import autocast_dtype
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
     from pipeline.embed.run import embed
     from pipeline.embed.workers import auto_workers
 
     log.info("bench row 6: stage one at %dpx on %s", img, device)
     amp = autocast_dtype(device, "auto")
-    model = load_backbone(sizes.backbone, "none", device)
+    model = resolve_backbone(sizes.backbone, "none").build(device)
     bare = bare_device_fps(model, sizes.bare_frames, sizes.batch_size, img, device, amp)
     del model
     runs = {}

@@ -111,10 +111,11 @@ def seed_training_step(backbone, model, optimizer, loss_fn, frames: torch.Tensor
 def seed_seconds_per_clip(cfg: Config, backbone_name: str, clips: int, jpeg_cfg: Config) -> float:
     """Seconds per clip of the seed's loop over ``clips`` clips of JPEG frames from ``jpeg_cfg``'s dataset."""
     from benchmarks.seed_frames import seed_frame_stream
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
 
     model, optimizer = _training_parts(cfg)
-    backbone = load_backbone(backbone_name, "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
+    backbone = resolve_backbone(backbone_name, "none").build(torch.device("cpu"))
+    backbone = backbone.to(memory_format=torch.contiguous_format)
     frames = seed_frame_stream(jpeg_cfg, cfg.embed.img_dim)
     loss_fn = torch.nn.CrossEntropyLoss()
     labels = torch.zeros(1, dtype=torch.long)
@@ -130,7 +131,7 @@ def flops_per_clip(cfg: Config, backbone_name: str) -> tuple[float, float]:
     """FLOPs of one training clip on the cache (model forward + backward) and of the seed's (plus the backbone)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
 
     model, _ = _training_parts(cfg)
     length, img = cfg.train.sequence_length, cfg.embed.img_dim
@@ -138,7 +139,7 @@ def flops_per_clip(cfg: Config, backbone_name: str) -> tuple[float, float]:
     with counter:
         model(torch.randn(1, length, CACHE_DIM)).sum().backward()
     model_flops = counter.get_total_flops()
-    backbone = load_backbone(backbone_name, "none", torch.device("cpu"))
+    backbone = resolve_backbone(backbone_name, "none").build(torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         backbone(torch.randn(1, 3, img, img))

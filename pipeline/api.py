@@ -140,9 +140,9 @@ def predict_videos(video: str | Path, checkpoint: str | Path, out: str | None = 
 
 def create_backbone(name: str, weights: str = "imagenet", device: str = "cpu", img_dim: int | None = None):
     """The frozen backbone ``name`` (``embed.backbone``'s names) with ``weights``; ``.feature_dim`` is its width."""
-    from pipeline.embed.backbones import load
+    from pipeline.embed.backbones import resolve_backbone
 
-    return load(name, weights, device, img_dim)
+    return resolve_backbone(name, weights, img_dim=img_dim).build(device)
 
 
 def create_model(name: str, feature_dim: int, num_classes: int, length: int = 40, **settings):

@@ -82,10 +82,10 @@ def test_feature_cache_is_the_ucf101_defaults_with_the_quick_changes(tmp_path):
 
 def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
     from benchmarks.stage_two import seed_training_step
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
     from pipeline.sequence.models import build_model
 
-    backbone = load_backbone("resnet18", "none", torch.device("cpu")).to(memory_format=torch.contiguous_format)
+    backbone = resolve_backbone("resnet18", "none").build(torch.device("cpu")).to(memory_format=torch.contiguous_format)
     torch.manual_seed(0)
     model = build_model(tiny_config, 512, 4)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -101,10 +101,10 @@ def test_seed_training_step_trains_the_model_not_the_backbone(tiny_config):
 def test_seed_step_takes_a_batch_of_clips_with_the_backbone_batchnorm_in_train_mode(tiny_config):
     from benchmarks.epoch import seed_step_seconds
     from benchmarks.stage_two import seed_training_step
-    from pipeline.embed.backbone import load_backbone
+    from pipeline.embed.backbones import resolve_backbone
     from pipeline.sequence.models import build_model
 
-    backbone = load_backbone("resnet18", "none", torch.device("cpu")).train()
+    backbone = resolve_backbone("resnet18", "none").build(torch.device("cpu")).train()
     torch.manual_seed(0)
     model = build_model(tiny_config, 512, 4)
     running_mean = backbone.bn1.running_mean.clone()

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.backbone import FrameResize, normalize
+from pipeline.embed.backbone import normalize
+from pipeline.embed.resize import FrameResize
 from pipeline.embed.workers import Piece
 from pipeline.errors import ActrecError
 

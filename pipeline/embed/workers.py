@@ -1,6 +1,8 @@
 """Decoding for stage one: worker processes turn videos into resized uint8 chunks, handed over in video order.
 
-The workers can start before the list is known (``DecodePool``), so their start overlaps the backbone's loading.
+The workers can start before the list and the preprocessing are known (``DecodePool``), so their start (a fresh
+interpreter importing OpenCV and torch, whose uint8 resize is the weights' own) overlaps the main process's
+imports and the backbone's loading; importing this module imports no torch.
 Worker ``w`` of ``W`` decodes videos ``w, w + W, w + 2W, ...`` (one OpenCV thread, one torch thread
 each), streaming every video as chunks of at most ``chunk`` frames already resized to ``img_dim``
 into its own bounded queue. The consumer reads video ``k`` from worker ``k mod W``'s queue, so the
@@ -11,20 +13,21 @@ pieces come out in the order of the list whatever the workers' speeds, and memor
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue as queue_module
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import cv2
-import torch
-
-from pipeline.embed.backbone import resized_chunks
+from pipeline.embed.resize import FrameResize, resized_chunks
 from pipeline.errors import ActrecError
 from pipeline.inputs.video import DecodeError, iter_frames_dir, iter_video_frames
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +86,33 @@ def pieces(jobs: list[tuple[str, Path]], resize, chunk: int, workers: int,
            pool: DecodePool | None = None) -> Iterator[Piece]:
     """Pieces of every job ``(source, path)`` in list order, decoded in ``workers`` processes (0: in this one).
 
-    ``resize``: a ``backbone.FrameResize`` (or an int: squash to that size). ``pool``: worker processes started
-    earlier with ``DecodePool`` (then ``resize``, ``chunk`` and ``workers`` are the pool's); it is closed here."""
+    ``resize``: a ``resize.FrameResize`` (or an int: squash to that size). ``pool``: worker processes started
+    earlier with ``DecodePool`` (then ``chunk`` and ``workers`` are the pool's); it is closed here."""
     if pool is None and (workers == 0 or not jobs):
         for index, (source, path) in enumerate(jobs):
             yield from video_pieces(index, source, path, resize, chunk)
         return
-    pool = pool or DecodePool(resize, chunk, min(workers, len(jobs)))
+    pool = pool or DecodePool(chunk, min(workers, len(jobs)))
     try:
-        yield from pool.pieces(jobs)
+        yield from pool.pieces(jobs, resize)
     finally:
         pool.close()
 
 
-def _work(worker: int, workers: int, resize, chunk: int, inbox, out, stop) -> None:
-    """A worker process: wait for its jobs (every ``workers``-th of the list, from ``worker``), decode them in
-    order into ``out``, then stay until ``stop``: the consumer fetches each chunk's shared memory from this
-    process, so it must outlive the last chunk's reception. A worker whose parent died (``kill -9``, torchrun
-    stopping a rank) exits instead of waiting forever."""
+def _work(worker: int, workers: int, chunk: int, inbox, out, stop) -> None:
+    """A worker process: import what decoding needs, wait for its jobs (every ``workers``-th of the list, from
+    ``worker``) and their preprocessing, decode them in order into ``out``, then stay until ``stop``: the consumer
+    fetches each chunk's shared memory from this process, so it must outlive the last chunk's reception. A worker
+    whose parent died (``kill -9``, torchrun stopping a rank) exits instead of waiting forever."""
+    import cv2
+    import torch  # torch's antialiased uint8 resize; it also registers how tensors travel in shared memory
+
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     parent = os.getppid()
     try:
-        jobs = _get(inbox, parent, stop)
-        for k, (source, path) in enumerate(jobs or []):
+        jobs, resize = _get(inbox, parent, stop) or ([], None)
+        for k, (source, path) in enumerate(jobs):
             for piece in video_pieces(worker + k * workers, source, path, resize, chunk):
                 _put(out, piece, parent)
     except BaseException:
@@ -116,7 +122,7 @@ def _work(worker: int, workers: int, resize, chunk: int, inbox, out, stop) -> No
 
 
 def _get(inbox, parent: int, stop):
-    """The job list sent to this worker (None when the pool closes before sending one)."""
+    """The job list and the preprocessing sent to this worker (None when the pool closes before sending them)."""
     while not stop.is_set():
         try:
             return inbox.get(timeout=POLL_SECONDS / 5)
@@ -143,33 +149,35 @@ def _context():
     # spawn: each worker is a fresh interpreter and a direct child of this process. A fork of this process could
     # inherit a lock another of its threads (queue feeders, tqdm, OpenMP, HDF5) holds at that moment and wait on
     # it forever; a forkserver's workers would be the server's children, so they could not tell when this process
-    # is killed (their parent, the server, lives on) and would keep the rank's output pipes open.
-    return torch.multiprocessing.get_context("spawn")
+    # is killed (their parent, the server, lives on) and would keep the rank's output pipes open. Tensors travel
+    # through these queues in shared memory once torch is imported (it registers its reductions on import).
+    return multiprocessing.get_context("spawn")
 
 
 class DecodePool:
     """``workers`` decode processes, each with its own bounded queue, started before their jobs are known: a
-    spawned worker spends seconds importing torch and OpenCV, which then overlaps the backbone's loading.
-    ``pieces(jobs)`` hands each worker its share and yields every piece in list order."""
+    spawned worker spends seconds importing torch and OpenCV, which then overlaps the main process's own imports
+    and the backbone's loading. ``pieces(jobs, resize)`` hands each worker its share and yields every piece in
+    list order."""
 
-    def __init__(self, resize, chunk: int, workers: int):
+    def __init__(self, chunk: int, workers: int):
         context = _context()
         self.jobs: list = []
         self.queues = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
         self.inboxes = [context.Queue(maxsize=1) for _ in range(workers)]
         self.stop = context.Event()
         self.closed = False
-        self.processes = [context.Process(target=_work, args=(w, workers, resize, chunk, inbox, q, self.stop),
+        self.processes = [context.Process(target=_work, args=(w, workers, chunk, inbox, q, self.stop),
                                           name=f"actrec-decode-{w}", daemon=True)
                           for w, (q, inbox) in enumerate(zip(self.queues, self.inboxes))]
         for process in self.processes:
             process.start()
 
-    def pieces(self, jobs: list[tuple[str, Path]]) -> Iterator[Piece]:
-        """Every piece of ``jobs`` in list order (a pool serves one job list)."""
+    def pieces(self, jobs: list[tuple[str, Path]], resize: FrameResize | int) -> Iterator[Piece]:
+        """Every piece of ``jobs`` in list order, resized as ``resize`` says (a pool serves one job list)."""
         self.jobs = jobs
         for w, inbox in enumerate(self.inboxes):
-            inbox.put(jobs[w::len(self.inboxes)])
+            inbox.put((jobs[w::len(self.inboxes)], resize))
         return iter(self)
 
     def __iter__(self) -> Iterator[Piece]:

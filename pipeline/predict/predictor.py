@@ -18,7 +18,8 @@ import torch
 
 from pipeline.config import config_from_dict
 from pipeline.device import autocast_dtype, resolve_device
-from pipeline.embed.backbone import embed_frames, frame_resize, load_backbone, weights_identity
+from pipeline.embed.backbone import embed_frames
+from pipeline.embed.backbones import backbone_of
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path, write_json
 from pipeline.inputs import VIDEO_SUFFIXES
@@ -47,12 +48,13 @@ class Predictor:
             raise ActrecError(f"{checkpoint}: its weights do not fit its own config "
                               f"({len(self.class_names)} classes): {str(exc).splitlines()[0][:200]}") from exc
         embed = self.cfg.embed
+        self.spec = backbone_of(embed)  # the backbone the run's cache was embedded with, resolved once
         trained_on = ckpt["fingerprint"].get("weights")
-        if weights_identity(embed.backbone, embed.weights) != trained_on:
+        if self.spec.identity != trained_on:
             raise ActrecError(f"{checkpoint} was trained on features of {embed.backbone} with weights {trained_on}, "
-                              f"but {embed.weights} is now {weights_identity(embed.backbone, embed.weights)}; "
-                              f"restore that weights file or train again")
-        self.backbone = load_backbone(embed.backbone, embed.weights, self.device, embed.img_dim)
+                              f"but {embed.weights} is now {self.spec.identity}; restore that weights file or "
+                              f"train again")
+        self.backbone = self.spec.build(self.device)
         self.amp_dtype = self._forward_dtype(ckpt["fingerprint"], embed.precision)
         self.storage_dtype = np.dtype(ckpt["fingerprint"].get("dtype", "float32"))
         self.sequence_length = self.cfg.train.sequence_length
@@ -71,7 +73,7 @@ class Predictor:
     def video_features(self, path: Path) -> np.ndarray:
         """Features ``[T, D]`` of every frame of a video, computed as stage one computes them."""
         embed = self.cfg.embed
-        features = embed_frames(self.backbone, iter_video_frames(path), frame_resize(embed), self.device,
+        features = embed_frames(self.backbone, iter_video_frames(path), self.spec.preprocessing, self.device,
                                 self.amp_dtype, embed.batch_size)
         # The model was trained on features stored in the cache dtype; round the same way.
         return features.astype(self.storage_dtype).astype(np.float32)

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from pipeline.cache.fingerprint import MACHINE_KEYS, feature_keys, fingerprint_differences
-from pipeline.embed.backbone import weights_identity
+from pipeline.embed.backbones import resolve_backbone
 from pipeline.embed.fingerprint import embed_fingerprint
 from pipeline.inputs.formats.ucf101 import split_files_signature
 
@@ -19,7 +19,7 @@ def expected_fingerprint(cfg) -> dict:
         "name": cfg.data.name,
         "split_files": split_files_signature(cfg),
         "backbone": cfg.embed.backbone,
-        "weights": weights_identity(cfg.embed.backbone, cfg.embed.weights),
+        "weights": resolve_backbone(cfg.embed.backbone, cfg.embed.weights).identity,
         "img_dim": cfg.embed.img_dim,
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],

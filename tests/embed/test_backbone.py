@@ -11,18 +11,11 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.embed.backbone import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    embed_frames,
-    load_backbone,
-    normalize,
-    resize_frames,
-    weights_identity,
-)
-from pipeline.embed.backbones import rows
+from pipeline.embed.backbone import IMAGENET_MEAN, IMAGENET_STD, embed_frames, normalize
+from pipeline.embed.backbones import backbone_of, resolve_backbone, rows
 from pipeline.embed.backbones.table import format_table
 from pipeline.embed.backbones.torchvision import find_head, skeleton
+from pipeline.embed.resize import FrameResize
 from pipeline.errors import ActrecError
 
 CPU = torch.device("cpu")
@@ -34,7 +27,7 @@ def random_frames(n=3, height=40, width=56, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def resnet18():
-    return load_backbone("resnet18", "none", CPU)
+    return resolve_backbone("resnet18", "none").build(CPU)
 
 
 def test_frozen_eval_headless_channels_last(resnet18):
@@ -51,20 +44,20 @@ def test_frozen_eval_headless_channels_last(resnet18):
 
 def test_random_init_is_seeded(resnet18):
     """weights=none must give the same network every time, or a resumed embed would mix two networks."""
-    again = load_backbone("resnet18", "none", CPU)
+    again = resolve_backbone("resnet18", "none").build(CPU)
     frames = random_frames()
     np.testing.assert_array_equal(embed_frames(again, frames, 32, CPU), embed_frames(resnet18, frames, 32, CPU))
-    assert weights_identity("resnet18", "none").startswith("none")
+    assert resolve_backbone("resnet18", "none").identity.startswith("none")
 
 
 def test_classifier_heads_and_unsupported_models():
-    mobilenet = load_backbone("mobilenet_v3_small", "none", CPU)
+    mobilenet = resolve_backbone("mobilenet_v3_small", "none").build(CPU)
     assert mobilenet.feature_dim == 1024 and isinstance(mobilenet.classifier[-1], torch.nn.Identity)
     assert embed_frames(mobilenet, random_frames(2), 32, CPU).shape == (2, 1024)
     with pytest.raises(ActrecError, match="no nn.Linear in its head"):
-        load_backbone("squeezenet1_0", "none", CPU)  # its classifier ends in a conv, not a Linear
+        resolve_backbone("squeezenet1_0", "none").build(CPU)  # its classifier ends in a conv, not a Linear
     with pytest.raises(ActrecError, match="not a torchvision classification model.*resnet18"):
-        load_backbone("resnet_nonexistent", "none", CPU)
+        resolve_backbone("resnet_nonexistent", "none").build(CPU)
 
 
 def test_state_dict_weights_load_and_change_features(tmp_path, resnet18):
@@ -74,21 +67,22 @@ def test_state_dict_weights_load_and_change_features(tmp_path, resnet18):
     path = tmp_path / "resnet18_finetuned.pth"
     torch.save(source.state_dict(), path)  # includes fc.weight / fc.bias, which are ignored
 
-    model = load_backbone("resnet18", str(path), CPU)
+    model = resolve_backbone("resnet18", str(path)).build(CPU)
     frames = random_frames()
     loaded = embed_frames(model, frames, 32, CPU)
     source.fc = torch.nn.Identity()
     source.eval()
     with torch.inference_mode():
-        expected = source(normalize(resize_frames(frames, 32), CPU)).numpy()
+        expected = source(normalize(FrameResize(32)(frames), CPU)).numpy()
     np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(loaded, embed_frames(resnet18, frames, 32, CPU), atol=1e-3)
-    assert weights_identity("resnet18", str(path)) == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert resolve_backbone("resnet18", str(path)).identity == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
     # Wrapped checkpoints ({"state_dict": ...}) and DataParallel's "module." prefix load too.
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, wrapped)
-    np.testing.assert_array_equal(embed_frames(load_backbone("resnet18", str(wrapped), CPU), frames, 32, CPU), loaded)
+    wrapped_model = resolve_backbone("resnet18", str(wrapped)).build(CPU)
+    np.testing.assert_array_equal(embed_frames(wrapped_model, frames, 32, CPU), loaded)
 
 
 def test_bad_state_dicts_name_the_file(tmp_path):
@@ -99,20 +93,20 @@ def test_bad_state_dicts_name_the_file(tmp_path):
     with pytest.raises(ActrecError, match=r"bad_shape.pth does not fit torchvision resnet18 \(ResNet\) \(1 size "
                                           r"mismatch: layer1.0.conv1.weight is \[3, 3, 1, 1\], the model's "
                                           r"\[64, 64, 3, 3\]\)"):
-        load_backbone("resnet18", str(bad_shape), CPU)
+        resolve_backbone("resnet18", str(bad_shape)).build(CPU)
     del state["layer4.1.bn2.bias"]
     state.pop("layer1.0.conv1.weight")
     missing = tmp_path / "missing_keys.pth"
     torch.save(state, missing)
     with pytest.raises(ActrecError, match="missing_keys.pth does not fit .*2 missing keys: layer1.0.conv1.weight, "
                                           "layer4.1.bn2.bias"):
-        load_backbone("resnet18", str(missing), CPU)
+        resolve_backbone("resnet18", str(missing)).build(CPU)
     not_torch = tmp_path / "notes.pth"
     not_torch.write_text("not a checkpoint")
     with pytest.raises(ActrecError, match="notes.pth: cannot be read"):
-        load_backbone("resnet18", str(not_torch), CPU)
+        resolve_backbone("resnet18", str(not_torch)).build(CPU)
     with pytest.raises(ActrecError, match="nowhere.pth: no such file"):
-        load_backbone("resnet18", str(tmp_path / "nowhere.pth"), CPU)
+        resolve_backbone("resnet18", str(tmp_path / "nowhere.pth")).build(CPU)
 
 
 def test_imagenet_weights_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
@@ -124,14 +118,14 @@ def test_imagenet_weights_offline_says_where_to_put_the_file(tmp_path, monkeypat
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ActrecError, match=r"ResNet18_Weights.IMAGENET1K_V1.*place it at .*hub/checkpoints/"
                                           r"resnet18-f37072fd\.pth"):
-        load_backbone("resnet18", "imagenet", CPU)
-    assert weights_identity("resnet18", "imagenet") == "ResNet18_Weights.IMAGENET1K_V1"
+        resolve_backbone("resnet18", "imagenet").build(CPU)
+    assert resolve_backbone("resnet18", "imagenet").identity == "ResNet18_Weights.IMAGENET1K_V1"
 
 
 def test_resize_and_normalize():
     frames = np.zeros((2, 48, 64, 3), np.uint8)
     frames[..., 0], frames[..., 1], frames[..., 2] = 200, 100, 7
-    resized = resize_frames(frames, 32)
+    resized = FrameResize(32)(frames)
     assert resized.shape == (2, 3, 32, 32) and resized.dtype == torch.uint8
     assert resized.is_contiguous(memory_format=torch.channels_last)
     assert resized[:, 0].eq(200).all() and resized[:, 1].eq(100).all() and resized[:, 2].eq(7).all()
@@ -141,8 +135,8 @@ def test_resize_and_normalize():
     assert x.is_contiguous(memory_format=torch.channels_last)
     # Antialiasing: a one-pixel checkerboard averages to grey instead of aliasing into stripes.
     board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)[None, ..., None].repeat(3, axis=3)
-    assert abs(int(resize_frames(board, 16).float().mean()) - 127) <= 2
-    assert resize_frames(board, 16).float().std() < 3
+    assert abs(int(FrameResize(16)(board).float().mean()) - 127) <= 2
+    assert FrameResize(16)(board).float().std() < 3
 
 
 def test_flip_features_are_features_of_mirrored_frames(resnet18):
@@ -164,24 +158,24 @@ def test_the_head_is_the_last_linear_of_the_models_own_head_attribute(name, head
 
 
 def test_random_vit_and_swin_embed_at_small_sizes():
-    vit = load_backbone("vit_b_16", "none", CPU, img_dim=32)  # a random init is built for the asked size
+    vit = resolve_backbone("vit_b_16", "none", img_dim=32).build(CPU)  # a random init is built for the asked size
     assert vit.feature_dim == 768 and isinstance(vit.heads.head, torch.nn.Identity)
     features = embed_frames(vit, random_frames(2), 32, CPU)
     assert features.shape == (2, 768) and np.isfinite(features).all() and features.std() > 0
-    swin = load_backbone("swin_t", "none", CPU, img_dim=32)
+    swin = resolve_backbone("swin_t", "none", img_dim=32).build(CPU)
     assert swin.feature_dim == 768 and isinstance(swin.head, torch.nn.Identity)
     assert embed_frames(swin, random_frames(2), 32, CPU).shape == (2, 768)
 
 
 @pytest.mark.slow
 def test_vit_at_its_imagenet_size_gives_the_pre_logits_features():
-    vit = load_backbone("vit_b_16", "none", CPU, img_dim=224)
+    vit = resolve_backbone("vit_b_16", "none", img_dim=224).build(CPU)
     frames = random_frames(2, 64, 64)
     features = embed_frames(vit, frames, 224, CPU)
     with torch.random.fork_rng():
         torch.manual_seed(0)  # RANDOM_INIT_SEED: the same random network, head kept
         full = torchvision.models.vit_b_16().eval()
-    x = normalize(resize_frames(frames, 224), CPU)
+    x = normalize(FrameResize(224)(frames), CPU)
     with torch.inference_mode():
         tokens = full.encoder(torch.cat([full.class_token.expand(2, -1, -1), full._process_input(x)], dim=1))
     np.testing.assert_allclose(features, tokens[:, 0].numpy(), rtol=1e-3, atol=1e-4)
@@ -191,19 +185,19 @@ def test_fixed_size_models_refuse_other_sizes_with_the_sizes_they_take():
     with pytest.raises(ActrecError, match=r"embed.img_dim=112: vit_b_16 with weights ViT_B_16_Weights.IMAGENET1K_V1 "
                                           r"takes 224x224 input only; set embed.img_dim=224, or .*: 224 \(imagenet\), "
                                           r"384 \(IMAGENET1K_SWAG_E2E_V1\), 224 \(IMAGENET1K_SWAG_LINEAR_V1\)"):
-        load_backbone("vit_b_16", "imagenet", CPU, img_dim=112)  # refused before any download
+        resolve_backbone("vit_b_16", "imagenet", img_dim=112).build(CPU)  # refused before any download
     with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 takes 384x384 input only"):
-        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=224)
+        resolve_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", img_dim=224).build(CPU)
     with pytest.raises(ActrecError, match=r"vit_b_16 cannot take embed.img_dim=40 .*indivisible by patch size.*224"):
-        load_backbone("vit_b_16", "none", CPU, img_dim=40)
+        resolve_backbone("vit_b_16", "none", img_dim=40).build(CPU)
     with pytest.raises(ActrecError, match=r"maxvit_t cannot take embed.img_dim=112 .*partition size.*try "
                                           r"embed.img_dim=224"):
-        load_backbone("maxvit_t", "none", CPU, img_dim=112)
+        resolve_backbone("maxvit_t", "none", img_dim=112).build(CPU)
 
 
 def test_torchvision_weights_by_name(tmp_path, monkeypatch):
-    assert weights_identity("vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"
-    assert weights_identity("vit_b_16", "imagenet") == "ViT_B_16_Weights.IMAGENET1K_V1"
+    assert resolve_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1").identity == "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"
+    assert resolve_backbone("vit_b_16", "imagenet").identity == "ViT_B_16_Weights.IMAGENET1K_V1"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
     def offline(*args, **kwargs):
@@ -213,10 +207,10 @@ def test_torchvision_weights_by_name(tmp_path, monkeypatch):
     # The size fits these weights: what stops it is the download, and the message names the file.
     with pytest.raises(ActrecError, match=r"IMAGENET1K_SWAG_E2E_V1 .*place it at .*hub/checkpoints/"
                                           r"vit_b_16_swag-9ac1b537\.pth"):
-        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", CPU, img_dim=384)
+        resolve_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", img_dim=384).build(CPU)
     with pytest.raises(ActrecError, match=r"IMAGENET2K_V9: no such file; use .* one of resnet18's torchvision "
                                           r"weights \(IMAGENET1K_V1, DEFAULT\)"):
-        load_backbone("resnet18", "IMAGENET2K_V9", CPU)
+        resolve_backbone("resnet18", "IMAGENET2K_V9").build(CPU)
 
 
 def test_backbones_table_comes_from_the_weights_metadata():
@@ -242,7 +236,7 @@ def test_weights_without_a_trained_classifier_are_refused_by_name():
     """VGG-16 IMAGENET1K_FEATURES: NaN classifier layers, so the penultimate feature would be NaN."""
     with pytest.raises(ActrecError, match=r"embed.weights=IMAGENET1K_FEATURES: VGG16_Weights.IMAGENET1K_FEATURES "
                                           r"trains only the convolutional features.*Use vgg16's IMAGENET1K_V1"):
-        load_backbone("vgg16", "IMAGENET1K_FEATURES", CPU)  # refused from the metadata, before any download
+        resolve_backbone("vgg16", "IMAGENET1K_FEATURES").build(CPU)  # refused from the metadata, before any download
     [row] = [r for r in rows(["torchvision"], "vgg16", every_weights=True) if r["weights"] == "IMAGENET1K_FEATURES"]
     assert row["dim"] is None  # listed only with --all
 
@@ -258,17 +252,17 @@ def test_safetensors_state_dict_loads(tmp_path, resnet18):
     frames = random_frames()
     source.fc = torch.nn.Identity()
     with torch.inference_mode():
-        expected = source.eval()(normalize(resize_frames(frames, 32), CPU)).numpy()
-    np.testing.assert_allclose(embed_frames(load_backbone("resnet18", str(path), CPU), frames, 32, CPU), expected,
-                               rtol=1e-4, atol=1e-5)
+        expected = source.eval()(normalize(FrameResize(32)(frames), CPU)).numpy()
+    model = resolve_backbone("resnet18", str(path)).build(CPU)
+    np.testing.assert_allclose(embed_frames(model, frames, 32, CPU), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_the_crop_follows_the_named_weights_own_transforms():
     from pipeline.config import load_config
-    from pipeline.embed.backbone import frame_resize
+
 
     swag = load_config(None, ["embed.backbone=vit_b_16", "embed.weights=IMAGENET1K_SWAG_E2E_V1", "embed.img_dim=384",
                               "embed.resize=crop"])
-    assert frame_resize(swag.embed).short_side == 384  # SWAG E2E: resize 384, crop 384
+    assert backbone_of(swag.embed).preprocessing.short_side == 384  # SWAG E2E: resize 384, crop 384
     default = load_config(None, ["embed.backbone=vit_b_16", "embed.img_dim=224", "embed.resize=crop"])
-    assert frame_resize(default.embed).short_side == 256  # IMAGENET1K_V1: resize 256, crop 224
+    assert backbone_of(default.embed).preprocessing.short_side == 256  # IMAGENET1K_V1: resize 256, crop 224

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from pipeline.cache.reader import FeatureCache
 from pipeline.cli import cli
-from pipeline.embed.backbone import embed_frames, load_backbone
+from pipeline.embed.backbone import embed_frames
+from pipeline.embed.backbones import resolve_backbone
 from pipeline.embed.fingerprint import embed_fingerprint
 from pipeline.embed.run import embed
 from pipeline.errors import ActrecError
@@ -37,7 +38,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def direct_features(cfg, video: Path, mirrored: bool = False) -> np.ndarray:
     """The backbone applied to a video's frames outside the embed stage."""
     frames = read_video(video)
-    model = load_backbone(cfg.embed.backbone, cfg.embed.weights, CPU)
+    model = resolve_backbone(cfg.embed.backbone, cfg.embed.weights).build(CPU)
     return embed_frames(model, frames[:, :, ::-1] if mirrored else frames, cfg.embed.img_dim, CPU)
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.embed.backbone import FrameResize, embed_frames, load_backbone, normalize, weights_identity
-from pipeline.embed.backbones import RANDOM_INIT_SEED, card, rows
+from pipeline.embed.backbone import embed_frames, normalize
+from pipeline.embed.backbones import RANDOM_INIT_SEED, resolve_backbone, rows
+from pipeline.embed.resize import FrameResize
 from pipeline.errors import ActrecError
 
 timm = pytest.importorskip("timm")
@@ -34,7 +35,7 @@ def seeded(build):
 
 
 def test_timm_feature_is_forward_head_pre_logits():
-    model = load_backbone("timm/test_convnext", "none", CPU, img_dim=32)
+    model = resolve_backbone("timm/test_convnext", "none", img_dim=32).build(CPU)
     reference = seeded(lambda: timm.create_model("test_convnext", pretrained=False)).eval()
     assert model.feature_dim == reference.num_features and not any(p.requires_grad for p in model.parameters())
     frames = random_frames()
@@ -48,13 +49,13 @@ def test_timm_feature_is_forward_head_pre_logits():
 
 
 def test_timm_fixed_size_models_are_built_for_img_dim():
-    vit = load_backbone("timm/test_vit", "none", CPU, img_dim=32)  # pretrained at 160; built for 32
+    vit = resolve_backbone("timm/test_vit", "none", img_dim=32).build(CPU)  # pretrained at 160; built for 32
     assert embed_frames(vit, random_frames(2), 32, CPU).shape == (2, vit.feature_dim)
 
 
 @pytest.mark.slow
 def test_open_clip_feature_is_encode_image_before_normalisation():
-    model = load_backbone("open_clip/ViT-S-32", "none", CPU, img_dim=64)
+    model = resolve_backbone("open_clip/ViT-S-32", "none", img_dim=64).build(CPU)
     reference = seeded(lambda: open_clip.create_model("ViT-S-32", pretrained=None, force_image_size=64,
                                                       pretrained_text=False)).eval()
     frames = random_frames()
@@ -81,12 +82,12 @@ def test_timm_state_dict_file_loads_strictly_or_is_refused_naming_keys(tmp_path)
     with torch.inference_mode():
         expected = source.forward_head(source.forward_features(normalize(FrameResize(32)(frames), CPU)),
                                        pre_logits=True).numpy()
-    loaded = load_backbone("timm/test_convnext", str(path), CPU, img_dim=32)
+    loaded = resolve_backbone("timm/test_convnext", str(path), img_dim=32).build(CPU)
     np.testing.assert_allclose(embed_frames(loaded, frames, 32, CPU), expected, rtol=1e-4, atol=1e-5)
-    assert weights_identity("timm/test_convnext", str(path)).startswith("sha256:")
+    assert resolve_backbone("timm/test_convnext", str(path)).identity.startswith("sha256:")
     with pytest.raises(ActrecError, match=r"model.safetensors does not fit timm test_vit \(\d+ missing keys: .*"
                                           r"\d+ unexpected keys: head.fc.bias"):
-        load_backbone("timm/test_vit", str(path), CPU, img_dim=32)
+        resolve_backbone("timm/test_vit", str(path), img_dim=32).build(CPU)
 
 
 @pytest.mark.slow
@@ -100,41 +101,41 @@ def test_open_clip_state_dict_file_loads(tmp_path):
     frames = random_frames(2)
     with torch.inference_mode():
         expected = source.encode_image(normalize(FrameResize(64)(frames), CPU)).numpy()
-    model = load_backbone("open_clip/ViT-S-32", str(path), CPU, img_dim=64)
+    model = resolve_backbone("open_clip/ViT-S-32", str(path), img_dim=64).build(CPU)
     np.testing.assert_allclose(embed_frames(model, frames, 64, CPU), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ActrecError, match=r"does not fit open_clip ViT-S-32 \(1 size mismatch: "
                                           r"visual.positional_embedding is \[5, 384\], the model's \[50, 384\]\)"):
-        load_backbone("open_clip/ViT-S-32", str(path), CPU, img_dim=224)  # the file is for 64 x 64
+        resolve_backbone("open_clip/ViT-S-32", str(path), img_dim=224).build(CPU)  # the file is for 64 x 64
 
 
 def test_names_weights_and_tags_are_checked_before_anything_is_built():
     with pytest.raises(ActrecError, match="timm has no model 'convnext_nope'"):
-        card("timm/convnext_nope", "none")
+        resolve_backbone("timm/convnext_nope", "none")
     with pytest.raises(ActrecError, match="convnext_tiny has no pretrained tag 'nope'; its tags: .*fb_in1k"):
-        card("timm/convnext_tiny.nope", "imagenet")
+        resolve_backbone("timm/convnext_tiny.nope", "imagenet")
     with pytest.raises(ActrecError, match="OpenCLIP has no architecture 'ViT-Q-99'"):
-        card("open_clip/ViT-Q-99", "none")
+        resolve_backbone("open_clip/ViT-Q-99", "none")
     with pytest.raises(ActrecError, match="open_clip/ViT-B-32:nope: no such pretrained tag; ViT-B-32's tags: .*openai"):
-        card("open_clip/ViT-B-32:nope", "imagenet")
+        resolve_backbone("open_clip/ViT-B-32:nope", "imagenet")
     with pytest.raises(ActrecError, match="open_clip/ViT-B-32 names no pretrained tag: use open_clip/ViT-B-32:<tag> "
                                           r"\(tags: .*laion2b_s34b_b79k"):
-        load_backbone("open_clip/ViT-B-32", "imagenet", CPU)
+        resolve_backbone("open_clip/ViT-B-32", "imagenet").build(CPU)
     with pytest.raises(ActrecError, match="embed.weights=fb_in1k: no such file; .*put a pretrained tag in the name "
                                           r"instead \(timm/convnext_tiny.<tag>\)"):
-        load_backbone("timm/convnext_tiny", "fb_in1k", CPU)
+        resolve_backbone("timm/convnext_tiny", "fb_in1k").build(CPU)
     # Named weights are identified with the tag resolved: timm's default tag may change across versions.
-    assert weights_identity("timm/convnext_tiny", "imagenet") == "timm convnext_tiny.in12k_ft_in1k"
-    assert weights_identity("open_clip/ViT-B-32:openai", "imagenet") == "open_clip ViT-B-32:openai"
+    assert resolve_backbone("timm/convnext_tiny", "imagenet").identity == "timm convnext_tiny.in12k_ft_in1k"
+    assert resolve_backbone("open_clip/ViT-B-32:openai", "imagenet").identity == "open_clip ViT-B-32:openai"
 
 
 def test_a_library_that_is_not_installed_is_refused_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now fails, as where it is not installed
     with pytest.raises(ActrecError, match=r"timm is not installed .*timm backbones needs it: "
                                           r"pip install -e '\.\[timm\]'"):
-        load_backbone("timm/convnext_tiny", "none", CPU)
+        resolve_backbone("timm/convnext_tiny", "none").build(CPU)
     monkeypatch.setitem(sys.modules, "open_clip", None)
     with pytest.raises(ActrecError, match=r"pip install -e '\.\[clip\]'"):
-        card("open_clip/ViT-B-32", "none")
+        resolve_backbone("open_clip/ViT-B-32", "none")
     assert {r["source"].split()[0] for r in rows(None, "resnet18")} == {"ResNet18_Weights.IMAGENET1K_V1"}
 
 
@@ -152,12 +153,12 @@ def test_missing_downloads_say_where_to_put_the_weights(offline_hub):
     with pytest.raises(ActrecError, match=r"cannot load the weights of timm test_convnext.r160_in1k .*Hugging Face "
                                           r"Hub repo timm/test_convnext.r160_in1k.*HF_HUB_OFFLINE=1; or set "
                                           r"embed.weights to the file's path \(embed.preprocess=r160_in1k\)"):
-        load_backbone("timm/test_convnext", "imagenet", CPU)
+        resolve_backbone("timm/test_convnext", "imagenet").build(CPU)
     with pytest.raises(ActrecError, match=r"cannot load the weights of open_clip/ViT-B-32:laion2b_s34b_b79k .*repo "
                                           r"laion/CLIP-ViT-B-32-laion2B-s34B-b79K.*HF_HUB_OFFLINE=1; or set "
                                           r"embed.backbone=open_clip/ViT-B-32, embed.weights to the file's path and "
                                           r"embed.preprocess=laion2b_s34b_b79k"):
-        load_backbone("open_clip/ViT-B-32:laion2b_s34b_b79k", "imagenet", CPU)
+        resolve_backbone("open_clip/ViT-B-32:laion2b_s34b_b79k", "imagenet").build(CPU)
 
 
 @pytest.mark.slow

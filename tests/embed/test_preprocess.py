@@ -13,7 +13,9 @@ import torchvision
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.embed.backbone import FrameResize, frame_resize, normalize
+from pipeline.embed.backbone import normalize
+from pipeline.embed.backbones import backbone_of
+from pipeline.embed.resize import FrameResize
 
 CPU = torch.device("cpu")
 # (height, width): VGA-ish UCF-101, HD, their portrait forms, and QCIF (11:9, upscaled to 224).
@@ -32,7 +34,7 @@ def ours(backbone: str, img_dim: int, frame: np.ndarray, weights: str = "imagene
     """Our preprocessing of ``frame`` as embed does it, and one uint8 step after normalisation by its std."""
     cfg = load_config(None, [f"embed.backbone={backbone}", f"embed.weights={weights}", f"embed.img_dim={img_dim}",
                              "embed.resize=crop"])
-    resize = frame_resize(cfg.embed)
+    resize = backbone_of(cfg.embed).preprocessing
     return normalize(resize(frame[None]), CPU, resize.mean, resize.std)[0], 1 / 255 / min(resize.std) + 1e-5
 
 
@@ -88,7 +90,7 @@ def test_open_clip_equals_open_clips_own_preprocess(arch, tag, keep_aspect):
     transform = image_transform_v2(cfg, is_train=False)  # what create_model_and_transforms returns
     assert_within_one_step(f"open_clip/{arch}:{tag}", 224, transform)
     cfg_embed = load_config(None, [f"embed.backbone=open_clip/{arch}:{tag}", "embed.img_dim=224"]).embed
-    assert frame_resize(cfg_embed).keep_aspect is keep_aspect
+    assert backbone_of(cfg_embed).preprocessing.keep_aspect is keep_aspect
 
 
 def test_open_clip_without_a_tag_follows_open_clips_default_preprocess():
@@ -108,19 +110,20 @@ def test_crop_keeps_the_aspect_and_squash_does_not():
 
 def test_crop_ratio_interpolation_and_statistics_follow_the_backbones_card():
     cfg = load_config(None, ["embed.img_dim=112", "embed.resize=crop"])
-    assert frame_resize(cfg.embed) == FrameResize(112, 116, source="ResNet152_Weights.IMAGENET1K_V2")  # 112*232/224
+    expected = FrameResize(112, 116, source="ResNet152_Weights.IMAGENET1K_V2")  # 112 * 232 / 224
+    assert backbone_of(cfg.embed).preprocessing == expected
     cfg = load_config(None, ["embed.img_dim=112", "embed.resize=crop", "embed.backbone=resnet18"])
-    assert frame_resize(cfg.embed).short_side == 128  # resnet18 V1: 256 / 224
+    assert backbone_of(cfg.embed).preprocessing.short_side == 128  # resnet18 V1: 256 / 224
     lite = load_config(None, ["embed.img_dim=112", "embed.backbone=timm/tf_efficientnet_lite0",
                               "embed.resize=squash"])
-    resize = frame_resize(lite.embed)  # squash keeps the card's interpolation and statistics
+    resize = backbone_of(lite.embed).preprocessing  # squash keeps the card's interpolation and statistics
     assert (resize.short_side, resize.interpolation, resize.mean, resize.std) == (None, "bicubic", (0.5,) * 3,
                                                                                   (0.5,) * 3)
 
 
 def test_embed_preprocess_picks_the_card_of_a_random_init_or_a_file(tmp_path):
     def resize_of(*overrides):
-        return frame_resize(load_config(None, ["embed.img_dim=224", *overrides]).embed)
+        return backbone_of(load_config(None, ["embed.img_dim=224", *overrides]).embed).preprocessing
 
     assert resize_of("embed.weights=none").short_side == 232  # resnet152's default, IMAGENET1K_V2
     v1 = resize_of("embed.weights=none", "embed.preprocess=IMAGENET1K_V1")

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.embed.backbone import resize_frames
-from pipeline.embed.run import decode_jobs, embed
+from pipeline.embed.resize import FrameResize
+from pipeline.embed.commit import decode_jobs
+from pipeline.embed.run import embed
 from pipeline.embed.workers import auto_workers, pieces, resolve_workers
 from pipeline.errors import ActrecError
 from pipeline.inputs.extract import extract_frames
@@ -52,7 +53,7 @@ def test_worker_processes_give_the_same_chunks_in_order_with_failures_in_place(t
         frames = pooled[index][0]
         assert pooled[index][1] == "" and frames.shape == (12, 3, 32, 32)
         assert torch.equal(frames, inline[index][0])
-        assert torch.equal(frames, resize_frames(read_video(jobs[index][1]), 32))
+        assert torch.equal(frames, FrameResize(32)(read_video(jobs[index][1])))
 
 
 def test_stopping_early_ends_the_workers(tiny_dataset_config):
@@ -100,17 +101,17 @@ def test_cache_is_the_same_with_0_or_3_workers_and_from_frames(tiny_dataset_root
                                                                monkeypatch):
     import multiprocessing
 
-    from pipeline.embed import run
+    from pipeline.embed.backbones import Backbone
 
     decoding_while_loading = []
 
-    def load_backbone(*args, **kwargs):  # the decode workers are already starting while the backbone loads
+    def build(self, device):  # the decode workers are already starting while the backbone loads
         decoding_while_loading.append(sorted(p.name for p in multiprocessing.active_children()
                                              if p.name.startswith("actrec-decode")))
-        return load(*args, **kwargs)
+        return load(self, device)
 
-    load = run.load_backbone
-    monkeypatch.setattr(run, "load_backbone", load_backbone)
+    load = Backbone.build
+    monkeypatch.setattr(Backbone, "build", build)
     cfg = tiny_dataset_config
     cfg.embed.batch_size = 7
     caches = []

@@ -13,7 +13,8 @@ import torchvision
 
 from pipeline.cache.reader import FeatureCache
 from pipeline.config import load_config
-from pipeline.embed.backbone import frame_resize, normalize
+from pipeline.embed.backbone import normalize
+from pipeline.embed.backbones import backbone_of
 from pipeline.embed.run import embed
 from pipeline.inputs.formats import load_split
 from pipeline.inputs.video import iter_video_frames, video_fps
@@ -73,7 +74,7 @@ def test_crop_on_16_9_and_11_9_footage_equals_the_backbones_own_transform(name, 
     frame = next(iter_video_frames(source(name)))
     assert frame.shape[:2] == shape  # 16:9 and 11:9 (CIF)
     cfg = load_config(None, [f"embed.backbone={backbone}", "embed.img_dim=224", "embed.resize=crop"])
-    ours = normalize(frame_resize(cfg.embed)(frame[None]), CPU)[0]
+    ours = normalize(backbone_of(cfg.embed).preprocessing(frame[None]), CPU)[0]
     theirs = weights.transforms()(torch.from_numpy(frame).permute(2, 0, 1))
     assert ours.shape == theirs.shape == (3, 224, 224)
     # Within one uint8 step of rounding, after normalisation by the smallest std (0.224).
