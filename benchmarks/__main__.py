@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
+from benchmarks.runner import ROWS
 from pipeline.cli_support import config_options, configure_logging, reports_errors
 from pipeline.config import load_config
-
-ROW_CHOICES = ["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch", "decoders"]
 
 
 @click.command()
@@ -19,7 +18,7 @@ ROW_CHOICES = ["real", "embed", "seed", "train", "disk", "scaling", "gpu", "chun
               help="Folder for results.json and results.md.")
 @click.option("--readme", type=click.Path(dir_okay=False), default=None,
               help="Also write the table into this README's performance section.")
-@click.option("--only", multiple=True, type=click.Choice(ROW_CHOICES),
+@click.option("--only", multiple=True, type=click.Choice(ROWS),
               help="Run only these rows (repeatable)  [default: all]")
 @reports_errors
 def main(config_path, overrides, quick, out_dir, readme, only):

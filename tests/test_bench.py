@@ -27,7 +27,7 @@ def test_quick_bench_has_every_row(tmp_path):
     gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
     cuda_epoch = [] if data["device"].startswith("CPU") else ["8-cuda"]
     assert ids == ["1-real", "1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch,
-                   "9", "10"]
+                   "9", "10", "11-refuse", "11-embed", "11-predict"]
     for row in data["rows"]:
         assert row["command"].startswith("python -m benchmarks") and row["value"]
         # no ratio: the CUDA epoch row without a GPU, or a real-footage row whose every round saw the load move
@@ -42,7 +42,14 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 10
+    assert len(ROWS) == 11
+    refuse, embed, predict = (next(row for row in data["rows"] if row["id"] == f"11-{what}")
+                              for what in ("refuse", "embed", "predict"))
+    assert set(refuse["details"]["refused"]) == {"embed", "train", "predict"}
+    steps = embed["details"]["runs"][0]["steps"]  # the embed's start-up, in the order it happens
+    assert list(steps) == ["command", "workers_started", "stage_imported", "backbone_built", "first_features",
+                           "finished", "exit"] and list(steps.values()) == sorted(steps.values())
+    assert predict["details"]["predict"]["seconds"] > 0
 
 
 def test_readme_section_needs_markers(tmp_path):

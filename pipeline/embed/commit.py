@@ -264,12 +264,14 @@ def _summary(cfg: Config, items, embedded: int, skipped: int, frames: int, failu
     path = Path(cfg.cache.path)
     seconds = time.perf_counter() - marks["start"]
     start_up = {step: round(at - marks["start"], 3) for step, at in marks.items() if step != "start"}
+    start_up["finished"] = round(seconds, 3)
     summary = {"videos": len(items), "embedded": embedded, "skipped": skipped, "failed": len(failures),
                "frames": frames, "seconds": round(seconds, 2),
                "frames_per_second": round(frames / embed_seconds, 1) if embed_seconds > 0 else 0.0,
                "cache": str(path), "cache_bytes": path.stat().st_size if path.exists() else 0,
                "timing": {key: round(value, 3) for key, value in (timing or {}).items()}, "start_up": start_up}
-    log.debug("embed: start-up, seconds from the stage's start: " + ", ".join(f"{k} {v}" for k, v in start_up.items()))
+    log.debug(f"embed: start-up, the stage began at Unix time {time.time() - seconds:.3f}; seconds from there: "
+              + ", ".join(f"{step} {at}" for step, at in start_up.items()))
     rank = distributed.current()
     if embedded or failures:
         log.info(f"embed{f' ({rank})' if rank.launched else ''}: {embedded} videos embedded ({frames} frames, "

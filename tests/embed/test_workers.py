@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.embed.resize import FrameResize
 from pipeline.embed.commit import decode_jobs
+from pipeline.embed.resize import FrameResize
 from pipeline.embed.run import embed
 from pipeline.embed.workers import auto_workers, pieces, resolve_workers
 from pipeline.errors import ActrecError
