@@ -2,7 +2,7 @@
 
 The public API (``pipeline/api.py``), imported on first use so that ``import pipeline`` stays fast:
 ``make_config``, ``load_config``, ``embed_cache``, ``open_cache``, ``train``, ``evaluate``, ``predict_videos``,
-``Predictor``,
+``Predictor``, ``export_features``, ``import_features``,
 ``create_backbone``, ``create_model`` and ``register_model`` (and ``_format``, ``_sampler``, ``_optimizer``,
 ``_schedule``, ``_backbone_library``).
 """
@@ -10,7 +10,8 @@ The public API (``pipeline/api.py``), imported on first use so that ``import pip
 __version__ = "0.1.0"
 
 _API = {name: "pipeline.api" for name in (
-    "make_config", "embed_cache", "open_cache", "train", "evaluate", "predict_videos", "create_backbone",
+    "make_config", "embed_cache", "open_cache", "train", "evaluate", "predict_videos", "export_features",
+    "import_features", "create_backbone",
     "create_model",
     "register_model", "register_format", "register_sampler", "register_optimizer", "register_schedule",
     "register_backbone_library", "Cache", "TrainResult")}

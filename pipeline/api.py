@@ -1,5 +1,5 @@
 """The Python API: a config built in Python, embed, a cache's videos and clips, training (your own model too),
-evaluation, prediction, and the factories and registries behind them.
+evaluation, prediction, features to and from other tools, and the factories and registries behind them.
 
 Every function takes a ``Config`` (``make_config``) and does what the command of the same name does; nothing
 heavy is imported until a function runs (``import pipeline`` stays fast)::
@@ -136,6 +136,24 @@ def predict_videos(video: str | Path, checkpoint: str | Path, out: str | None = 
     from pipeline.predict.predictor import predict as run
 
     return run(Path(video), Path(checkpoint), out=out, json_path=json_path, hop=hop, device=device)
+
+
+def export_features(cache_path: str | Path, out: str | Path, layout: str = "video_features",
+                    key: str | None = None) -> dict:
+    """``actrec export``: the cache's features per video in another tool's layout (``video_features`` or
+    ``mmaction2``), bit for bit."""
+    from pipeline.interchange.exporting import export_cache
+
+    return export_cache(cache_path, out, layout, key)
+
+
+def import_features(config: Config, folder: str | Path, made_by: str, layout: str = "video_features",
+                    key: str | None = None) -> dict:
+    """``actrec import``: the cache at ``cache.path`` built from another tool's per-video features in ``folder``
+    for the videos of ``config``'s split lists; ``made_by`` says what made them (recorded in the fingerprint)."""
+    from pipeline.interchange.importing import import_features as run
+
+    return run(config, folder, layout, made_by, key)
 
 
 def create_backbone(name: str, weights: str = "imagenet", device: str = "cpu", img_dim: int | None = None):

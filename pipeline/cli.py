@@ -190,6 +190,49 @@ def merge_cache(cache_path, mode, mixed_devices):
                f"failed ({summary['mode']})")
 
 
+LAYOUT_HELP = ("video_features: STEM_KEY.npy (+ STEM_fps.npy, STEM_timestamps_ms.npy) per video; mmaction2: "
+               "Class/NAME.pkl per video (a pickled array) + video_list.txt. Both: classes.txt.")
+
+
+@cli.command(name="export")
+@click.argument("cache_path", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--layout", type=click.Choice(["video_features", "mmaction2"]), default="video_features",
+              help=LAYOUT_HELP)
+@click.option("--key", default=None, help="video_features' feature type in the file names (default: from the "
+                                          "backbone: resnet, clip, or the model's name).")
+@reports_errors
+def export_features(cache_path, out, layout, key):
+    """Write the features of CACHE_PATH per video into the new folder OUT, in another tool's layout (the cache's
+    dtype, bit for bit)."""
+    from pipeline.interchange.exporting import export_cache
+
+    summary = export_cache(cache_path, out, layout, key)
+    key = f", key {summary['key']}" if summary["layout"] == "video_features" else ""
+    click.echo(f"{summary['folder']}: {summary['videos']} videos ({summary['layout']}{key})")
+
+
+@cli.command(name="import")
+@click.argument("folder", type=click.Path(file_okay=False))
+@config_options
+@click.option("--layout", type=click.Choice(["video_features", "mmaction2"]), default="video_features",
+              help=LAYOUT_HELP)
+@click.option("--key", default=None, help="video_features' feature type (KEY of STEM_KEY.npy); found from the file "
+                                          "names when there is one.")
+@click.option("--made-by", required=True, help="What made the features (tool, model, weights), recorded in the "
+                                               "cache's fingerprint, e.g. \"video_features i3d, Kinetics-400\".")
+@reports_errors
+def import_features(folder, config_path, overrides, layout, key, made_by):
+    """Build the cache at cache.path from per-video feature files another tool wrote, for the videos of the
+    config's split lists; stage two then trains on it like on any cache."""
+    cfg = load_config(config_path, overrides)
+    from pipeline.interchange.importing import import_features as run_import
+
+    summary = run_import(cfg, folder, layout, made_by, key)
+    click.echo(f"{summary['cache']}: {summary['videos']} videos, {summary['frames']} frames, {summary['dim']}-d "
+               f"{summary['dtype']}")
+
+
 @cli.command()
 @config_options
 @click.option("--grid", "grids", multiple=True, metavar="SECTION.KEY=V1,V2,...",

@@ -21,7 +21,7 @@ LAYERS = [
     {"sections", "config", "config_doc", "tracking"},
     {"inputs"},
     {"cache"},
-    {"embed", "sequence"},
+    {"embed", "sequence", "interchange"},
     {"predict"},
     {"experiments"},
     {"serve"},

@@ -299,8 +299,12 @@ class FeatureCache:
 
     def sequence(self, i: int, flip: bool = False) -> np.ndarray:
         """Features of video ``i``, ``[T, D]`` float32."""
+        return np.asarray(self.stored_rows(i, flip), dtype=np.float32)
+
+    def stored_rows(self, i: int, flip: bool = False) -> np.ndarray:
+        """Features of video ``i``, ``[T, D]``, in the cache's own dtype (bit for bit what the file holds)."""
         start = int(self.offsets[i])
-        return np.asarray(self._dataset(flip)[start:start + int(self.lengths[i])], dtype=np.float32)
+        return self._dataset(flip)[start:start + int(self.lengths[i])]
 
     def frames(self, i: int, frame_indices: np.ndarray, flip: bool = False) -> np.ndarray:
         """Features of some frames of video ``i`` (any order, repeats allowed), ``[L, D]`` float32."""

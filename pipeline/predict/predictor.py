@@ -47,6 +47,11 @@ class Predictor:
         except RuntimeError as exc:
             raise ActrecError(f"{checkpoint}: its weights do not fit its own config "
                               f"({len(self.class_names)} classes): {str(exc).splitlines()[0][:200]}") from exc
+        imported = ckpt["fingerprint"].get("imported")
+        if imported:
+            raise ActrecError(f"{checkpoint} was trained on imported features (made by {imported.get('made_by')!r}, "
+                              f"from {imported.get('folder')}); prediction computes features with a backbone of its "
+                              f"own, so it cannot label a video for this run. Train on a cache from `actrec embed`")
         embed = self.cfg.embed
         self.spec = backbone_of(embed)  # the backbone the run's cache was embedded with, resolved once
         trained_on = ckpt["fingerprint"].get("weights")
