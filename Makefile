@@ -48,7 +48,7 @@ DEMO_BILSTM := $(DEMO_SWEEP)/name=bilstm_attention=true
 # The first test video of the synthetic split 1, for the demo's prediction.
 DEMO_VIDEO = data/synthetic/videos/$$(head -n 1 data/synthetic/splits/testlist01.txt | tr -d '\r')
 
-.PHONY: help install download extract embed train evaluate sweep tune all demo test bench lint clean
+.PHONY: help install download extract embed train evaluate sweep tune all demo test bench docs lint clean
 
 help: ## List the targets (this text)
 	@echo "usage: make TARGET [CONFIG=configs/ucf101.yaml] [SET=\"section.key=value ...\"]"
@@ -109,9 +109,12 @@ test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torc
 bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and docs/performance.md
 	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme docs/performance.md
 
+docs: $(STAMP) ## The documentation site into site/ (MkDocs, strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP) ## ruff over the package and tests
 	$(VENV)/bin/ruff check pipeline tests
 
 clean: ## Remove runs, bench results and caches (keeps data/ and .venv)
-	rm -rf runs bench
+	rm -rf runs bench site
 	find cache -mindepth 1 ! -name README.md -delete

@@ -2,7 +2,7 @@
 
 A cache stores the fingerprint of the config that embedded it; stage two and a resumed embed compute
 it again from their own config and refuse a cache whose fingerprint differs. Caches written before
-must keep matching, so the keys and values below are part of the cache format (cache/README.md).
+must keep matching, so the keys and values below are part of the cache format (docs/cache-format.md).
 
 This module is imported by the storage layer (``pipeline.cache.reader``) for the comparison, which
 needs neither torch nor the dataset code; those load only when a fingerprint is computed.

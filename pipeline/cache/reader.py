@@ -2,7 +2,7 @@
 
 One file holds the features of every frame of every video, stacked along axis 0
 (``features [total_frames, D]``), plus a per-video index (name, label, offset,
-length). The layout is documented in cache/README.md; ``writer.py`` writes it,
+length). The layout is documented in docs/cache-format.md; ``writer.py`` writes it,
 ``fingerprint.py`` compares the stored fingerprint, ``lock.py`` lets one writer at a
 time in, and ``virtual.py`` checks the shards a virtual join reads from. Stage two opens
 a cache with ``open_cache``, finds its videos with ``cache_rows`` and puts the features
