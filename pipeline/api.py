@@ -129,6 +129,14 @@ def evaluate(config: Config) -> dict:
     return evaluate_run(config)
 
 
+def probe(config: Config) -> dict:
+    """``actrec probe``: a linear probe or kNN (``probe.method``) on each video's pooled features, its setting
+    chosen on validation, refit, scored on the test list; the metrics (also written to ``probe.dir``)."""
+    from pipeline.sequence.probe import probe as run
+
+    return run(config)
+
+
 def predict_videos(video: str | Path, checkpoint: str | Path, out: str | None = None, json_path: str | None = None,
                    hop: float | None = None, device: str = "auto"):
     """``actrec predict``: label a video (or a folder of videos) with sliding windows; ``Predictor`` keeps a run
@@ -185,4 +193,5 @@ register_format = _register("format")
 register_sampler = _register("sampler")
 register_optimizer = _register("optimizer")
 register_schedule = _register("schedule")
+register_probe = _register("probe")
 register_backbone_library = _register("backbone")

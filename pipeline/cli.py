@@ -114,6 +114,19 @@ def evaluate(config_path, overrides):
 
 
 @cli.command()
+@config_options
+@reports_errors
+def probe(config_path, overrides):
+    """A linear probe or kNN (probe.method) on each video's pooled cached features, chosen on validation, refit,
+    scored on the test list: probe.dir gets metrics.json and predictions.csv as `actrec evaluate` writes them."""
+    cfg = load_config(config_path, overrides)
+    from pipeline.sequence.evaluate import format_summary
+    from pipeline.sequence.probe import probe as run_probe
+
+    click.echo(format_summary(run_probe(cfg)))
+
+
+@cli.command()
 @click.argument("video", type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint written by `actrec train`.")
 @click.option("--out", type=click.Path(), default=None,

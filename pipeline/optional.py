@@ -14,9 +14,9 @@ from pipeline.errors import ActrecError
 # Top-level package -> the setup.cfg extra that installs it (None: no extra, pip install the package itself).
 EXTRAS = {"optuna": "tune", "sqlalchemy": "tune", "mlflow": "mlflow", "gradio": "serve", "gradio_client": "serve",
           "ray": "cluster", "dask": "cluster", "distributed": "cluster", "timm": "timm", "open_clip": "clip",
-          "safetensors": None}
+          "sklearn": "probe", "safetensors": None}
 # Distribution names where they differ from the module's.
-DISTRIBUTIONS = {"open_clip": "open-clip-torch"}
+DISTRIBUTIONS = {"open_clip": "open-clip-torch", "sklearn": "scikit-learn"}
 
 
 def install_line(module: str) -> str:

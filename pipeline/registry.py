@@ -1,7 +1,7 @@
 """One registry mechanism for every kind of plug-in: a name, its settings dataclass, and what builds it.
 
-A kind (``model``, ``format``, ``sampler``, ``optimizer``, ``schedule``, ``backbone``) is one ``Registry``;
-a plug-in registers under a name with the dataclass of its own config keys (built with
+A kind (``model``, ``format``, ``sampler``, ``optimizer``, ``schedule``, ``backbone``, ``probe``) is one
+``Registry``; a plug-in registers under a name with the dataclass of its own config keys (built with
 ``pipeline.schema.key``, so each key carries its default, bounds, help and what it ``affects``) and a target:
 the callable that builds it, or ``"module:attribute"`` (or a module's name) imported only when it is built::
 
@@ -41,6 +41,7 @@ BUILTINS = {
     "sampler": "pipeline.sequence.sampling",
     "optimizer": "pipeline.sequence.optim",
     "schedule": "pipeline.sequence.optim",
+    "probe": "pipeline.sequence.probe_methods",
 }
 
 

@@ -210,6 +210,18 @@ class EvalConfig(Section):
 
 
 @dataclass
+class ProbeConfig(Section):
+    PLUGINS: ClassVar[dict] = {"method": "probe"}  # the probe's own keys join the section (sequence/probe_methods.py)
+
+    method: str = key("linear", "what `actrec probe` fits on each video's pooled features: a linear probe or kNN",
+                      choices=lambda: registry("probe").names(), affects="training")
+    pool: str = key("mean", "a video's frame features pooled into one vector: their mean or their maximum",
+                    choices=["mean", "max"], affects="training")
+    dir: str = key("runs/{data.name}_probe-{probe.method}_split{data.split}",
+                   "where `actrec probe` writes its run: config.yaml, metrics.json, predictions.csv, confusion matrix")
+
+
+@dataclass
 class PredictConfig(Section):
     hop: float = key(0.5, "seconds between the starts of consecutive windows (a window spans as long as a "
                       "training clip did on average, at the video's own frame rate)", min=0.01, max=3600.0)
@@ -261,5 +273,5 @@ class TuneConfig(Section):
 # The sections in the order a config lists them: each one's common keys (plug-in keys are composed in).
 SECTIONS = {"data": DataConfig, "synth": SynthConfig, "download": DownloadConfig, "extract": ExtractConfig,
             "embed": EmbedConfig, "cache": CacheConfig, "model": ModelConfig, "train": TrainConfig,
-            "eval": EvalConfig, "predict": PredictConfig, "runtime": RuntimeConfig, "sweep": SweepConfig,
-            "serve": ServeConfig, "run": RunConfig, "track": TrackConfig, "tune": TuneConfig}
+            "eval": EvalConfig, "probe": ProbeConfig, "predict": PredictConfig, "runtime": RuntimeConfig,
+            "sweep": SweepConfig, "serve": ServeConfig, "run": RunConfig, "track": TrackConfig, "tune": TuneConfig}

@@ -63,6 +63,7 @@ CASES = {  # hidden packages -> (the command that needs them, the install line i
     "timm": (["backbones", "--library", "timm"], "pip install -e '.[timm]'"),
     "open_clip": (["backbones", "--library", "open_clip"], "pip install -e '.[clip]'"),
     "safetensors": (["--python", SAFETENSORS], "pip install safetensors"),
+    "sklearn": (["probe"], "pip install -e '.[probe]'"),
 }
 
 

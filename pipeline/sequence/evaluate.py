@@ -52,7 +52,7 @@ def evaluate(cfg: Config) -> dict:
 
 def test_data(cfg: Config, ckpt: dict, path: Path):
     """Evaluation clips of the test videos of ``cfg``'s split, from a cache made as the checkpoint's was."""
-    from pipeline.cache.reader import cache_rows, open_cache
+    from pipeline.cache.reader import open_cache
     from pipeline.inputs.formats import load_split
     from pipeline.sequence.datasets import EvalClips
     from pipeline.sequence.resident import host_load
@@ -64,7 +64,17 @@ def test_data(cfg: Config, ckpt: dict, path: Path):
     split = load_split(cfg, check_videos=False)
     if split.class_names != ckpt["class_names"]:
         raise ActrecError(f"{path} was trained on other classes than {cfg.data.splits}/classInd.txt lists")
-    # The protocol: a test video without features is a wrong answer, not a smaller test set.
+    rows, labels, unscored = test_rows(cfg, cache, split)
+    cache.place(host_load(cfg.cache.load), flip=False)  # evaluation never reads mirrored features
+    length = ckpt["config"]["train"]["sequence_length"]
+    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split, unscored
+
+
+def test_rows(cfg: Config, cache, split) -> tuple[list[int], list[int], list[int]]:
+    """The cache rows and labels of the test videos that have features, and the labels of those that have none:
+    by the protocol, a test video without features is a wrong answer, not a smaller test set."""
+    from pipeline.cache.reader import cache_rows
+
     unscored = [item for item in split.test if item.name not in cache or item.name in cache.failures]
     missing = {item.name for item in unscored}
     rows, labels = cache_rows(cache, [item for item in split.test if item.name not in missing], "test")
@@ -74,9 +84,7 @@ def test_data(cfg: Config, ckpt: dict, path: Path):
         log.warning(f"{len(unscored)} of {len(split.test)} test videos have no features in {cfg.cache.path} "
                     f"(e.g. {unscored[0].name}); they count as wrong answers. `actrec info {cfg.cache.path}` "
                     f"lists failures; `actrec embed` adds missing videos")
-    cache.place(host_load(cfg.cache.load), flip=False)  # evaluation never reads mirrored features
-    length = ckpt["config"]["train"]["sequence_length"]
-    return EvalClips(cache, rows, labels, length, cfg.eval.clips), split, [item.label for item in unscored]
+    return rows, labels, [item.label for item in unscored]
 
 
 def score_test_clips(cfg: Config, ckpt: dict, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -209,11 +217,7 @@ def compute_metrics(clip_logits: np.ndarray, labels: np.ndarray, class_names: li
 
 
 def format_summary(metrics: dict) -> str:
-    title = (f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos, "
-             f"{metrics['eval_clips']} clip(s) of {metrics['sequence_length']} frames each, checkpoint epoch "
-             f"{metrics['checkpoint_epoch']}"
-             + (", refit on training + validation" if metrics.get("trained_on") == "training+validation" else ""))
-    lines = [title,
+    lines = [_title(metrics),
              f"  top-1 (video)         {metrics['top1']:.4f}",
              f"  top-5 (video)         {metrics['top5']:.4f}",
              f"  mean class accuracy   {metrics['mean_class_accuracy']:.4f}",
@@ -232,6 +236,17 @@ def format_summary(metrics: dict) -> str:
     lines.append("  per class" + (" (5 worst)" if len(per_class) > 10 else "") + ":")
     lines += [f"    {name:<32} {acc:.3f}" for acc, name in shown]
     return "\n".join(lines)
+
+
+def _title(metrics: dict) -> str:
+    what = f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos"
+    if "probe" in metrics:  # `actrec probe`: one pooled vector per video, no clips, no checkpoint
+        chosen = ", ".join(f"{k} = {v:g}" for k, v in metrics["probe"]["chosen"].items())
+        return f"{what}, {metrics['probe']['pool']}-pooled features, {chosen} chosen on validation, refit on " \
+               f"training + validation"
+    return (f"{what}, {metrics['eval_clips']} clip(s) of {metrics['sequence_length']} frames each, checkpoint epoch "
+            f"{metrics['checkpoint_epoch']}"
+            + (", refit on training + validation" if metrics.get("trained_on") == "training+validation" else ""))
 
 
 def _finite(value: float) -> float | None:

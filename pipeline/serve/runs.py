@@ -121,8 +121,11 @@ def leaderboard(runs: list[ServedRun]) -> list[dict]:
     """One row per run with its test metrics (metrics.json) and best validation top-1 (history.csv), best first."""
     rows = []
     for run in runs:
-        row = {"run": run.name, "model": run.config.model.name, "best val top-1": _best_validation(run)}
         metrics = read_json_object(run.dir / "metrics.json")
+        # A probe's metrics.json names it (probe-linear); its validation scores are its chosen setting's.
+        row = {"run": run.name, "model": metrics.get("model") or run.config.model.name,
+               "best val top-1": _best_validation(run) if "probe" not in metrics else _rounded(
+                   max(metrics["probe"]["validation_top1"].values(), default=None))}
         row.update({title: _rounded(metrics.get(key)) for key, title in LEADERBOARD_COLUMNS.items()})
         rows.append(row)
     return sorted(rows, key=lambda row: -(row["test top-1"] if row["test top-1"] is not None else -1))
