@@ -48,7 +48,7 @@ DEMO_BILSTM := $(DEMO_SWEEP)/name=bilstm_attention=true
 # The first test video of the synthetic split 1, for the demo's prediction.
 DEMO_VIDEO = data/synthetic/videos/$$(head -n 1 data/synthetic/splits/testlist01.txt | tr -d '\r')
 
-.PHONY: help install download extract embed train evaluate probe sweep tune all demo test bench docs lint clean
+.PHONY: help install download extract embed train evaluate probe zeroshot sweep tune all demo test bench docs lint clean
 
 help: ## List the targets (this text)
 	@echo "usage: make TARGET [CONFIG=configs/ucf101.yaml] [SET=\"section.key=value ...\"]"
@@ -83,6 +83,9 @@ evaluate: $(STAMP) ## Evaluate best.pt of each split in SPLITS on its test list;
 
 probe: $(STAMP) ## Linear probe (or SET="probe.method=knn") on pooled cached features, for each split in SPLITS
 	@for split in $(SPLITS); do $(ACTREC) probe $(ARGS) --set data.split=$$split || exit 1; done
+
+zeroshot: $(STAMP) ## Zero-shot test top-1 of an OpenCLIP cache from class prompts (no training), each split in SPLITS
+	@for split in $(SPLITS); do $(ACTREC) zeroshot $(ARGS) --set data.split=$$split || exit 1; done
 
 sweep: $(STAMP) ## Many train+evaluate runs on one cache (GRID="k=v1,v2 ..." or RUNS=FILE, JOBS=N): a leaderboard
 	$(ACTREC) sweep $(ARGS) $(SWEEP_ARGS)

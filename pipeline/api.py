@@ -137,6 +137,15 @@ def probe(config: Config) -> dict:
     return run(config)
 
 
+def zeroshot(config: Config) -> dict:
+    """``actrec zeroshot``: the test list of an OpenCLIP cache classified from class prompts by the same model's
+    text tower (``zeroshot.templates``, ``zeroshot.prompts``, ``zeroshot.score``); the metrics (also written to
+    ``zeroshot.dir``)."""
+    from pipeline.zeroshot.run import zeroshot as run
+
+    return run(config)
+
+
 def predict_videos(video: str | Path, checkpoint: str | Path, out: str | None = None, json_path: str | None = None,
                    hop: float | None = None, device: str = "auto"):
     """``actrec predict``: label a video (or a folder of videos) with sliding windows; ``Predictor`` keeps a run

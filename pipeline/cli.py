@@ -127,6 +127,25 @@ def probe(config_path, overrides):
 
 
 @cli.command()
+@config_options
+@click.option("--prompts", default=None, type=click.Path(dir_okay=False),
+              help="YAML file of prompts per class (class name -> list of prompts); sets zeroshot.prompts.")
+@click.option("--templates", default=None, type=click.Path(dir_okay=False),
+              help="File of prompt templates, one per line with {} for the class; sets zeroshot.templates "
+                   "(default: CLIP's 48 UCF-101 templates).")
+@reports_errors
+def zeroshot(config_path, overrides, prompts, templates):
+    """Classify the test list of an OpenCLIP cache with the same model's text tower, no training: zeroshot.dir
+    gets metrics.json and predictions.csv as `actrec evaluate` writes them."""
+    extra = [f"zeroshot.{name}={value}" for name, value in (("prompts", prompts), ("templates", templates)) if value]
+    cfg = load_config(config_path, [*overrides, *extra])
+    from pipeline.sequence.evaluate import format_summary
+    from pipeline.zeroshot.run import zeroshot as run_zeroshot
+
+    click.echo(format_summary(run_zeroshot(cfg)))
+
+
+@cli.command()
 @click.argument("video", type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint written by `actrec train`.")
 @click.option("--out", type=click.Path(), default=None,

@@ -222,6 +222,20 @@ class ProbeConfig(Section):
 
 
 @dataclass
+class ZeroshotConfig(Section):
+    templates: str = key("clip-ucf101", "prompt templates of `actrec zeroshot`: 'clip-ucf101' (CLIP's 48 published "
+                         "UCF-101 templates) or a file of one template per line, {} where the class name goes",
+                         nonempty=True, affects="training")
+    prompts: str = key("", "a YAML file of prompts per class (class name -> list of prompts), used instead of the "
+                       "templates; empty = the templates", affects="training")
+    score: str = key("mean", "a video's score: its mean normalised frame embedding against each class (the CLIP "
+                     "paper's protocol), or the best frame's", choices=["mean", "max"], affects="training")
+    dir: str = key("runs/{data.name}_zeroshot_split{data.split}",
+                   "where `actrec zeroshot` writes its run: config.yaml, metrics.json, predictions.csv, confusion "
+                   "matrix")
+
+
+@dataclass
 class PredictConfig(Section):
     hop: float = key(0.5, "seconds between the starts of consecutive windows (a window spans as long as a "
                       "training clip did on average, at the video's own frame rate)", min=0.01, max=3600.0)
@@ -273,5 +287,6 @@ class TuneConfig(Section):
 # The sections in the order a config lists them: each one's common keys (plug-in keys are composed in).
 SECTIONS = {"data": DataConfig, "synth": SynthConfig, "download": DownloadConfig, "extract": ExtractConfig,
             "embed": EmbedConfig, "cache": CacheConfig, "model": ModelConfig, "train": TrainConfig,
-            "eval": EvalConfig, "probe": ProbeConfig, "predict": PredictConfig, "runtime": RuntimeConfig,
-            "sweep": SweepConfig, "serve": ServeConfig, "run": RunConfig, "track": TrackConfig, "tune": TuneConfig}
+            "eval": EvalConfig, "probe": ProbeConfig, "zeroshot": ZeroshotConfig, "predict": PredictConfig,
+            "runtime": RuntimeConfig, "sweep": SweepConfig, "serve": ServeConfig, "run": RunConfig,
+            "track": TrackConfig, "tune": TuneConfig}

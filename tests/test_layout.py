@@ -22,7 +22,7 @@ LAYERS = [
     {"inputs"},
     {"cache"},
     {"embed", "sequence", "interchange"},
-    {"predict"},
+    {"predict", "zeroshot"},
     {"experiments"},
     {"serve"},
     {"cli", "cli_support", "__main__", "__init__", "api"},

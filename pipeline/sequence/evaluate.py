@@ -240,6 +240,9 @@ def format_summary(metrics: dict) -> str:
 
 def _title(metrics: dict) -> str:
     what = f"{metrics['model']} on the test list of split {metrics['split']}: {metrics['num_videos']} videos"
+    if "zeroshot" in metrics:  # `actrec zeroshot`: prompts against frame embeddings, nothing trained
+        return f"{what}, zero-shot ({metrics['zeroshot']['score']} over frames), prompts from " \
+               f"{metrics['zeroshot']['prompts_file'] or metrics['zeroshot']['templates']}"
     if "probe" in metrics:  # `actrec probe`: one pooled vector per video, no clips, no checkpoint
         chosen = ", ".join(f"{k} = {v:g}" for k, v in metrics["probe"]["chosen"].items())
         return f"{what}, {metrics['probe']['pool']}-pooled features, {chosen} chosen on validation, refit on " \

@@ -113,6 +113,21 @@ class Backbone:
         return model.eval().to(device, memory_format=torch.channels_last)
 
 
+    def build_text(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The text tower of the same model as ``build``'s (the same seeded init, or the same weights), for the
+        libraries that have one (OpenCLIP); called with prompts, it gives L2-normalised embeddings ``[N, D]``."""
+        import torch
+
+        if not hasattr(self.library, "build_text"):
+            raise ActrecError(f"{self.name}: a {self.library.LIBRARY} backbone has no text tower; zero-shot "
+                              f"classification needs an OpenCLIP cache (embed.backbone=open_clip/...)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = self.library.build_text(self.model, self.weights, self.img_dim)
+        model.requires_grad_(False)
+        return model.eval().to(device)
+
+
 def resolve_backbone(name: str, weights: str = "none", preprocess: str = "auto", img_dim: int | None = None,
                      resize: str = "crop") -> Backbone:
     """The backbone ``name`` with ``weights``, checked (name, weights, ``embed.preprocess``) and its card read

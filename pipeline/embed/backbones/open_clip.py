@@ -2,7 +2,8 @@
 (``open_clip/ViT-B-32:laion2b_s34b_b79k``).
 
 The feature is ``encode_image`` before its L2 normalisation: the image tower's projected embedding
-(width ``embed_dim``); the text tower is dropped once the weights are in. Preprocessing is OpenCLIP's
+(width ``embed_dim``); the text tower is dropped once the weights are in (``build_text`` keeps it instead, for
+zero-shot classification). Preprocessing is OpenCLIP's
 own: its ``PreprocessCfg`` at the tower's image size, overlaid by the tag's config (mean, std,
 interpolation, ``resize_mode``: ``shortest`` = short side then centre crop, ``squash`` = both sides).
 ``embed.weights``: ``imagenet`` (the tag in the name: OpenCLIP's weights are not ImageNet's, the word
@@ -131,6 +132,40 @@ def card_of(arch: str, tag: str | None) -> Card:
 
 def build(name: str, weights: str, img_dim: int | None) -> nn.Module:
     """The image tower of ``name`` at ``img_dim``, weights loaded; ``feature_dim`` set."""
+    model, config = create(name, weights, img_dim)
+    encoder = ImageEncoder(model.visual)
+    encoder.feature_dim = config["embed_dim"]
+    return encoder
+
+
+def build_text(name: str, weights: str, img_dim: int | None) -> TextEncoder:
+    """The text tower of the same model as ``build``'s image tower (created the same way, so a seeded random init
+    gives the same network), with its tokenizer."""
+    model, config = create(name, weights, img_dim)
+    encoder = TextEncoder(model, _open_clip().get_tokenizer(split(name)[0]))
+    encoder.feature_dim = config["embed_dim"]
+    return encoder
+
+
+class TextEncoder(nn.Module):
+    """``encode_text`` of an OpenCLIP model (its image tower dropped), its tokenizer and its logit scale."""
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        model.visual = None  # the image side is the cache's: only the text tower is needed here
+        self.model, self.tokenizer = model, tokenizer
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> their L2-normalised text embeddings ``[N, D]``."""
+        return self.model.encode_text(self.tokenizer(prompts), normalize=True)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+
+def create(name: str, weights: str, img_dim: int | None) -> tuple[nn.Module, dict]:
+    """The whole OpenCLIP model ``name`` (both towers) at ``img_dim`` with ``weights``, and its config."""
     open_clip = _open_clip()
 
     arch, tag = split(name)
@@ -151,9 +186,7 @@ def build(name: str, weights: str, img_dim: int | None) -> nn.Module:
         raise download_error(arch, tag, exc) from exc
     if weights not in ("imagenet", "none"):
         weightfile.load_into(model, Path(weights), f"open_clip {arch}")
-    encoder = ImageEncoder(model.visual)
-    encoder.feature_dim = config["embed_dim"]
-    return encoder
+    return model, config
 
 
 def download_error(arch: str, tag: str, exc: Exception) -> ActrecError:
