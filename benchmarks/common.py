@@ -38,12 +38,15 @@ class Sizes:
     real_groups: int = 2               # row 1-real: clips per class of the small run; the large run has 3x
     real_whole: bool = True            # row 1-real: each clip a whole source (482 frames a group), else 16 frames
     scaling_clips: int = 2             # row 5: N = 2 classes x 8 groups x scaling_clips videos, then 4N
+    answer_videos: int = 13320         # rows 12: a UCF-101-sized cache (videos x frames, 512-d: a ViT-B CLIP's)
+    answer_frames: int = 187
+    answer_dim: int = 512
     train_changes: dict = field(default_factory=dict)  # changes to the UCF-101 defaults for rows 3-5
 
 
 QUICK = Sizes(videos=6, frames=8, width=64, height=48, img_dim=32, batch_size=8, seed_backbone="resnet50",
               seed_clips=1, cache_videos=8, cache_frames=16, train_steps=2, scaling_clips=1, repeats=1, real_groups=1,
-              real_whole=False,
+              real_whole=False, answer_videos=202, answer_frames=12, answer_dim=32,
               train_changes={"train.sequence_length": 8, "train.batch_size": 4, "embed.img_dim": 32,
                              "model.latent_dim": 32, "model.hidden_dim": 32})
 

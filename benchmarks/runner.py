@@ -13,7 +13,8 @@ from pipeline.fileio import check_output
 
 log = logging.getLogger(__name__)
 
-ROWS = ("real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch", "decoders", "startup")
+ROWS = ("real", "embed", "seed", "train", "disk", "scaling", "gpu", "chunks", "epoch", "decoders", "startup",
+        "answers")
 
 
 def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench"), readme: Path | None = None,
@@ -47,7 +48,7 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
 
 def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: str) -> list[dict]:
     """The rows of ``selected`` in table order; datasets and the feature cache are built once and shared."""
-    from benchmarks import chunks, decoders, disk, embed, epoch, gpu, scaling, stage_two, startup
+    from benchmarks import answers, chunks, decoders, disk, embed, epoch, gpu, scaling, stage_two, startup
 
     wanted = set(selected)
     rows = []
@@ -78,4 +79,6 @@ def _measure(cfg: Config, sizes: Sizes, selected: list[str], work: Path, cmd: st
                                             rounds=sizes.repeats))
     if "startup" in wanted:
         rows += startup.bench_startup(cfg, sizes, work / "startup", f"{cmd} --only startup")
+    if "answers" in wanted:
+        rows += answers.bench_answers(sizes, work / "answers", f"{cmd} --only answers")
     return rows

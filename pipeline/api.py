@@ -146,6 +146,14 @@ def zeroshot(config: Config) -> dict:
     return run(config)
 
 
+def search(config: Config, text: str | None = None, like: str | None = None, k: int = 10) -> list:
+    """``actrec search``: the ``k`` videos of the cache (and their matching time spans) best matching a text query
+    (an OpenCLIP cache) or an example ``like="Class/video@SECONDS"``; a list of ``Hit``."""
+    from pipeline.zeroshot.search import search as run
+
+    return run(config, text=text, like=like, k=k)
+
+
 def predict_videos(video: str | Path, checkpoint: str | Path, out: str | None = None, json_path: str | None = None,
                    hop: float | None = None, device: str = "auto"):
     """``actrec predict``: label a video (or a folder of videos) with sliding windows; ``Predictor`` keeps a run

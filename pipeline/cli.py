@@ -146,6 +146,32 @@ def zeroshot(config_path, overrides, prompts, templates):
 
 
 @cli.command()
+@click.argument("query", required=False)
+@config_options
+@click.option("--like", default=None, metavar="VIDEO[@SECONDS]",
+              help="Search by example: a video of the cache (its name, e.g. Class/v_x_g01_c01), at a time or whole.")
+@click.option("-k", "k", type=int, default=10, help="How many videos to return.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results (videos, scores, spans) to this .json file.")
+@reports_errors
+def search(query, config_path, overrides, like, k, json_path):
+    """The videos of the cache, and the time spans in them, that match a text QUERY (an OpenCLIP cache) or an
+    example (--like VIDEO[@SECONDS], any cache): exact cosine search over every frame."""
+    from pipeline.fileio import check_output, write_json
+
+    cfg = load_config(config_path, overrides)
+    if json_path:
+        check_output(json_path, "--json", suffixes=(".json",))
+    from pipeline.zeroshot.search import as_json, format_hits
+    from pipeline.zeroshot.search import search as run_search
+
+    hits = run_search(cfg, text=query, like=like, k=k)
+    if json_path:
+        write_json(json_path, as_json(hits))
+    click.echo(format_hits(hits))
+
+
+@cli.command()
 @click.argument("video", type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint written by `actrec train`.")
 @click.option("--out", type=click.Path(), default=None,

@@ -211,12 +211,14 @@ class EvalConfig(Section):
 
 @dataclass
 class ProbeConfig(Section):
+    # What a probe or a zero-shot run computes is its own run dir's business (its config.yaml and metrics.json say
+    # it); none of these keys changes a training run, so none of them is `affects="training"`.
     PLUGINS: ClassVar[dict] = {"method": "probe"}  # the probe's own keys join the section (sequence/probe_methods.py)
 
     method: str = key("linear", "what `actrec probe` fits on each video's pooled features: a linear probe or kNN",
-                      choices=lambda: registry("probe").names(), affects="training")
+                      choices=lambda: registry("probe").names())
     pool: str = key("mean", "a video's frame features pooled into one vector: their mean or their maximum",
-                    choices=["mean", "max"], affects="training")
+                    choices=["mean", "max"])
     dir: str = key("runs/{data.name}_probe-{probe.method}_split{data.split}",
                    "where `actrec probe` writes its run: config.yaml, metrics.json, predictions.csv, confusion matrix")
 
@@ -225,14 +227,20 @@ class ProbeConfig(Section):
 class ZeroshotConfig(Section):
     templates: str = key("clip-ucf101", "prompt templates of `actrec zeroshot`: 'clip-ucf101' (CLIP's 48 published "
                          "UCF-101 templates) or a file of one template per line, {} where the class name goes",
-                         nonempty=True, affects="training")
+                         nonempty=True)
     prompts: str = key("", "a YAML file of prompts per class (class name -> list of prompts), used instead of the "
-                       "templates; empty = the templates", affects="training")
+                       "templates; empty = the templates")
     score: str = key("mean", "a video's score: its mean normalised frame embedding against each class (the CLIP "
-                     "paper's protocol), or the best frame's", choices=["mean", "max"], affects="training")
+                     "paper's protocol), or the best frame's", choices=["mean", "max"])
     dir: str = key("runs/{data.name}_zeroshot_split{data.split}",
                    "where `actrec zeroshot` writes its run: config.yaml, metrics.json, predictions.csv, confusion "
                    "matrix")
+
+
+@dataclass
+class SearchConfig(Section):
+    span_drop: float = key(0.05, "`actrec search`: a matching span is a run of frames whose cosine score is within "
+                           "this of the video's best frame's", min=0.0, max=2.0)
 
 
 @dataclass
@@ -287,6 +295,7 @@ class TuneConfig(Section):
 # The sections in the order a config lists them: each one's common keys (plug-in keys are composed in).
 SECTIONS = {"data": DataConfig, "synth": SynthConfig, "download": DownloadConfig, "extract": ExtractConfig,
             "embed": EmbedConfig, "cache": CacheConfig, "model": ModelConfig, "train": TrainConfig,
-            "eval": EvalConfig, "probe": ProbeConfig, "zeroshot": ZeroshotConfig, "predict": PredictConfig,
+            "eval": EvalConfig, "probe": ProbeConfig, "zeroshot": ZeroshotConfig, "search": SearchConfig,
+            "predict": PredictConfig,
             "runtime": RuntimeConfig, "sweep": SweepConfig, "serve": ServeConfig, "run": RunConfig,
             "track": TrackConfig, "tune": TuneConfig}

@@ -102,13 +102,14 @@ def test_a_model_from_an_installed_package_works_in_train_predict_and_a_sweep(ti
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{PROJECT_ROOT}"}
 
     def actrec(*args, env=env):
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env,  # runs/ goes here
                               capture_output=True, text=True)
 
     listed = actrec("plugins", "model")
     assert any(line.split()[:3] == ["model", "tinygru", "hidden_dim"] for line in listed.stdout.splitlines())
     run = tmp_path / "run"
-    trained = actrec("train", "-c", "configs/synthetic.yaml", *sets, "--set", "model.name=tinygru",
+    config = str(PROJECT_ROOT / "configs" / "synthetic.yaml")
+    trained = actrec("train", "-c", config, *sets, "--set", "model.name=tinygru",
                      "--set", "model.hidden_dim=6", "--set", f"run.dir={run}")
     assert trained.returncode == 0, trained.stderr[-2000:]
     video = next((tiny_dataset_root / "videos").rglob("*.avi"))
@@ -116,7 +117,7 @@ def test_a_model_from_an_installed_package_works_in_train_predict_and_a_sweep(ti
                        "--json", str(tmp_path / "p.json"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert (tmp_path / "p.json").is_file()
-    swept = actrec("sweep", "-c", "configs/synthetic.yaml", *sets, "--grid", "model.name=tinygru,meanpool",
+    swept = actrec("sweep", "-c", config, *sets, "--grid", "model.name=tinygru,meanpool",
                    "--name", "plugin", "--jobs", "1")
     assert swept.returncode == 0, swept.stderr[-2000:]
     assert "tinygru" in swept.stdout and "meanpool" in swept.stdout

@@ -27,11 +27,11 @@ def test_quick_bench_has_every_row(tmp_path):
     gpu_ids = ["6-112", "6-224"] if torch.cuda.is_available() else ["6-32", "6-48"]  # CPU smoke: tiny sizes
     cuda_epoch = [] if data["device"].startswith("CPU") else ["8-cuda"]
     assert ids == ["1-real", "1-videos", "1-frames", "2", "3", "4", "5a", "5b", *gpu_ids, "7", "8-cpu", *cuda_epoch,
-                   "9", "10", "11-refuse", "11-embed", "11-predict"]
+                   "9", "10", "11-refuse", "11-embed", "11-predict", "12-zeroshot", "12-search", "12-probe"]
     for row in data["rows"]:
         assert row["command"].startswith("python -m benchmarks") and row["value"]
         # no ratio: the CUDA epoch row without a GPU, or a real-footage row whose every round saw the load move
-        assert (row["ratio"] is None) == (row["id"] == "8-cuda" or row["value"].startswith("no valid round"))
+        assert (row["ratio"] is None) == (row["id"] in ("8-cuda", "12-probe") or row["value"].startswith("no valid"))
     epoch = next(row for row in data["rows"] if row["id"] == "8-cpu")
     assert epoch["details"]["seconds_per_clip"] > 0 and "s per epoch (from 8 clips; DataLoader path" in epoch["value"]
     assert all(row["ratio"] > 0 for row in data["rows"] if row["ratio"] is not None)
@@ -42,7 +42,7 @@ def test_quick_bench_has_every_row(tmp_path):
     table = (tmp_path / "bench" / "results.md").read_text()
     assert table in text
     assert table in result.output  # the CLI prints the table; the library only logs
-    assert len(ROWS) == 11
+    assert len(ROWS) == 12
     refuse, embed, predict = (next(row for row in data["rows"] if row["id"] == f"11-{what}")
                               for what in ("refuse", "embed", "predict"))
     assert set(refuse["details"]["refused"]) == {"embed", "train", "predict"}

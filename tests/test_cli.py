@@ -41,7 +41,8 @@ def test_out_of_memory_is_one_line_naming_the_setting_to_lower(tmp_path, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 TiB")
 
     monkeypatch.setattr(pipeline.sequence.train, "train", exhausted)
-    result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml")])
+    result = CliRunner().invoke(cli, ["train", "-c", str(PROJECT_ROOT / "configs" / "synthetic.yaml"),
+                                      "--set", f"run.dir={tmp_path}/run"])  # its TensorBoard folder too
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "out of memory in `actrec train`" in result.stderr and "lower train.batch_size" in result.stderr
 

@@ -306,6 +306,10 @@ class FeatureCache:
         start = int(self.offsets[i])
         return self._dataset(flip)[start:start + int(self.lengths[i])]
 
+    def rows_between(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the whole feature array (every video's frames, stacked), in the cache's dtype."""
+        return self._dataset(False)[start:stop]
+
     def frames(self, i: int, frame_indices: np.ndarray, flip: bool = False) -> np.ndarray:
         """Features of some frames of video ``i`` (any order, repeats allowed), ``[L, D]`` float32."""
         frame_indices = np.asarray(frame_indices, dtype=np.int64)

@@ -170,6 +170,7 @@ def training_settings(run_dir, metrics: dict) -> dict:
         return {"model": metrics["model"], "backbone": metrics.get("backbone"), "config.yaml": "missing"}
     for key in keys_affecting("test list"):  # the split and how it is drawn differ between the averaged runs
         settings.pop(key, None)
+    settings["scored by"] = metrics["model"]  # a probe, a zero-shot run and a trained model never average together
     return settings
 
 

@@ -35,12 +35,11 @@ class Fitted:
 
 @dataclass
 class LinearProbeConfig:
-    c_min: float = key(1e-3, "smallest inverse regularisation strength C tried", min=1e-12, max=1e12,
-                       affects="training")
-    c_max: float = key(1e3, "largest C tried", min=1e-12, max=1e12, affects="training")
+    c_min: float = key(1e-3, "smallest inverse regularisation strength C tried", min=1e-12, max=1e12)
+    c_max: float = key(1e3, "largest C tried", min=1e-12, max=1e12)
     c_steps: int = key(7, "values of C tried, log-spaced from c_min to c_max; validation top-1 picks one",
-                       min=1, max=100, affects="training")
-    max_iter: int = key(1000, "L-BFGS iterations per fit", min=1, max=1_000_000, affects="training")
+                       min=1, max=100)
+    max_iter: int = key(1000, "L-BFGS iterations per fit", min=1, max=1_000_000)
 
     def check(self) -> None:
         if self.c_min > self.c_max:
@@ -68,7 +67,7 @@ def fit_linear(train, val, num_classes: int, c_min: float, c_max: float, c_steps
 @dataclass
 class KnnConfig:
     k_max: int = key(50, "largest k tried (1, 3, 5, 10, 20, 50, 100, 200, ... up to it and to the training "
-                         "videos); validation top-1 picks one", min=1, max=100_000, affects="training")
+                         "videos); validation top-1 picks one", min=1, max=100_000)
 
 
 def fit_knn(train, val, num_classes: int, k_max: int) -> Fitted:
