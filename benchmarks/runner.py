@@ -37,10 +37,11 @@ def run_benchmarks(cfg: Config, quick: bool = False, out_dir: Path = Path("bench
     sizes = QUICK if quick else Sizes()
     set_threads(stage_runtime(cfg, "embed").threads)
     selected = [name for name in ROWS if not only or name in only]
+    device, threads = device_name(), torch.get_num_threads()  # before the rows: some set their own thread count
     with tempfile.TemporaryDirectory(prefix="actrec-bench-") as tmp:
         rows = _measure(cfg, sizes, selected, Path(tmp), "python -m benchmarks" + (" --quick" if quick else ""))
-    result = {"quick": quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "device": device_name(), "sizes": sizes.__dict__, "rows": rows}
+    result = {"quick": quick, "threads": threads, "torch": torch.__version__,
+              "device": device, "sizes": sizes.__dict__, "rows": rows}
     write_results(result, out_dir, readme)
     log.info("bench: results written to %s", out_dir)
     return result

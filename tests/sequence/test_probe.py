@@ -128,3 +128,12 @@ def test_bad_probe_settings_are_one_line(order):
     with pytest.raises(ActrecError, match=r"no validation videos to choose among 7 candidates"):
         probe(order.updated(data={"val_fraction": 0.0}))
     assert not Path(order.probe.dir).exists()
+
+
+def test_the_web_pages_runs_tab_ranks_a_probe_beside_trained_runs(order):
+    from pipeline.serve.runs import find_runs, leaderboard
+
+    metrics = probe(order)
+    rows = leaderboard(find_runs([order.probe.dir]))
+    assert rows[0]["model"] == "probe-linear" and rows[0]["test top-1"] == pytest.approx(metrics["top1"], abs=1e-4)
+    assert rows[0]["best val top-1"] == pytest.approx(max(metrics["probe"]["validation_top1"].values()), abs=1e-4)
