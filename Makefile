@@ -108,13 +108,10 @@ demo: $(STAMP) ## Offline demo on the synthetic dataset: synth, embed, a sweep o
 	@echo; echo "== demo summary: a sweep on the synthetic cache (test split 1), ranked by validation accuracy =="
 	@$(ACTREC) report $(DEMO_SWEEP)
 
-test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torch thread each; Ray's beside them
-	@# Ray's tests start a local cluster and kill its workers: a pytest process of their own, run at the same time
-	@# (they mostly wait on the cluster), their output shown when both are done.
-	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -m ray --durations=5 > .ray-tests.log 2>&1 & ray=$$!; \
-	  OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto -m "not ray"; main=$$?; \
-	  wait $$ray; ray_rc=$$?; echo "== the Ray tests (pytest -m ray) =="; cat .ray-tests.log; rm -f .ray-tests.log; \
-	  test $$main -eq 0 -a $$ray_rc -eq 0
+test: $(STAMP) ## Run the test suite: one pytest-xdist worker per core, one torch thread each; then Ray's tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto -m "not ray"
+	@# Ray's tests start a local cluster and kill its workers: alone, since beside the xdist workers they time out.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m ray --durations=5
 
 bench: $(STAMP) ## Benchmarks: ratios measured side by side, written to bench/ and docs/performance.md
 	$(PY) -m benchmarks -c $(DEMO_CONFIG) $(SET_ARGS) --readme docs/performance.md
