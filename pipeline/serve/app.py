@@ -1,4 +1,5 @@
-"""The page of `actrec serve`: three Gradio tabs (Predict, Errors, Runs) over a PredictionService.
+"""The page of `actrec serve`: four Gradio tabs (Predict, Errors, Runs, Search) over a PredictionService and a
+SearchService.
 
 Import it only after ``server`` has pointed Gradio at the server's own temporary folder.
 """
@@ -14,6 +15,7 @@ from pipeline.errors import ActrecError
 from pipeline.optional import require
 from pipeline.serve.media import thumbnail_strip, timeline_rows
 from pipeline.serve.runs import leaderboard, mistakes, read_predictions
+from pipeline.serve.searching import SearchService
 from pipeline.serve.service import PagePrediction, PredictionService
 
 gr = require("gradio", "`actrec serve`")
@@ -32,6 +34,7 @@ PALETTE = {"blue": "#1f77b4", "orange": "#ff7f0e", "green": "#2ca02c", "red": "#
            "brown": "#8c564b", "pink": "#e377c2", "grey": "#7f7f7f", "olive": "#bcbd22", "cyan": "#17becf"}
 VIDEO_HEIGHT = 320  # pixels: the annotated video leaves room for the timeline below it
 ERROR_HEADERS = ["video", "true label", "predicted", "probability"]
+HIT_HEADERS = ["rank", "video", "class", "score", "spans (s)"]
 # System fonts: the page must not wait on a font server the machine cannot reach.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
@@ -74,6 +77,7 @@ class Handlers:
     def __init__(self, service: PredictionService):
         self.service = service
         self.labels = service.settings.timeline_labels
+        self.searches = SearchService(service.workdir)
 
     @staticmethod
     def progress_of(progress):
@@ -144,6 +148,27 @@ class Handlers:
         return (*self.outputs(run, self.service.test_video(run, name), progress), f"**{name}**")
 
     @shown_in_page
+    def search(self, run_name: str, query: str, k: float):
+        """The run's cache searched: a thumbnail per video at its best span, and the table of hits."""
+        run = self.service.run(run_name)
+        hits = self.searches.search(run, query, int(k))
+        table = pd.DataFrame([[h.rank, h.video, h.label, h.score, ", ".join(
+            f"{s.start_seconds:.2f}-{s.end_seconds:.2f}" for s in h.spans)] for h in hits], columns=HIT_HEADERS)
+        gallery = [(self.searches.thumbnail(run, h), f"{h.rank}. {h.video} ({h.score:.3f}, "
+                                                     f"{h.spans[0].start_seconds:.2f} s)") for h in hits]
+        return gallery, table
+
+    @shown_in_page
+    def show_hit(self, run_name: str, query: str, k: float, evt: gr.SelectData):
+        """The selected hit's video, from its best span."""
+        run = self.service.run(run_name)
+        row = evt.index if isinstance(evt.index, int) else evt.index[0]
+        hits = self.searches.search(run, query, int(k))
+        if not 0 <= row < len(hits):
+            raise ActrecError("select one of the listed videos")
+        return self.searches.clip(run, hits[row])
+
+    @shown_in_page
     def show_figures(self, run_name: str):
         run = self.service.run(run_name)
         return run.figure("curves.png"), run.figure("confusion_matrix.png")
@@ -206,8 +231,27 @@ def runs_tab(on: Handlers, names: list[str]) -> dict:
     return {"curves": curves, "confusion": confusion}
 
 
+def search_tab(on: Handlers, run_choice) -> None:
+    """The Search tab: a text (OpenCLIP caches) or ``like: VIDEO@SECONDS`` -> the best videos of the run's cache,
+    a thumbnail at each match, the video playing from the matched time."""
+    with gr.Tab("Search"):
+        with gr.Row():
+            query = gr.Textbox(label="Query: a text (an OpenCLIP cache), or like: VIDEO@SECONDS", elem_id="query")
+            k = gr.Number(value=8, minimum=1, maximum=100, precision=0, label="videos")
+        button = gr.Button("Search the run's cache", variant="primary")
+        hits = gr.Gallery(label="Matches (select one to play it from the matched time)", columns=4, height=300,
+                          object_fit="contain", allow_preview=False, elem_id="hits")
+        table = gr.Dataframe(headers=HIT_HEADERS, label="Matches", interactive=False)
+        clip = gr.Video(label="The match", interactive=False, height=VIDEO_HEIGHT, autoplay=True)
+    button.click(on.search, [run_choice, query, k], [hits, table], api_name="search")
+    query.submit(on.search, [run_choice, query, k], [hits, table], api_visibility="private")
+    hits.select(on.show_hit, [run_choice, query, k], [clip], api_visibility="private")
+    table.select(on.show_hit, [run_choice, query, k], [clip], api_visibility="private")
+
+
 def build_page(service: PredictionService) -> gr.Blocks:
-    """The page: the run chooser, then the Predict, Errors and Runs tabs; choosing a run refreshes all three."""
+    """The page: the run chooser, then the Predict, Errors, Runs and Search tabs; choosing a run refreshes the
+    first three."""
     on, names = Handlers(service), list(service.runs)
     first = service.runs[names[0]]
     with gr.Blocks(title="actrec", analytics_enabled=False) as page:
@@ -215,6 +259,7 @@ def build_page(service: PredictionService) -> gr.Blocks:
         run_choice = gr.Dropdown(choices=names, value=names[0], label="Run (its best.pt predicts)",
                                  interactive=len(names) > 1)
         parts = {**predict_tab(on, run_choice, first), **errors_tab(on, run_choice, first), **runs_tab(on, names)}
+        search_tab(on, run_choice)
         run_outputs = [parts[name] for name in ("test_choice", "class_filter", "errors", "strips", "note", "curves",
                                                 "confusion")]
         page.load(on.show_run, [run_choice], run_outputs, api_visibility="private")

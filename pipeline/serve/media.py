@@ -1,4 +1,5 @@
-"""Pictures and tables the page draws from a prediction: the timeline of top labels, thumbnail strips."""
+"""Pictures and tables the page draws: a prediction's timeline of top labels, thumbnail strips, a frame at a time
+and a clip between two times (the Search tab)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
-from pipeline.inputs.video import iter_video_frames
+from pipeline.inputs.video import iter_video_frames, video_fps
 from pipeline.predict.predictor import VideoPrediction
 
 THUMB_HEIGHT = 72  # pixels of each frame of a thumbnail strip
@@ -41,4 +43,52 @@ def thumbnail_strip(video: Path, count: int, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         Image.fromarray(strip).save(tmp, format="JPEG", quality=85)
+    return out
+
+
+def frame_at(video: Path, seconds: float, out: Path, height: int = 2 * THUMB_HEIGHT) -> Path:
+    """The frame of ``video`` at ``seconds`` (its own frame rate), ``height`` pixels high, as a JPEG (kept if
+    present)."""
+    if out.is_file():
+        return out
+    wanted = int(round(seconds * video_fps(video)))
+    frame = None
+    for i, frame in enumerate(iter_video_frames(video)):
+        if i >= wanted:
+            break
+    if frame is None:
+        raise ActrecError(f"{video.name}: no frame to show")
+    width = round(frame.shape[1] * height / frame.shape[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Image.fromarray(frame).resize((width, height)).save(tmp, format="JPEG", quality=85)
+    return out
+
+
+def clip_between(video: Path, start: float, end: float, out: Path) -> Path:
+    """The frames of ``video`` from ``start`` to ``end`` seconds as an MP4 at the video's frame rate (kept if
+    present)."""
+    import cv2
+
+    if out.is_file():
+        return out
+    fps = video_fps(video)
+    first, last = int(start * fps), int(np.ceil(end * fps))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            for i, frame in enumerate(iter_video_frames(video)):
+                if i > last:
+                    break
+                if i >= first:
+                    if writer is None:
+                        size = (frame.shape[1], frame.shape[0])
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            if writer is not None:
+                writer.release()
+        if writer is None:
+            raise ActrecError(f"{video.name} has no frames between {start:.2f} and {end:.2f} s")
     return out

@@ -95,3 +95,20 @@ def test_runs_whose_folders_share_a_name_are_served_under_distinct_names(tmp_pat
                      "x/A/run": tmp_path / "deep" / "x" / "A" / "run", "sweep/run": tmp_path / "sweep" / "run",
                      "sweep/other": tmp_path / "sweep" / "other"}
     assert len(runs) == len(names) == 5  # every run reachable by its own name, the one given twice served once
+
+
+def test_a_frame_at_a_time_and_a_clip_between_two_times(tiny_dataset_root, tmp_path):
+    from PIL import Image
+
+    from pipeline.inputs.video import video_fps
+    from pipeline.serve.media import clip_between, frame_at
+
+    video = next((tiny_dataset_root / "videos").rglob("*.avi"))
+    fps, frames = video_fps(video), read_video(video)
+    still = frame_at(video, 4 / fps, tmp_path / "still.jpg", height=64)
+    assert Image.open(still).size[1] == 64
+    clip = clip_between(video, 2 / fps, 6 / fps, tmp_path / "clip.mp4")
+    assert len(read_video(clip)) == 5 and read_video(clip).shape[1:] == frames.shape[1:]  # frames 2..6
+    with pytest.raises(ActrecError, match="no frames between"):
+        clip_between(video, 100.0, 101.0, tmp_path / "none.mp4")
+    assert not (tmp_path / "none.mp4").exists()

@@ -169,3 +169,21 @@ def test_ctrl_c_stops_the_server_cleanly(served):
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", server.port), timeout=5):
         pass
 
+
+
+def test_the_search_tab_finds_what_actrec_search_finds_with_a_thumbnail_each(served, client):
+    from gradio_client.exceptions import AppError
+
+    from pipeline.zeroshot.search import search
+
+    cfg, _ = served
+    video = load_split(cfg).test[0].name
+    gallery, table = client.predict("run", f"like: {video}@0.2", 3, api_name="/search")
+    expected = search(cfg, like=f"{video}@0.2", k=3)
+    assert [row[1] for row in table["data"]] == [hit.video for hit in expected] and video not in table["data"][0]
+    assert [row[3] for row in table["data"]] == pytest.approx([hit.score for hit in expected], abs=1e-6)
+    assert len(gallery) == 3 and gallery[0]["caption"].startswith(f"1. {expected[0].video} (")
+    with pytest.raises(AppError, match="the query is empty"):
+        client.predict("run", "   ", 3, api_name="/search")
+    with pytest.raises(AppError, match="a text query needs an OpenCLIP cache"):
+        client.predict("run", "a person juggling", 3, api_name="/search")
