@@ -159,18 +159,6 @@ def test_errors_endpoint_lists_the_wrong_test_videos(served, client):
         assert {row[1] for row in table["data"]} == {label}
 
 
-def test_ctrl_c_stops_the_server_cleanly(served):
-    _, server = served
-    assert server.interrupt() == 0
-    assert "stopped" in server.log()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the closed connections may linger in TIME_WAIT
-        sock.bind(("127.0.0.1", server.port))  # nobody listens there any more
-    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", server.port), timeout=5):
-        pass
-
-
-
 def test_the_search_tab_finds_what_actrec_search_finds_with_a_thumbnail_each(served, client):
     from gradio_client.exceptions import AppError
 
@@ -187,3 +175,16 @@ def test_the_search_tab_finds_what_actrec_search_finds_with_a_thumbnail_each(ser
         client.predict("run", "   ", 3, api_name="/search")
     with pytest.raises(AppError, match="a text query needs an OpenCLIP cache"):
         client.predict("run", "a person juggling", 3, api_name="/search")
+
+
+def test_ctrl_c_stops_the_server_cleanly(served):
+    _, server = served
+    assert server.interrupt() == 0
+    assert "stopped" in server.log()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the closed connections may linger in TIME_WAIT
+        sock.bind(("127.0.0.1", server.port))  # nobody listens there any more
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        pass
+
+
