@@ -1,13 +1,13 @@
-"""What a tune's trials leave behind: each trial's config and record, the study's leaderboard, and the one test
-evaluation of the validation pick."""
+"""What a tune's trials are and leave behind: the study's spec every worker gets, each trial's config and record,
+the study's leaderboard, and the one test evaluation of the validation pick."""
 
 from __future__ import annotations
 
 import csv
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.config import (
     config_from_dict,
@@ -19,8 +19,19 @@ from pipeline.experiments.space import shown
 from pipeline.fileio import write_json
 from pipeline.tracking import group_runs
 
-if TYPE_CHECKING:
-    from pipeline.experiments.tune import TuneSpec
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Everything a worker process needs to take part in the study (plain, picklable values)."""
+    config_path: str | None
+    sets: tuple
+    params: tuple
+    name: str
+    folder: Path
+    storage: str
+    trials: int
+    pruner: str
+    cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
 
 
 def trial_config(spec: TuneSpec, params: dict, run_dir: str, threads: int = 0) -> dict:

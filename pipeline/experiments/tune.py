@@ -17,7 +17,6 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import (
@@ -37,6 +36,7 @@ from pipeline.experiments.space import (  # noqa: F401 (parse_param, parse_space
     suggest,
 )
 from pipeline.experiments.trials import (
+    TuneSpec,
     evaluate_best,
     read_history,
     trial_config,
@@ -53,20 +53,6 @@ PRUNERS = ("median", "halving")
 TUNE_BACKENDS = ("local", "ray")
 # A worker's heartbeat: a trial whose process stopped beating for GRACE_S (a dead machine) is failed and retried.
 HEARTBEAT_S, GRACE_S = 30, 120
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """Everything a worker process needs to take part in the study (plain, picklable values)."""
-    config_path: str | None
-    sets: tuple
-    params: tuple
-    name: str
-    folder: Path
-    storage: str
-    trials: int
-    pruner: str
-    cwd: str  # relative paths (run dirs, the config) are relative to it, in every worker process
 
 
 def _optuna():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -13,9 +12,7 @@ from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
 from pipeline.inputs.video import iter_video_frames
 from pipeline.inputs.written import check_written_video
-
-if TYPE_CHECKING:  # predict imports render for its outputs
-    from pipeline.predict.predictor import VideoPrediction
+from pipeline.predict.prediction import VideoPrediction
 
 MIN_WIDTH = 320  # annotated output is scaled up to at least this width so the text stays readable
 

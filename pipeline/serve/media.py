@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.errors import ActrecError
 from pipeline.fileio import atomic_path
 from pipeline.inputs.video import iter_video_frames, video_fps
-from pipeline.predict.predictor import VideoPrediction
+from pipeline.predict.prediction import VideoPrediction
 
 THUMB_HEIGHT = 72  # pixels of each frame of a thumbnail strip
 

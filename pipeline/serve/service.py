@@ -15,7 +15,8 @@ from typing import Callable
 
 from pipeline.config import ServeConfig
 from pipeline.errors import ActrecError
-from pipeline.predict.predictor import Predictor, VideoPrediction, predict_video
+from pipeline.predict.prediction import VideoPrediction
+from pipeline.predict.predictor import Predictor, predict_video
 from pipeline.predict.render import write_annotated
 from pipeline.serve.runs import ServedRun
 

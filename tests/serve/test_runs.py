@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.errors import ActrecError
-from pipeline.predict.predictor import VideoPrediction
+from pipeline.predict.prediction import VideoPrediction
 from pipeline.serve.media import THUMB_HEIGHT, thumbnail_strip, timeline_rows
 from pipeline.serve.runs import ServedRun, find_runs, mistakes, read_predictions
 from pipeline.serve.server import host_warning
