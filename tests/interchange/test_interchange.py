@@ -93,6 +93,10 @@ def test_training_on_imported_features_equals_training_on_the_original_cache(ord
     assert (tmp_path / "mm" / "BlockMoveLeft" / "v_BlockMoveLeft_g01_c01.pkl").is_file()  # class folders kept
     actrec("import", str(tmp_path / "mm"), *settings(order_cache, f"cache.path={tmp_path}/mm.h5"),
            "--layout", "mmaction2", "--made-by", "MMAction2 TSN (test)")
+    back, original = stored(tmp_path / "mm.h5"), stored(order_cache.cache.path)
+    assert sorted(back) == sorted(original) and all(
+        back[n][0] == original[n][0] and back[n][1].dtype == np.float32 and np.array_equal(back[n][1], original[n][1])
+        for n in original)  # float32, bit for bit
     for cache, run in ((order_cache.cache.path, "original"), (f"{tmp_path}/mm.h5", "imported")):
         actrec("train", *settings(order_cache, f"cache.path={cache}", f"run.dir={tmp_path}/{run}"))
         actrec("evaluate", *settings(order_cache, f"cache.path={cache}", f"run.dir={tmp_path}/{run}"))
