@@ -57,7 +57,8 @@ def bench_answers(sizes: Sizes, work: Path, command: str) -> list[dict]:
     classes = _unit(rng.standard_normal((CLASSES, cache.dim)).astype(np.float32))
     zeroshot_seconds, _ = timed(lambda: [video_logits(cache.sequence(i), classes, 100.0, "mean")
                                           for i in range(videos)])
-    index_seconds, index = timed(SearchIndex, cache)
+    index_seconds, _ = timed(SearchIndex.kept, cache)  # built, and kept beside the cache
+    reread_seconds, index = timed(SearchIndex.kept, cache)  # what the next search pays instead
     search_seconds, hits = timed(index.query, classes[0], 10, 0.05)
     probe = _probe_row(cache, sizes, command)
     size = f"{videos:,} videos, {frames:,} frames, {cache.dim}-d"
@@ -67,8 +68,10 @@ def bench_answers(sizes: Sizes, work: Path, command: str) -> list[dict]:
         row("12-zeroshot", f"zero-shot scoring of every video ({size}, {CLASSES} classes)",
             f"{zeroshot_seconds:.1f} s", zeroshot_seconds, "< 10 s", zeroshot_seconds < 10, command, **common),
         row("12-search", f"one search query over every frame, features in memory ({size})",
-            f"{search_seconds:.2f} s (once per cache: loading the features {load:.1f} s, the index {index_seconds:.1f} "
-            f"s)", search_seconds, "<= 1 s", search_seconds <= 1.0, command, index_seconds=round(index_seconds, 2),
+            f"{search_seconds:.2f} s (before it, once: loading the features {load:.1f} s; building and keeping the "
+            f"index {index_seconds:.1f} s, reading it back {reread_seconds:.1f} s)", search_seconds, "<= 1 s",
+            search_seconds <= 1.0, command, index_seconds=round(index_seconds, 2),
+            reread_seconds=round(reread_seconds, 2),
             top_score=hits[0].score if hits else None, **common),
         probe,
     ]

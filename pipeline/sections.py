@@ -241,6 +241,9 @@ class ZeroshotConfig(Section):
 class SearchConfig(Section):
     span_drop: float = key(0.05, "`actrec search`: a matching span is a run of frames whose cosine score is within "
                            "this of the video's best frame's", min=0.0, max=2.0)
+    keep_index: bool = key(True, "keep the search index (every frame's unit feature, float16: the cache's size "
+                           "again) beside the cache as CACHE.search/, so the next search reads it instead of "
+                           "building it")
 
 
 @dataclass

@@ -53,7 +53,8 @@ class SearchService:
         if path not in self._indexes:
             cache = open_cache(run.config)
             cache.place("auto", flip=False)
-            self._indexes[path] = (cache, SearchIndex(cache))
+            index = SearchIndex.kept(cache) if run.config.search.keep_index else SearchIndex(cache)
+            self._indexes[path] = (cache, index)
         return self._indexes[path]
 
     def thumbnail(self, run: ServedRun, hit) -> str:

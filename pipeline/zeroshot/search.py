@@ -6,20 +6,27 @@ frame's unit feature once, in float16 (the cache's own size; built ``BLOCK_ROWS`
 larger is ever allocated), and a query is one float16 matrix-vector product over it. Float16 rounding moves a score
 by at most ``FLOAT16_MARGIN``, so every video whose float16 best frame comes within that margin of the ``k``-th is
 scored again in float32 from the cache, and the ranking, the scores and the spans are the float32 ones: the same
-as a brute-force float32 search. A video scores its best frame's score; the top ``k`` videos (the example's own
-video left out) come with their spans: the runs of consecutive frames whose score is within ``search.span_drop``
-of the video's best, each with start and end seconds (frame index / the cache's frame rate) and its best score.
+as a brute-force float32 search. With ``search.keep_index`` the index is kept beside the cache
+(``CACHE.search/KEY.npy``, the cache's size again) and read by the next search instead of built.
+
+A video scores its best frame's score; the top ``k`` videos (the example's own video left out) come with their
+spans: the runs of consecutive frames whose score is within ``search.span_drop`` of the video's best, each with
+start and end seconds (frame index / the cache's frame rate) and its best score.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import ActrecError
+from pipeline.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,8 @@ def search(cfg: Config, text: str | None = None, like: str | None = None, k: int
     cache = open_cache(cfg)
     cache.place("auto", flip=False)
     query, own = (text_query(cfg, cache, text), None) if text is not None else example_query(cache, like)
-    return SearchIndex(cache).query(query, k, cfg.search.span_drop, exclude=own)
+    index = SearchIndex.kept(cache) if cfg.search.keep_index else SearchIndex(cache)
+    return index.query(query, k, cfg.search.span_drop, exclude=own)
 
 
 def check_request(text: str | None, like: str | None, k: int) -> None:
@@ -112,16 +120,44 @@ def example_query(cache, like: str) -> tuple[np.ndarray, str]:
 class SearchIndex:
     """Every frame's unit feature in float16, for exact queries (see the module's docstring)."""
 
-    def __init__(self, cache):
+    def __init__(self, cache, units=None):
         import torch
 
         self.cache = cache
         self.offsets, self.lengths = np.asarray(cache.offsets), np.asarray(cache.lengths)
+        if units is not None:
+            self.units = units
+            return
         self.units = torch.empty((cache.total_frames, cache.dim), dtype=torch.float16)
         for start in range(0, cache.total_frames, BLOCK_ROWS):
             stop = min(cache.total_frames, start + BLOCK_ROWS)
             block = torch.from_numpy(np.asarray(cache.rows_between(start, stop))).float()
             self.units[start:stop] = torch.nn.functional.normalize(block, dim=1)
+
+    @classmethod
+    def kept(cls, cache) -> SearchIndex:
+        """The index of ``cache`` kept beside it (``CACHE.search/KEY.npy``, the units as float16), read when its key
+        still matches the cache (its fingerprint, creation time, videos and frames: an embed that adds videos makes a
+        new one), else built and written there."""
+        import torch
+
+        path = index_path(cache)
+        if path.is_file():
+            try:
+                units = np.load(path, allow_pickle=False)
+                if units.shape == (cache.total_frames, cache.dim) and units.dtype == np.float16:
+                    log.info("search index from %s", path)
+                    return cls(cache, torch.from_numpy(units))
+            except (OSError, ValueError) as exc:
+                log.warning("%s is unreadable (%s); building the search index again", path, exc)
+        index = cls(cache)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, index.units.numpy(), allow_pickle=False)
+        for older in path.parent.glob("*.npy"):  # indexes of the cache as it was before (fewer videos)
+            if older != path:
+                older.unlink(missing_ok=True)
+        log.info("search index written to %s (%.0f MiB)", path, path.stat().st_size / 2**20)
+        return index
 
     def query(self, query: np.ndarray, k: int, span_drop: float, exclude: str | None = None) -> list[Hit]:
         """The ``k`` videos with the best frames for the unit ``query``, ranked and scored in float32."""
@@ -148,6 +184,13 @@ class SearchIndex:
     def exact_scores(self, i: int, query: np.ndarray) -> np.ndarray:
         """Video ``i``'s frame scores in float32, from the cache."""
         return _unit(self.cache.sequence(i)) @ query.astype(np.float32)
+
+
+def index_path(cache) -> Path:
+    """Where ``SearchIndex.kept`` keeps ``cache``'s index: named by what the index depends on."""
+    key = json.dumps([cache.fingerprint, cache.created, cache.total_frames, cache.names[-1:], len(cache)],
+                     sort_keys=True, default=str)
+    return Path(str(cache.path) + ".search") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
 
 def spans(video: np.ndarray, threshold: float, fps: float) -> list[Span]:

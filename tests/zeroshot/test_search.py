@@ -111,3 +111,23 @@ def test_bad_queries_are_one_line(planted, case):
     kwargs, message = BAD[case]
     with pytest.raises(ActrecError, match=message):
         search(cfg, **kwargs)
+
+
+def test_the_index_is_kept_beside_the_cache_and_read_by_the_next_search(planted, monkeypatch):
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.zeroshot.search import index_path
+
+    cfg, query, target = planted
+    first = search(cfg, like=f"{target}@2.5", k=5)
+    kept = index_path(FeatureCache(cfg.cache.path))
+    assert kept.is_file() and kept.parent.name == "planted.h5.search"
+
+    def no_build(self, cache, units=None):
+        assert units is not None, "the index was built again"
+        self.cache, self.units = cache, units
+        self.offsets, self.lengths = np.asarray(cache.offsets), np.asarray(cache.lengths)
+
+    monkeypatch.setattr(SearchIndex, "__init__", no_build)
+    assert search(cfg, like=f"{target}@2.5", k=5) == first  # read from the file: the same hits
+    monkeypatch.undo()
+    assert search(cfg.updated(search={"keep_index": False}), like=f"{target}@2.5", k=5) == first
