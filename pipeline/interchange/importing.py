@@ -108,7 +108,8 @@ def _check_classes(folder: Path, class_names: list[str]) -> None:
 
 def _found_key(folder: Path) -> str:
     """video_features' feature type: the one ``STEM_KEY.npy`` suffix that is not fps or timestamps."""
-    keys = {p.stem.rsplit("_", 1)[-1] for p in folder.rglob("*_*.npy")} - set(META_KEYS) - {"ms"}
+    keys = {p.stem.rsplit("_", 1)[-1] for p in folder.rglob("*_*.npy")
+            if not p.stem.endswith(tuple(f"_{meta}" for meta in META_KEYS))}
     if len(keys) != 1:
         found = ", ".join(sorted(keys)) or "none"
         raise ActrecError(f"{folder}: give --key, the feature type of the STEM_KEY.npy files (found: {found})")

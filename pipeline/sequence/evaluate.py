@@ -44,9 +44,8 @@ def evaluate(cfg: Config) -> dict:
     metrics = compute_metrics(logits, labels, split.class_names, unscored_labels,
                               class_pairs(cfg, split.class_names))
     metrics.update(describe_evaluation(cfg, ckpt, path, split))
-    metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last: the long field ends the file
-    write_outputs(metrics, split.class_names, Path(cfg.run.dir))
-    write_predictions(Path(cfg.run.dir) / "predictions.csv", split, dataset, video_scores(logits))
+    write_run(Path(cfg.run.dir), metrics, split, [dataset.cache.names[row] for row in dataset.rows],
+              video_scores(logits))
     return metrics
 
 
@@ -114,11 +113,26 @@ def describe_evaluation(cfg: Config, ckpt: dict, path: Path, split) -> dict:
         "checkpoint_epoch": int(ckpt["epoch"]),
         # 'training+validation': train.refit's model, trained for the epochs validation chose (checkpoint_epoch).
         "trained_on": ckpt.get("trained_on", "training"),
+        **test_list_fields(cfg, split),
+    }
+
+
+def test_list_fields(cfg: Config, split) -> dict:
+    """What every scored run's metrics.json says of its test list and features (evaluate, probe, zero-shot)."""
+    return {
         "leaks_groups": split.name == "random" or split.leaked_groups > 0,
         "leaked_groups": int(split.leaked_groups),
         "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",  # the report compares them
         "cache": str(cfg.cache.path),
     }
+
+
+def write_run(run_dir: Path, metrics: dict, split, videos: list[str], scores: np.ndarray) -> None:
+    """A scored run's files: metrics.json (the confusion matrix last: the long field ends the file), its figure
+    and predictions.csv of ``videos``' scores ``[N, C]``."""
+    metrics["confusion_matrix"] = metrics.pop("confusion_matrix")
+    write_outputs(metrics, split.class_names, run_dir)
+    write_predictions(run_dir / "predictions.csv", split, videos, scores)
 
 
 def write_outputs(metrics: dict, class_names: list[str], run_dir: Path) -> None:
@@ -135,15 +149,15 @@ PREDICTION_COLUMNS = ["video", "true_label"] + [f"{what}{k}" for k in range(1, 6
                                                  for what in ("label", "probability")] + ["failed"]
 
 
-def write_predictions(path: Path, split, dataset, scores: np.ndarray) -> None:
+def write_predictions(path: Path, split, videos: list[str], scores: np.ndarray) -> None:
     """predictions.csv: per test video its true label, video-level top-5 and whether it had no features
-    (``failed``: 1, top-5 left empty). ``scores`` ``[N, C]`` follow ``dataset.rows``."""
+    (``failed``: 1, top-5 left empty). ``scores`` ``[N, C]`` are those of ``videos`` (names), in order."""
     import csv
 
     from pipeline.fileio import atomic_path
 
     names = split.class_names
-    scored = {dataset.cache.names[row]: row_scores for row, row_scores in zip(dataset.rows, scores)}
+    scored = dict(zip(videos, scores))
     rows = []
     for item in split.test:
         if item.name not in scored:

@@ -22,7 +22,7 @@ from pipeline.config import Config, save_config
 from pipeline.errors import ActrecError
 from pipeline.inputs.formats import class_pairs
 from pipeline.optional import require
-from pipeline.sequence.evaluate import compute_metrics, test_rows, write_outputs, write_predictions
+from pipeline.sequence.evaluate import compute_metrics, test_list_fields, test_rows, write_run
 from pipeline.sequence.probe_methods import PROBES
 
 log = logging.getLogger(__name__)
@@ -55,21 +55,15 @@ def probe(cfg: Config) -> dict:
     metrics = compute_metrics(log_probabilities, test.labels, split.class_names, unscored,
                               class_pairs(cfg, split.class_names))
     metrics.update(describe_probe(cfg, split, fitted, seconds, len(train.labels), len(val.labels)))
-    metrics["confusion_matrix"] = metrics.pop("confusion_matrix")  # last, as evaluate writes it
-    run_dir = Path(cfg.probe.dir)
-    save_config(cfg, run_dir / "config.yaml")
-    write_outputs(metrics, split.class_names, run_dir)
-    write_predictions(run_dir / "predictions.csv", split, test, probabilities)
+    save_config(cfg, Path(cfg.probe.dir) / "config.yaml")
+    write_run(Path(cfg.probe.dir), metrics, split, [cache.names[row] for row in test_rows_], probabilities)
     return metrics
 
 
 @dataclass
 class Pooled:
-    """Videos of one list as one vector each: the features ``[N, D]`` and labels ``[N]``, with the cache rows
-    they came from (what ``write_predictions`` reads as ``dataset.cache`` and ``dataset.rows``)."""
+    """Videos of one list as one vector each: the features ``[N, D]`` and labels ``[N]``."""
 
-    cache: object
-    rows: list[int]
     features: np.ndarray
     labels: np.ndarray
 
@@ -78,7 +72,7 @@ def pooled(cache, rows: list[int], labels: list[int], pool: str) -> Pooled:
     """Each video's frame features reduced over time by ``pool`` ('mean' or 'max'), float64."""
     reduce = np.mean if pool == "mean" else np.max
     features = np.stack([reduce(cache.sequence(row), axis=0) for row in rows]) if rows else np.zeros((0, cache.dim))
-    return Pooled(cache, list(rows), features.astype(np.float64), np.asarray(labels, dtype=np.int64))
+    return Pooled(features.astype(np.float64), np.asarray(labels, dtype=np.int64))
 
 
 def describe_probe(cfg: Config, split, fitted, seconds: float, n_train: int, n_val: int) -> dict:
@@ -88,10 +82,7 @@ def describe_probe(cfg: Config, split, fitted, seconds: float, n_train: int, n_v
         "model": f"probe-{cfg.probe.method}",
         "eval_clips": 1,
         "trained_on": "training+validation",
-        "leaks_groups": split.name == "random" or split.leaked_groups > 0,
-        "leaked_groups": int(split.leaked_groups),
-        "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",
-        "cache": str(cfg.cache.path),
+        **test_list_fields(cfg, split),
         "probe": {"method": cfg.probe.method, "pool": cfg.probe.pool, "chosen": fitted.chosen,
                   "validation_top1": fitted.validation, "fit_seconds": round(seconds, 3),
                   "training_videos": n_train, "validation_videos": n_val, **fitted.details},

@@ -47,14 +47,13 @@ class SearchService:
 
     def _index(self, run: ServedRun) -> tuple:
         from pipeline.cache.reader import open_cache
-        from pipeline.zeroshot.search import SearchIndex
+        from pipeline.zeroshot.search import index_of
 
         path = str(Path(run.config.cache.path).resolve())
         if path not in self._indexes:
             cache = open_cache(run.config)
             cache.place("auto", flip=False)
-            index = SearchIndex.kept(cache) if run.config.search.keep_index else SearchIndex(cache)
-            self._indexes[path] = (cache, index)
+            self._indexes[path] = (cache, index_of(run.config, cache))
         return self._indexes[path]
 
     def thumbnail(self, run: ServedRun, hit) -> str:

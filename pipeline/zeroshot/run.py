@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config, save_config
-from pipeline.errors import ActrecError
 from pipeline.inputs.formats import class_pairs
-from pipeline.sequence.evaluate import compute_metrics, test_rows, write_outputs, write_predictions
+from pipeline.sequence.evaluate import compute_metrics, test_list_fields, test_rows, write_run
 from pipeline.sequence.metrics import video_scores
 from pipeline.zeroshot.prompts import class_prompts
-from pipeline.zeroshot.text import check_text_tower, class_embeddings
+from pipeline.zeroshot.text import check_open_clip_cache, check_text_tower, class_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +32,8 @@ def zeroshot(cfg: Config) -> dict:
     from pipeline.inputs.formats import load_split
 
     cache = open_cache(cfg)
-    if "imported" in cache.fingerprint or not str(cache.fingerprint.get("backbone", "")).startswith("open_clip/"):
-        made = cache.fingerprint.get("backbone") or f"imported features ({cache.fingerprint['imported']['made_by']})"
-        raise ActrecError(f"{cfg.cache.path} holds features of {made}; zero-shot classification needs a cache of "
-                          f"an OpenCLIP image tower (embed.backbone=open_clip/ARCH:TAG), whose text tower it uses")
+    check_open_clip_cache(cache, "zero-shot classification needs a cache of an OpenCLIP image tower "
+                                 "(embed.backbone=open_clip/ARCH:TAG), whose text tower it uses")
     split = load_split(cfg, check_videos=False)
     prompts = class_prompts(split.class_names, cfg.zeroshot.templates, cfg.zeroshot.prompts)
     backbone = backbone_of(cfg.embed)
@@ -49,11 +46,9 @@ def zeroshot(cfg: Config) -> dict:
     metrics = compute_metrics(logits[:, None, :], np.asarray(labels), split.class_names, unscored,
                               class_pairs(cfg, split.class_names))
     metrics.update(describe_zeroshot(cfg, split, prompts, classes.path))
-    metrics["confusion_matrix"] = metrics.pop("confusion_matrix")
-    run_dir = Path(cfg.zeroshot.dir)
-    save_config(cfg, run_dir / "config.yaml")
-    write_outputs(metrics, split.class_names, run_dir)
-    write_predictions(run_dir / "predictions.csv", split, _Scored(cache, rows), video_scores(logits[:, None, :]))
+    save_config(cfg, Path(cfg.zeroshot.dir) / "config.yaml")
+    write_run(Path(cfg.zeroshot.dir), metrics, split, [cache.names[row] for row in rows],
+              video_scores(logits[:, None, :]))
     return metrics
 
 
@@ -66,13 +61,6 @@ def video_logits(frames: np.ndarray, classes: np.ndarray, scale: float, score: s
     return scale * (mean / max(float(np.linalg.norm(mean)), 1e-12)) @ classes.T
 
 
-class _Scored:
-    """The scored videos as ``write_predictions`` reads them: the cache and the rows."""
-
-    def __init__(self, cache, rows: list[int]):
-        self.cache, self.rows = cache, rows
-
-
 def describe_zeroshot(cfg: Config, split, prompts: dict[str, list[str]], text_path: Path) -> dict:
     """The metrics.json fields that say what was scored (evaluate's names where they apply)."""
     return {
@@ -80,10 +68,7 @@ def describe_zeroshot(cfg: Config, split, prompts: dict[str, list[str]], text_pa
         "model": f"zeroshot-{cfg.zeroshot.score}",
         "eval_clips": 1,
         "trained_on": "nothing (zero-shot)",
-        "leaks_groups": split.name == "random" or split.leaked_groups > 0,
-        "leaked_groups": int(split.leaked_groups),
-        "backbone": f"{cfg.embed.backbone}/{cfg.embed.weights_tag}/{cfg.embed.img_dim}",
-        "cache": str(cfg.cache.path),
+        **test_list_fields(cfg, split),
         "zeroshot": {"score": cfg.zeroshot.score, "templates": cfg.zeroshot.templates,
                      "prompts_file": cfg.zeroshot.prompts or None, "prompts_per_class": {
                          name: len(listed) for name, listed in prompts.items()}, "text_embeddings": str(text_path)},

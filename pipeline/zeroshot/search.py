@@ -65,8 +65,12 @@ def search(cfg: Config, text: str | None = None, like: str | None = None, k: int
     cache = open_cache(cfg)
     cache.place("auto", flip=False)
     query, own = (text_query(cfg, cache, text), None) if text is not None else example_query(cache, like)
-    index = SearchIndex.kept(cache) if cfg.search.keep_index else SearchIndex(cache)
-    return index.query(query, k, cfg.search.span_drop, exclude=own)
+    return index_of(cfg, cache).query(query, k, cfg.search.span_drop, exclude=own)
+
+
+def index_of(cfg: Config, cache) -> SearchIndex:
+    """The search index of ``cache``: kept beside it with ``search.keep_index``, else built for this search."""
+    return SearchIndex.kept(cache) if cfg.search.keep_index else SearchIndex(cache)
 
 
 def check_request(text: str | None, like: str | None, k: int) -> None:
@@ -84,11 +88,10 @@ def check_request(text: str | None, like: str | None, k: int) -> None:
 def text_query(cfg: Config, cache, text: str) -> np.ndarray:
     """The query's unit embedding from the text tower of the model that embedded the cache."""
     from pipeline.embed.backbones import backbone_of
-    from pipeline.zeroshot.text import check_text_tower, prompt_embeddings
+    from pipeline.zeroshot.text import check_open_clip_cache, check_text_tower, prompt_embeddings
 
-    if not str(cache.fingerprint.get("backbone", "")).startswith("open_clip/") or "imported" in cache.fingerprint:
-        raise ActrecError(f"{cfg.cache.path} holds features of {cache.fingerprint.get('backbone', 'another tool')}: "
-                          f"a text query needs an OpenCLIP cache; search it by example with --like VIDEO[@SECONDS]")
+    check_open_clip_cache(cache, "a text query needs an OpenCLIP cache; search it by example with --like "
+                                 "VIDEO[@SECONDS]")
     backbone = backbone_of(cfg.embed)
     check_text_tower(backbone, cache.fingerprint, cfg.cache.path)
     return prompt_embeddings(backbone.build_text("cpu"), [text])[0].astype(np.float32)

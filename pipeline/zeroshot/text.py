@@ -94,3 +94,12 @@ def check_text_tower(backbone, fingerprint: dict, cache_path) -> None:
         raise ActrecError(f"{cache_path} was embedded with weights {fingerprint.get('weights')}, but "
                           f"{backbone.name} with embed.weights={backbone.weights} is now {backbone.identity}; "
                           f"restore that weights file to use its text tower")
+
+
+def check_open_clip_cache(cache, needs: str) -> None:
+    """What ``needs`` says (zero-shot classification, a text query) takes the text tower of the model that embedded
+    the cache: refused for another backbone's cache or imported features, with ``needs`` as the reason."""
+    fingerprint = cache.fingerprint
+    if "imported" in fingerprint or not str(fingerprint.get("backbone", "")).startswith("open_clip/"):
+        made = fingerprint.get("backbone") or f"imported features ({fingerprint['imported']['made_by']})"
+        raise ActrecError(f"{cache.path} holds features of {made}; {needs}")
