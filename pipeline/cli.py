@@ -277,7 +277,7 @@ def export_features(cache_path, out, layout, key):
               help=LAYOUT_HELP)
 @click.option("--key", default=None, help="video_features' feature type (KEY of STEM_KEY.npy); found from the file "
                                           "names when there is one.")
-@click.option("--made-by", required=True, help="What made the features (tool, model, weights), recorded in the "
+@click.option("--made-by", default="", help="(Required) What made the features (tool, model, weights), recorded in the "
                                                "cache's fingerprint, e.g. \"video_features i3d, Kinetics-400\".")
 @reports_errors
 def import_features(folder, config_path, overrides, layout, key, made_by):
